@@ -1,0 +1,216 @@
+"""``aa-deploy train``: data → model → Trainer → a run folder that ``from_pretrained`` can load."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments, set_seed
+
+from ..backbones import resolve_backbone_path
+from ..config import AdapterConfig
+from ..data import TaskSpec, load_task, low_data_split
+from ..fileio import atomic_write_json
+from ..metrics import task_metrics
+from ..modeling import AdaptableAdapterModel
+from ..plotting import plot_run
+from .config import TRAINING_CONFIG_NAME, TrainConfig
+from .datasets import TokenizedDataset
+from .trainer import AdapterTrainer, BestEpochCallback, SwitchAnnealingCallback
+
+SELECTION_NAME = "selection.json"
+METRICS_NAME = "metrics.json"
+PLOT_NAME = "activations.png"
+
+
+@dataclass
+class RunResult:
+    output: Path
+    metric: str
+    value: float
+    test_value: float | None
+    selected_layers: list[int]
+    metrics: dict[str, Any]
+
+
+def read_selection(run_dir: str | os.PathLike) -> list[int]:
+    """The layers selected by a finished run (for the focused recipe)."""
+    path = Path(run_dir) / SELECTION_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --selection-from must point to a finished `aa-deploy train` run folder"
+        )
+    try:
+        layers = json.loads(path.read_text())["selected_layers"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a valid selection file ({exc}): re-run the search run") from exc
+    return [int(i) for i in layers]
+
+
+def _device_name(cfg: TrainConfig) -> str:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but PyTorch sees no CUDA device")
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def build_adapter_config(cfg: TrainConfig, num_layers_hint: int | None = None) -> AdapterConfig:
+    selected = cfg.selected_layers
+    if cfg.recipe == "focused" and selected is None:
+        selected = read_selection(cfg.selection_from)  # type: ignore[arg-type]
+    return AdapterConfig(
+        recipe=cfg.recipe,  # type: ignore[arg-type]
+        reduction_factor=cfg.reduction_factor,
+        rational_version=cfg.rational_version,  # type: ignore[arg-type]
+        rational_init=cfg.rational_init,
+        switch_temperature=cfg.switch_temperature,
+        switch_temperature_final=cfg.switch_temperature_final,
+        selected_layers=selected if cfg.recipe == "focused" else None,
+        adapterdrop_max_layers=cfg.adapterdrop_max_layers,
+        adapterdrop_eval_layers=(cfg.adapterdrop_eval_layers if cfg.adapterdrop_eval_layers is not None else 0),
+    )
+
+
+def _prepare_output(output: Path, overwrite: bool) -> Path:
+    """Train into a temporary sibling folder; it replaces ``output`` only when the run succeeds."""
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output} already exists and is not empty: choose another --output or pass --overwrite")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+
+
+def _publish(staging: Path, output: Path) -> None:
+    if output.exists():
+        trash = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, trash)
+        os.replace(staging, output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Run one training job end to end and write the run folder."""
+    started = time.time()
+    output = Path(cfg.output)
+    data = load_task(cfg.task, cfg.data_dir, test_file=cfg.test_file)
+    spec: TaskSpec = data.spec
+    train_examples, dev_examples = low_data_split(data.train, cfg.train_size, cfg.seed, cfg.dev_fraction)
+    adapter_config = build_adapter_config(cfg)
+    device = _device_name(cfg)
+    staging = _prepare_output(output, cfg.overwrite)
+    try:
+        set_seed(cfg.seed)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(cfg.backbone))
+        model = AdaptableAdapterModel.from_backbone(cfg.backbone, adapter_config, task=spec.to_dict())
+        train_set = TokenizedDataset(train_examples, spec, tokenizer, cfg.max_length)
+        dev_set = TokenizedDataset(dev_examples, spec, tokenizer, cfg.max_length)
+        test_set = TokenizedDataset(data.test, spec, tokenizer, cfg.max_length) if data.test else None
+
+        def compute_metrics(prediction: Any) -> dict[str, float]:
+            logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+            return task_metrics(spec, np.asarray(logits), np.asarray(prediction.label_ids))
+
+        best = BestEpochCallback(model, spec.metric, staging / "checkpoints" if cfg.save_checkpoints else None)
+        callbacks: list[Any] = [best]
+        if cfg.switch_temperature_final is not None:
+            callbacks.append(SwitchAnnealingCallback(model, cfg.switch_temperature, cfg.switch_temperature_final))
+        args = TrainingArguments(
+            output_dir=str(staging / "trainer"),
+            num_train_epochs=cfg.epochs,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.eval_batch_size,
+            learning_rate=cfg.learning_rate,
+            weight_decay=0.0,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            max_grad_norm=cfg.max_grad_norm,
+            eval_strategy="epoch",
+            save_strategy="no",
+            logging_strategy="epoch",
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            report_to=[],
+            disable_tqdm=not cfg.progress,
+            use_cpu=device == "cpu",
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            label_names=["labels"],
+        )
+        trainer = AdapterTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=dev_set,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            learning_rates=(cfg.learning_rate, cfg.switch_learning_rate, cfg.rational_learning_rate),
+        )
+        train_output = trainer.train()
+        if best.best_state is not None:
+            model.load_trainable_state_dict(best.best_state)
+        model.eval()
+        dev_metrics = trainer.evaluate(dev_set, metric_key_prefix="dev")
+        test_metrics = trainer.evaluate(test_set, metric_key_prefix="test") if test_set is not None else {}
+        shutil.rmtree(staging / "trainer", ignore_errors=True)
+
+        model.save_pretrained(staging)
+        selection = model.selection()
+        atomic_write_json(staging / SELECTION_NAME, selection)
+        atomic_write_json(staging / TRAINING_CONFIG_NAME, cfg.to_dict())
+        value = float(dev_metrics[f"dev_{spec.metric}"])
+        test_value = float(test_metrics[f"test_{spec.metric}"]) if test_metrics else None
+        trained_params = model.num_trainable_parameters()
+        metrics = {
+            "task": spec.name,
+            "recipe": cfg.recipe,
+            "metric": spec.metric,
+            "value": value,
+            "test_value": test_value,
+            "best_epoch": best.best_epoch,
+            "dev": {k.removeprefix("dev_"): v for k, v in dev_metrics.items()},
+            "test": {k.removeprefix("test_"): v for k, v in test_metrics.items()},
+            "history": best.history,
+            "selected_layers": selection["selected_layers"],
+            "layers_kept": len(selection["selected_layers"]),
+            "num_layers": selection["num_layers"],
+            "train_size": cfg.train_size,
+            "train_examples": len(train_examples),
+            "dev_examples": len(dev_examples),
+            "test_examples": len(data.test) if data.test else 0,
+            "seed": cfg.seed,
+            "trained_params": trained_params,
+            "adapter_params": model.num_trainable_parameters(include_head=False),
+            "adapter_bytes": (staging / "adapter_model.safetensors").stat().st_size,
+            "train_loss": float(train_output.training_loss),
+            "wall_time_s": round(time.time() - started, 2),
+            "device": device,
+            "torch": torch.__version__,
+            "host": platform.node(),
+        }
+        atomic_write_json(staging / METRICS_NAME, metrics)
+        plot_run(
+            staging / PLOT_NAME,
+            model.config.num_hidden_layers or 0,
+            selection["selected_layers"],
+            selection["switch_probabilities"],
+            {i: (r.numerator.tolist(), r.denominator.tolist()) for i, r in model.rationals().items()},
+            version=model.config.rational_version,
+            title=f"{spec.name} · {cfg.recipe} · {spec.metric}={value:.3f} (dev split)",
+        )
+        _publish(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return RunResult(output, spec.metric, value, test_value, selection["selected_layers"], metrics)

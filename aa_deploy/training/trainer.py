@@ -1,0 +1,104 @@
+"""A thin ``transformers.Trainer`` subclass: the paper's optimiser and best-epoch bookkeeping."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ..modeling import AdaptableAdapterModel
+
+
+def parameter_groups(
+    model: AdaptableAdapterModel, learning_rate: float, switch_learning_rate: float, rational_learning_rate: float
+) -> list[dict[str, Any]]:
+    """Three groups with their own learning rates: adapters + head, switch logits, rational coefficients."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"default": [], "switch": [], "rational": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if ".switch." in name:
+            groups["switch"].append(param)
+        elif ".adapter.activation." in name:
+            groups["rational"].append(param)
+        else:
+            groups["default"].append(param)
+    rates = {"default": learning_rate, "switch": switch_learning_rate, "rational": rational_learning_rate}
+    return [
+        {"params": params, "lr": rates[key], "weight_decay": 0.0, "name": key}
+        for key, params in groups.items()
+        if params
+    ]
+
+
+class AdapterTrainer(Trainer):
+    """Adam (not AdamW), no weight decay, one learning rate per parameter group (METHOD.md §5)."""
+
+    def __init__(self, *args: Any, learning_rates: tuple[float, float, float], **kwargs: Any) -> None:
+        self.learning_rates = learning_rates
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            target = self.model if model is None else model
+            self.optimizer = torch.optim.Adam(parameter_groups(target, *self.learning_rates))
+        return self.optimizer
+
+
+class BestEpochCallback(TrainerCallback):
+    """Keep the best epoch's trained weights (switch logits included) and a per-epoch history.
+
+    The Trainer's own checkpointing would write the frozen backbone every epoch; our trained state is a
+    few hundred KB, so we keep the best copy in memory and optionally write small per-epoch checkpoints.
+    """
+
+    def __init__(
+        self, model: AdaptableAdapterModel, metric: str, checkpoint_dir: Path | None = None
+    ) -> None:
+        self.model = model
+        self.metric_key = f"eval_{metric}"
+        self.checkpoint_dir = checkpoint_dir
+        self.best_value = -math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+        self._train_loss: float | None = None
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kw: Any):
+        if logs and "loss" in logs:
+            self._train_loss = float(logs["loss"])
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw: Any):
+        metrics = metrics or {}
+        value = float(metrics.get(self.metric_key, math.nan))
+        epoch = int(round(state.epoch or 0))
+        entry = {
+            "epoch": epoch,
+            "train_loss": self._train_loss,
+            "dev": {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_")},
+            "selected_layers": self.model.kept_layers(),
+            "switch_probabilities": self.model.switch_probabilities(),
+        }
+        self.history.append(entry)
+        if not math.isnan(value) and value > self.best_value:
+            self.best_value, self.best_epoch = value, epoch
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.trainable_state_dict().items()}
+        if self.checkpoint_dir is not None:
+            self.model.save_pretrained(self.checkpoint_dir / f"epoch-{epoch}")
+
+
+class SwitchAnnealingCallback(TrainerCallback):
+    """Optional exponential annealing of the switch temperature from its start to its final value."""
+
+    def __init__(self, model: AdaptableAdapterModel, start: float, final: float) -> None:
+        self.model, self.start, self.final = model, start, final
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        progress = state.global_step / max(1, state.max_steps)
+        temperature = self.start * (self.final / self.start) ** progress
+        for block in self.model.adapter_layers.values():
+            if block.switch is not None:
+                block.switch.temperature = temperature

@@ -1,0 +1,211 @@
+"""Quality grid: (task × training size × seed × recipe) with the paper's protocol on real GLUE data.
+
+    python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue            # resumes
+    python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --jobs 4   # GPU machine
+    python benchmarks/quality/grid.py report                                          # RESULTS.md + plot
+
+Each finished cell is one JSON file in results/; a cell whose file exists is never rerun, so the
+command resumes wherever it stopped (also across sessions). Run folders go to runs/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RESULTS = HERE / "results"
+RUNS = HERE / "runs"
+TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
+SEEDS = (42, 92, 111)
+RECIPES = ("standard", "search", "focused")
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    train_size: int | str  # an integer, or "full"
+    seed: int
+    recipe: str
+    # focused only: the search run whose selection is reused (defaults to the same task/size/seed).
+    source_task: str | None = None
+    source_size: int | str | None = None
+
+    @property
+    def cell_id(self) -> str:
+        base = f"{self.task}-n{self.train_size}-s{self.seed}-{self.recipe}"
+        if self.recipe == "focused" and (self.source_task, self.source_size) != (self.task, self.train_size):
+            base += f"-from-{self.source_task}-n{self.source_size}"
+        return base
+
+    def source(self) -> Cell | None:
+        if self.recipe != "focused":
+            return None
+        return Cell(self.source_task or self.task, self.source_size or self.train_size, self.seed, "search")
+
+
+def standard_grid(tasks, sizes, seeds, recipes) -> list[Cell]:
+    cells = []
+    for size in sizes:
+        for task in tasks:
+            for seed in seeds:
+                for recipe in recipes:
+                    source = (task, size) if recipe == "focused" else (None, None)
+                    cells.append(Cell(task, size, seed, recipe, *source))
+    return cells
+
+
+def transfer_grid(seeds) -> list[Cell]:
+    """METHOD.md §6 claim (c): selections reused across tasks and data sizes."""
+    cells = []
+    for seed in seeds:
+        cells.append(Cell("rte", 300, seed, "focused", "mrpc", 300))
+        cells.append(Cell("rte", 300, seed, "focused", "rte", 100))
+        cells.append(Cell("mrpc", 300, seed, "focused", "mrpc", 100))
+    return cells
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
+    out_dir = args.runs_dir / cell.cell_id
+    cmd = [
+        sys.executable, "-m", "aa_deploy.cli", "train", "--task", cell.task, "--data-dir", args.glue_dir,
+        "--recipe", cell.recipe, "--seed", str(cell.seed), "--epochs", str(args.epochs),
+        "--output", str(out_dir), "--overwrite", "--no-progress", "--device", args.device,
+    ]
+    if cell.train_size != "full":
+        cmd += ["--train-size", str(cell.train_size)]
+    if args.backbone:
+        cmd += ["--backbone", args.backbone]
+    source = cell.source()
+    if source is not None:
+        cmd += ["--selection-from", str(args.runs_dir / source.cell_id)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+    started = time.time()
+    log = args.runs_dir / f"{cell.cell_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cell {cell.cell_id} failed (exit {proc.returncode}); see {log}")
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    result = {
+        **asdict(cell),
+        "cell_id": cell.cell_id,
+        "metric": metrics["metric"],
+        "value": metrics["test_value"],
+        "dev_split_value": metrics["value"],
+        "best_epoch": metrics["best_epoch"],
+        "layers_kept": metrics["layers_kept"],
+        "selected_layers": metrics["selected_layers"],
+        "num_layers": metrics["num_layers"],
+        "trained_params": metrics["trained_params"],
+        "adapter_params": metrics["adapter_params"],
+        "adapter_bytes": metrics["adapter_bytes"],
+        "train_examples": metrics["train_examples"],
+        "epochs": args.epochs,
+        "wall_time_s": round(time.time() - started, 1),
+        "device": metrics["device"],
+        "threads": args.threads,
+        "torch": metrics.get("torch"),
+        "commit": _commit(),
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    tmp = args.results_dir / f".{cell.cell_id}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, args.results_dir / f"{cell.cell_id}.json")
+    return result
+
+
+def _done(cell: Cell, results_dir: Path) -> bool:
+    return (results_dir / f"{cell.cell_id}.json").is_file()
+
+
+def _source_ready(cell: Cell, runs_dir: Path) -> bool:
+    source = cell.source()
+    return source is None or (runs_dir / source.cell_id / "selection.json").is_file()
+
+
+def command_run(args: argparse.Namespace) -> int:
+    sizes = [s if s == "full" else int(s) for s in args.sizes.split(",")]
+    cells = standard_grid(args.tasks.split(","), sizes, [int(s) for s in args.seeds.split(",")], args.recipes.split(","))
+    if args.transfer:
+        cells += transfer_grid([int(s) for s in args.seeds.split(",")])
+    todo = [c for c in cells if not _done(c, args.results_dir)]
+    print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; {len(todo)} to run", flush=True)
+    failures = 0
+    running: dict[Future, Cell] = {}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        while todo or running:
+            ready = [c for c in todo if _source_ready(c, args.runs_dir)]
+            # A focused cell whose search source is neither finished nor queued anymore is run after it.
+            blocked = [c for c in todo if not _source_ready(c, args.runs_dir)]
+            queued_sources = {c.cell_id for c in todo} | {c.cell_id for c in running.values()}
+            for cell in blocked:
+                source = cell.source()
+                if source is not None and source.cell_id not in queued_sources:
+                    todo.append(source)
+                    queued_sources.add(source.cell_id)
+            while ready and len(running) < args.jobs:
+                cell = ready.pop(0)
+                todo.remove(cell)
+                running[pool.submit(run_cell, cell, args)] = cell
+            if not running:
+                if todo:
+                    print(f"cannot run {[c.cell_id for c in todo]}: their search sources failed", flush=True)
+                    failures += len(todo)
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = running.pop(future)
+                try:
+                    r = future.result()
+                    print(f"done {cell.cell_id}: {r['metric']}={r['value']:.4f} layers={r['layers_kept']} ({r['wall_time_s']} s)", flush=True)
+                except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the grid
+                    failures += 1
+                    print(f"FAILED {cell.cell_id}: {exc}", flush=True)
+                    todo = [c for c in todo if not (c.source() and c.source().cell_id == cell.cell_id)]
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) the grid")
+    run.add_argument("--glue-dir", default=os.environ.get("AA_GLUE_DIR", str(REPO.parent / "shared/data/glue")))
+    run.add_argument("--tasks", default=",".join(TASKS))
+    run.add_argument("--sizes", default="100,300", help="comma-separated N, or 'full'")
+    run.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    run.add_argument("--recipes", default=",".join(RECIPES))
+    run.add_argument("--transfer", action="store_true", help="also run the transfer cells (claim c)")
+    run.add_argument("--epochs", type=int, default=20)
+    run.add_argument("--jobs", type=int, default=1, help="cells in parallel processes")
+    run.add_argument("--threads", type=int, default=2, help="torch threads per cell")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--backbone", help="backbone folder or id (default: all-MiniLM-L6-v2)")
+    run.add_argument("--results-dir", type=Path, default=RESULTS, help="where cell JSON files go (default: results/ here)")
+    run.add_argument("--runs-dir", type=Path, default=RUNS, help="where run folders go (default: runs/ here, not committed)")
+    run.set_defaults(func=command_run)
+    report = sub.add_parser("report", help="render RESULTS.md and the plot from the finished cells")
+    report.set_defaults(func=lambda a: __import__("report").main())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    raise SystemExit(main())
