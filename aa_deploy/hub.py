@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
-    HFValidationError,
     HfHubHTTPError,
+    HFValidationError,
     IncompleteSnapshotError,
     LocalEntryNotFoundError,
     LocalTokenNotFoundError,
@@ -209,8 +209,8 @@ def _collect_additions(
     selected = list(filter_repo_objects(files, allow_patterns=_as_list(allow_patterns), ignore_patterns=ignore))
     if not selected:
         raise EmptyFolderError(
-            f"cannot push {folder}: no file is left after applying allow_patterns={allow_patterns!r} "
-            f"and ignore_patterns={ignore_patterns!r}"
+            f"cannot push {folder}: no file is left after applying allow_patterns={allow_patterns!r}, "
+            f"ignore_patterns={ignore_patterns!r} and the default ignores (.git/, .cache/huggingface/)"
         )
     return [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=files[rel]) for rel in selected]
 
@@ -251,7 +251,7 @@ def _push_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     except httpx2.HTTPError as err:
         raise HubUploadError(
             f"pushing {where} failed ({type(err).__name__}: {err}); check the network and HF_ENDPOINT="
-            f"{_endpoint()}. Nothing was committed; re-run to retry"
+            f"{_endpoint()}. Commits are atomic and re-running is safe: unchanged files make no new commit"
         ) from err
 
 
@@ -423,4 +423,4 @@ def resolve_pretrained_path(
             endpoint=_endpoint(),
             library_name=_LIBRARY_NAME,
         )
-    return _check_artifact(Path(snapshot), required_file, f"repo {name} (revision {_rev_label(revision)})")
+    return _check_artifact(Path(snapshot), required_file, f"repo {name}" + (f"@{revision}" if revision else ""))

@@ -8,7 +8,8 @@ model that predicts one class for the whole dev split) would silently freeze the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
@@ -36,9 +37,7 @@ def _pair(predictions: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, 
             f"classification logits first, or use task_metrics)"
         )
     if pred.shape[0] != ref.shape[0]:
-        raise ValueError(
-            f"predictions and references differ in length: {pred.shape[0]} vs {ref.shape[0]}"
-        )
+        raise ValueError(f"predictions and references differ in length: {pred.shape[0]} vs {ref.shape[0]}")
     if pred.shape[0] == 0:
         raise ValueError("cannot compute a metric on zero examples")
     return pred, ref
@@ -148,9 +147,7 @@ def _metric_function(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
     try:
         return functions[name]
     except KeyError:
-        raise ValueError(
-            f"unknown metric {name!r}: expected one of {', '.join(METRIC_NAMES)}"
-        ) from None
+        raise ValueError(f"unknown metric {name!r}: expected one of {', '.join(METRIC_NAMES)}") from None
 
 
 def compute_metric(name: str, predictions: np.ndarray, references: np.ndarray) -> float:
@@ -158,7 +155,7 @@ def compute_metric(name: str, predictions: np.ndarray, references: np.ndarray) -
     return _metric_function(name)(predictions, references)
 
 
-def task_metrics(spec: "TaskSpec", logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def task_metrics(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Score raw model outputs for a task: the primary metric first, then useful extras.
 
     The primary metric is stored under its own name (``spec.metric``) so callers can pick
@@ -171,17 +168,13 @@ def task_metrics(spec: "TaskSpec", logits: np.ndarray, labels: np.ndarray) -> di
         if out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
         if out.ndim != 1:
-            raise ValueError(
-                f"regression task {spec.name!r} expects logits of shape (n,) or (n, 1), "
-                f"got {out.shape}"
-            )
+            raise ValueError(f"regression task {spec.name!r} expects logits of shape (n,) or (n, 1), got {out.shape}")
         predictions = out
         extras: tuple[str, ...] = REGRESSION_METRICS
     else:
         if out.ndim != 2 or out.shape[1] != spec.num_labels:
             raise ValueError(
-                f"classification task {spec.name!r} expects logits of shape "
-                f"(n, {spec.num_labels}), got {out.shape}"
+                f"classification task {spec.name!r} expects logits of shape (n, {spec.num_labels}), got {out.shape}"
             )
         predictions = np.argmax(out, axis=-1)
         extras = ("accuracy",)

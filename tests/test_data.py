@@ -59,8 +59,7 @@ COLA_DEV = tsv(
 )
 MRPC_TRAIN = "\ufeff" + tsv(
     "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
-    '1\t702876\t702977\tAmrozi called him "the witness".\tReferring to him as "the witness", '
-    "Amrozi spoke.",
+    '1\t702876\t702977\tAmrozi called him "the witness".\tReferring to him as "the witness", Amrozi spoke.',
     '0\t2108705\t2108831\tYucaipa owned it.\t"Yucaipa bought it in 1998.',
 )
 RTE_TRAIN = tsv(
@@ -76,10 +75,8 @@ QNLI_DEV = tsv(
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
 STSB_TRAIN = tsv(
     STSB_HEADER,
-    "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane takes off.\tAn air plane "
-    "takes off.\t5.000",
-    "1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man plays a flute.\tA man "
-    'plays "music".\t3.800',
+    "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane takes off.\tAn air plane takes off.\t5.000",
+    '1\tmain-captions\tMSRvid\t2012test\t0004\tnone\tnone\tA man plays a flute.\tA man plays "music".\t3.800',
     "2\tmain-news\theadlines\t2013\t0005\tnone\tnone\tOne.\tTwo.\t0",
 )
 
@@ -142,9 +139,7 @@ def test_mrpc_bom_label_in_first_column(glue_dir: Path) -> None:
 @pytest.mark.parametrize("task", ["rte", "RTE"])
 def test_rte_string_labels(glue_dir: Path, task: str) -> None:
     data = load_task(task, glue_dir)
-    assert data.spec == TaskSpec(
-        "rte", "accuracy", ["entailment", "not_entailment"], is_pair=True
-    )
+    assert data.spec == TaskSpec("rte", "accuracy", ["entailment", "not_entailment"], is_pair=True)
     assert data.train == [
         Example("No weapons were found.", "Weapons were found.", 1),
         Example('The "pope" died.', "A pope died.", 0),
@@ -326,8 +321,7 @@ def test_data_error_is_a_value_error() -> None:
 def test_csv_quoted_fields_and_sorted_string_labels(tmp_path: Path) -> None:
     path = write(
         tmp_path / "reviews.csv",
-        'id,text,label\n1,"Good, really good",pos\n2,"He said ""bad""",neg\n'
-        '3,"two\nlines",neutral\n',
+        'id,text,label\n1,"Good, really good",pos\n2,"He said ""bad""",neg\n3,"two\nlines",neutral\n',
     )
     data = load_task(str(path))
     assert data.spec == TaskSpec("reviews", "accuracy", ["neg", "neutral", "pos"], False)

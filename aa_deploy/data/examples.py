@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from aa_deploy.data.errors import DataError
 from aa_deploy.metrics import CLASSIFICATION_METRICS, METRIC_NAMES, REGRESSION_METRICS
@@ -22,8 +23,7 @@ def _check_keys(data: Mapping[str, Any], required: set[str], optional: set[str],
         raise DataError(f"{what}: missing key(s) {', '.join(missing)}")
     if unknown:
         raise DataError(
-            f"{what}: unknown key(s) {', '.join(unknown)}; expected "
-            f"{', '.join(sorted(required | optional))}"
+            f"{what}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(required | optional))}"
         )
 
 
@@ -43,7 +43,7 @@ class Example:
         return {"text": self.text, "text_pair": self.text_pair, "label": self.label}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Example":
+    def from_dict(cls, data: Mapping[str, Any]) -> Example:
         _check_keys(data, {"text", "label"}, {"text_pair"}, "Example")
         label = data["label"]
         if isinstance(label, bool) or not isinstance(label, (int, float)):
@@ -67,8 +67,7 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if self.metric not in METRIC_NAMES:
             raise DataError(
-                f"task {self.name!r}: unknown metric {self.metric!r}; expected one of "
-                f"{', '.join(METRIC_NAMES)}"
+                f"task {self.name!r}: unknown metric {self.metric!r}; expected one of {', '.join(METRIC_NAMES)}"
             )
         if self.label_names is None:
             if self.metric not in REGRESSION_METRICS:
@@ -117,7 +116,7 @@ class TaskSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
         _check_keys(data, {"name", "metric", "label_names", "is_pair"}, set(), "TaskSpec")
         names = data["label_names"]
         return cls(
@@ -156,7 +155,7 @@ class TaskData:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TaskData":
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskData:
         _check_keys(data, {"spec", "train", "test"}, set(), "TaskData")
         test = data["test"]
         return cls(
@@ -171,12 +170,8 @@ def _check_label(spec: TaskSpec, label: int | float, where: str) -> None:
         raise DataError(f"task {spec.name!r}, {where}: label must be a number, got {label!r}")
     if spec.is_regression:
         if not isinstance(label, numbers.Real) or not math.isfinite(label):
-            raise DataError(
-                f"task {spec.name!r}, {where}: regression label must be a finite number, "
-                f"got {label!r}"
-            )
+            raise DataError(f"task {spec.name!r}, {where}: regression label must be a finite number, got {label!r}")
     elif not isinstance(label, numbers.Integral) or not 0 <= label < spec.num_labels:
         raise DataError(
-            f"task {spec.name!r}, {where}: label must be a class index in "
-            f"0..{spec.num_labels - 1}, got {label!r}"
+            f"task {spec.name!r}, {where}: label must be a class index in 0..{spec.num_labels - 1}, got {label!r}"
         )

@@ -11,9 +11,10 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 from aa_deploy.data.errors import DataError
 from aa_deploy.data.examples import Example, TaskData, TaskSpec
@@ -40,9 +41,7 @@ def read_text_file(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"{path}: line {line}: not valid UTF-8 ({exc.reason}); re-save the file as UTF-8"
-        ) from None
+        raise DataError(f"{path}: line {line}: not valid UTF-8 ({exc.reason}); re-save the file as UTF-8") from None
 
 
 def tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -151,10 +150,9 @@ def _delimited_records(path: Path, delimiter: str) -> Iterator[tuple[int, dict[s
             continue
         if len(fields) != len(header):
             raise DataError(
-                f"{path}: line {line}: {len(fields)} field(s) but the header has "
-                f"{len(header)}; check for {hint}"
+                f"{path}: line {line}: {len(fields)} field(s) but the header has {len(header)}; check for {hint}"
             )
-        yield line, dict(zip(header, fields))
+        yield line, dict(zip(header, fields, strict=True))
     if header is None:
         raise DataError(f"{path}: file is empty; expected a header row (text,label,...)")
 
@@ -212,10 +210,7 @@ def _read_rows(path: Path) -> tuple[list[_Row], bool]:
         records = list(_delimited_records(path, "," if suffix == ".csv" else "\t"))
         is_pair = bool(records) and "text_pair" in records[0][1]
     else:
-        raise DataError(
-            f"{path}: unsupported file type {path.suffix or '(none)'}; use "
-            f"{', '.join(SUPPORTED_SUFFIXES)}"
-        )
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; use {', '.join(SUPPORTED_SUFFIXES)}")
     if not records:
         raise DataError(f"{path}: has a header but no examples")
     rows = []
@@ -246,9 +241,7 @@ def _label_sort_key(label: _Label) -> tuple[int, float, str]:
     return (1, 0.0, label.name)
 
 
-def _to_examples(
-    rows: list[_Row], path: Path, label_names: list[str] | None
-) -> list[Example]:
+def _to_examples(rows: list[_Row], path: Path, label_names: list[str] | None) -> list[Example]:
     """Turn rows into examples; label_names None means regression."""
     examples = []
     index = None if label_names is None else {n: i for i, n in enumerate(label_names)}
@@ -264,8 +257,7 @@ def _to_examples(
         else:
             if row.label.name not in index:
                 raise DataError(
-                    f"{path}: line {row.line}: label {row.label.name!r} is not one of the "
-                    f"task's labels {label_names}"
+                    f"{path}: line {row.line}: label {row.label.name!r} is not one of the task's labels {label_names}"
                 )
             label = index[row.label.name]
         examples.append(Example(text=row.text, text_pair=row.text_pair, label=label))
@@ -290,13 +282,9 @@ def load_file_task(
     train_path = Path(train_file)
     rows, is_pair = _read_rows(train_path)
     if problem_type not in (None, "classification", "regression"):
-        raise DataError(
-            f"problem_type must be 'classification', 'regression' or None, got {problem_type!r}"
-        )
+        raise DataError(f"problem_type must be 'classification', 'regression' or None, got {problem_type!r}")
     if problem_type is None:
-        problem_type = (
-            "regression" if any(r.label.kind == "float" for r in rows) else "classification"
-        )
+        problem_type = "regression" if any(r.label.kind == "float" for r in rows) else "classification"
     names: list[str] | None
     if problem_type == "regression":
         if label_names is not None:

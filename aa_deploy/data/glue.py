@@ -39,27 +39,39 @@ class GlueFormat:
 
 
 GLUE_FORMATS: tuple[GlueFormat, ...] = (
-    GlueFormat("cola", "CoLA", None, 4, 3, None, 1, ("0", "1"), "matthews_correlation"),
-    GlueFormat("sst2", "SST-2", ("sentence", "label"), 2, 0, None, 1, ("0", "1"), "accuracy"),
     GlueFormat(
-        "mrpc", "MRPC", ("quality", "#1 id", "#2 id", "#1 string", "#2 string"),
-        5, 3, 4, 0, ("0", "1"), "f1",
+        task="cola", folder="CoLA", header=None, num_columns=4,
+        text_column=3, pair_column=None, label_column=1,
+        label_names=("0", "1"), metric="matthews_correlation",
     ),
     GlueFormat(
-        "stsb", "STS-B",
-        ("index", "genre", "filename", "year", "old_index", "source1", "source2",
-         "sentence1", "sentence2", "score"),
-        10, 7, 8, 9, None, "spearman", (0.0, 5.0),
+        task="sst2", folder="SST-2", header=("sentence", "label"), num_columns=2,
+        text_column=0, pair_column=None, label_column=1,
+        label_names=("0", "1"), metric="accuracy",
     ),
     GlueFormat(
-        "qnli", "QNLI", ("index", "question", "sentence", "label"),
-        4, 1, 2, 3, ("entailment", "not_entailment"), "accuracy",
+        task="mrpc", folder="MRPC", header=("quality", "#1 id", "#2 id", "#1 string", "#2 string"),
+        num_columns=5, text_column=3, pair_column=4, label_column=0,
+        label_names=("0", "1"), metric="f1",
     ),
     GlueFormat(
-        "rte", "RTE", ("index", "sentence1", "sentence2", "label"),
-        4, 1, 2, 3, ("entailment", "not_entailment"), "accuracy",
+        task="stsb", folder="STS-B",
+        header=("index", "genre", "filename", "year", "old_index", "source1", "source2",
+                "sentence1", "sentence2", "score"),
+        num_columns=10, text_column=7, pair_column=8, label_column=9,
+        label_names=None, metric="spearman", label_range=(0.0, 5.0),
     ),
-)
+    GlueFormat(
+        task="qnli", folder="QNLI", header=("index", "question", "sentence", "label"), num_columns=4,
+        text_column=1, pair_column=2, label_column=3,
+        label_names=("entailment", "not_entailment"), metric="accuracy",
+    ),
+    GlueFormat(
+        task="rte", folder="RTE", header=("index", "sentence1", "sentence2", "label"), num_columns=4,
+        text_column=1, pair_column=2, label_column=3,
+        label_names=("entailment", "not_entailment"), metric="accuracy",
+    ),
+)  # fmt: skip
 
 GLUE_TASKS: tuple[str, ...] = tuple(f.task for f in GLUE_FORMATS)
 
@@ -93,10 +105,7 @@ def expected_layout(data_dir: str | os.PathLike[str] | None = None) -> str:
     """Human-readable folder layout, for error messages."""
     root = "<data_dir>" if data_dir is None else str(data_dir)
     folders = ",".join(f.folder for f in GLUE_FORMATS)
-    return (
-        f"{root}/{{{folders}}}/{{train,dev}}.tsv, as written by the standard GLUE download "
-        f"script"
-    )
+    return f"{root}/{{{folders}}}/{{train,dev}}.tsv, as written by the standard GLUE download script"
 
 
 def _check_header(fmt: GlueFormat, fields: list[str], path: Path, line: int) -> None:
@@ -115,8 +124,7 @@ def _label(fmt: GlueFormat, raw: str, path: Path, line: int) -> int | float:
     if fmt.label_names is not None:
         if value not in fmt.label_names:
             raise DataError(
-                f"{path}: line {line}: label {raw!r} is not one of "
-                f"{', '.join(fmt.label_names)} for {fmt.folder}"
+                f"{path}: line {line}: label {raw!r} is not one of {', '.join(fmt.label_names)} for {fmt.folder}"
             )
         return fmt.label_names.index(value)
     try:
@@ -177,10 +185,7 @@ def _missing_file(fmt: GlueFormat, data_dir: Path, split: Split) -> DataError:
     path = glue_split_path(fmt.task, data_dir, split)
     other = glue_split_path(fmt.task, data_dir, "dev" if split == "train" else "train")
     if split == "train" and other.is_file():
-        what = (
-            f"{fmt.task} can only be evaluated with this folder (its dev split is there), "
-            f"not trained"
-        )
+        what = f"{fmt.task} can only be evaluated with this folder (its dev split is there), not trained"
     elif split == "dev":
         what = f"{fmt.task} has no test set here (the official dev split is the test set)"
     else:
@@ -189,8 +194,7 @@ def _missing_file(fmt: GlueFormat, data_dir: Path, split: Split) -> DataError:
     if (data_dir / "train.tsv").is_file() or (data_dir / "dev.tsv").is_file():
         hint = f" ({data_dir} looks like a single task's folder: point at its parent)"
     return DataError(
-        f"{path} is missing: {what}. Point --data-dir at a full GLUE folder laid out as "
-        f"{expected_layout()}{hint}"
+        f"{path} is missing: {what}. Point --data-dir at a full GLUE folder laid out as {expected_layout()}{hint}"
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from aa_deploy.data.errors import DataError
 from aa_deploy.data.examples import Example

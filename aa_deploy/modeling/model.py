@@ -61,6 +61,9 @@ def load_sequence_classifier(
                 id2label=dict(enumerate(label_names)),
                 label2id={name: i for i, name in enumerate(label_names)},
             )
+    # A backbone folder may carry a head of another size (a model fine-tuned on another task): the head
+    # is ours to train, so a size mismatch there is expected, not an error.
+    kwargs.setdefault("ignore_mismatched_sizes", True)
     with _quiet_transformers():
         return AutoModelForSequenceClassification.from_pretrained(
             resolve_backbone_path(name_or_path), **head_kwargs, **kwargs

@@ -158,6 +158,7 @@ def train(cfg: TrainConfig) -> RunResult:
             learning_rates=(cfg.learning_rate, cfg.switch_learning_rate, cfg.rational_learning_rate),
         )
         train_output = trainer.train()
+        best.active = False
         if best.best_state is not None:
             model.load_trainable_state_dict(best.best_state)
         model.eval()

@@ -66,12 +66,16 @@ class BestEpochCallback(TrainerCallback):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self._train_loss: float | None = None
+        # Switched off after training so the final dev/test evaluations are not logged as epochs.
+        self.active = True
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kw: Any):
         if logs and "loss" in logs:
             self._train_loss = float(logs["loss"])
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw: Any):
+        if not self.active:
+            return
         metrics = metrics or {}
         value = float(metrics.get(self.metric_key, math.nan))
         epoch = int(round(state.epoch or 0))

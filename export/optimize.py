@@ -1,0 +1,94 @@
+"""Optional graph optimisation (ONNX Runtime transformer fusions) and dynamic INT8 quantisation.
+
+Both steps run identically on every task graph and on the bare backbone of the store, so the
+backbone tensors they produce (fused QKV weights, quantised weights) are byte-identical across tasks
+and stay shareable.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import ModelProto
+from transformers import PretrainedConfig
+
+logger = logging.getLogger("aa_deploy.export")
+
+QUANTIZATION_TYPES = ("int8",)
+
+
+@dataclass(frozen=True)
+class OptimizeSettings:
+    """How a graph is post-processed; part of the backbone store key."""
+
+    optimize: bool = False
+    quantize: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantize is not None and self.quantize not in QUANTIZATION_TYPES:
+            raise ValueError(f"unknown quantization {self.quantize!r}: choose one of {', '.join(QUANTIZATION_TYPES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def attention_shape(config: PretrainedConfig) -> tuple[int, int]:
+    """(num_heads, hidden_size) under each family's own config names (DistilBERT: n_heads, dim)."""
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
+    if not heads or not hidden:
+        raise ValueError(f"cannot read the number of heads / hidden size from the {config.model_type} config")
+    return int(heads), int(hidden)
+
+
+def optimize_graph(model: ModelProto, config: PretrainedConfig) -> tuple[ModelProto, dict[str, int]]:
+    """Apply ORT's BERT-family fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm).
+
+    ``opt_level=0`` keeps it to the Python fusions: the result is portable across CPU/GPU and
+    deterministic, and ONNX Runtime still applies its own runtime optimisations when a session loads
+    the graph. Every supported family uses the "bert" fusion rules (as Optimum does).
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, hidden = attention_shape(config)
+    # The optimiser logs every fusion at INFO; keep our output readable.
+    fusion_logger = logging.getLogger("onnxruntime.transformers")
+    previous = fusion_logger.level
+    fusion_logger.setLevel(logging.WARNING)
+    try:
+        optimized = optimize_model(model, model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+    finally:
+        fusion_logger.setLevel(previous)
+    stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    proto = optimized.model
+    # The optimiser records its own name; keep producer fields stable for byte-identical re-exports.
+    return proto, stats
+
+
+def quantize_int8(model: ModelProto) -> ModelProto:
+    """Dynamic INT8 quantisation of the weights (activations quantised on the fly at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="aa-quant-") as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(model, str(source))
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        return onnx.load(str(target), load_external_data=True)
+
+
+def postprocess(
+    model: ModelProto, config: PretrainedConfig, settings: OptimizeSettings
+) -> tuple[ModelProto, dict[str, Any]]:
+    """Run the optional steps in a fixed order (fuse, then quantise) and report what they did."""
+    report: dict[str, Any] = {}
+    if settings.optimize:
+        model, report["fused_operators"] = optimize_graph(model, config)
+    if settings.quantize == "int8":
+        model = quantize_int8(model)
+        report["quantization"] = {"method": "dynamic", "weight_type": "int8", "tool": "onnxruntime.quantization"}
+    return model, report

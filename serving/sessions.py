@@ -1,0 +1,113 @@
+"""ONNX Runtime sessions: options, providers, and graphs whose backbone tensors come from a SharedBackbone.
+
+A graph is never loaded with its external data: ``onnx.load(load_external_data=False)`` keeps only the
+references, every reference into the backbone file is replaced by the shared OrtValue
+(``add_initializer``), and ORT is pointed at the export folder only to validate those references.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backbone import SharedBackbone, external_info
+
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The ORT knobs of ServerConfig that matter for building sessions."""
+
+    intra_op_threads: int = 0
+    prepacking: bool = True
+    providers: tuple[str, ...] | None = None
+    graph_optimization_level: str = "all"
+
+    def resolved_providers(self) -> list[str]:
+        """CUDA when onnxruntime-gpu offers it (unless providers were given), CPU otherwise."""
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if self.providers:
+            missing = [p for p in self.providers if p not in available]
+            if missing:
+                raise ValueError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
+            return list(self.providers)
+        preferred = [p for p in ("CUDAExecutionProvider",) if p in available]
+        return preferred + ["CPUExecutionProvider"]
+
+    def options(self, *, prepacking: bool | None = None) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[self.graph_optimization_level])
+        if self.intra_op_threads:
+            options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not (self.prepacking if prepacking is None else prepacking):
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        return options
+
+
+def shared_initializers(model: Any, backbone: SharedBackbone) -> list[tuple[str, Any]]:
+    """(name, OrtValue) for every initializer of ``model`` stored in the backbone file."""
+    from onnx import TensorProto
+
+    pairs = []
+    for tensor in model.graph.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = external_info(tensor).get("location", "")
+        if location != backbone.path.name:
+            raise ValueError(
+                f"initializer {tensor.name!r} points to external file {location!r}, not the shared backbone "
+                f"{backbone.path.name!r}: the export folder does not follow the aa-deploy contract; re-export"
+            )
+        pairs.append((tensor.name, backbone.value(tensor)))
+    return pairs
+
+
+def create_session(
+    model: Any,
+    settings: SessionSettings,
+    *,
+    backbone: SharedBackbone | None = None,
+    model_path: str | None = None,
+    prepacking: bool | None = None,
+) -> Any:
+    """An InferenceSession for ``model`` (a ModelProto without external data loaded) or ``model_path``."""
+    import onnxruntime as ort
+
+    options = settings.options(prepacking=prepacking)
+    if backbone is not None:
+        for name, value in shared_initializers(model, backbone):
+            options.add_initializer(name, value)
+        # Only used to validate the references we just overrode; ORT does not read the file.
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(backbone.folder))
+        source: Any = model.SerializeToString()
+    elif model is not None:
+        source = model.SerializeToString()
+    else:
+        source = model_path
+    session = ort.InferenceSession(source, options, providers=settings.resolved_providers())
+    # The session only borrows the backbone buffers: keep the backbone alive as long as the session.
+    session._aa_backbone = backbone  # type: ignore[attr-defined]
+    return session
+
+
+def run_session(session: Any, feeds: dict[str, np.ndarray], output: str = "logits") -> np.ndarray:
+    """Run with only the inputs the graph declares (graphs differ in whether they take token_type_ids)."""
+    wanted = {i.name for i in session.get_inputs()}
+    missing = wanted - set(feeds)
+    if missing:
+        raise ValueError(f"the graph needs inputs {sorted(missing)} the server did not produce")
+    return session.run([output], {k: v for k, v in feeds.items() if k in wanted})[0]
+
+
+def session_input_names(session: Any) -> Sequence[str]:
+    return [i.name for i in session.get_inputs()]
