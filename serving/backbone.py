@@ -47,7 +47,6 @@ class SharedBackbone:
 
     key: str
     path: Path
-    folder: Path
     size: int
     _map: np.memmap = field(repr=False)
     _values: dict[tuple, Any] = field(default_factory=dict, repr=False)
@@ -93,9 +92,9 @@ class BackboneStore:
         self._lock = threading.Lock()
 
     def acquire(self, manifest: ExportManifest, user: str) -> SharedBackbone:
-        path = manifest.backbone_path
-        if path is None:
+        if manifest.backbone_path is None:
             raise ValueError(f"{manifest.folder} is a standalone export: it has no shared backbone")
+        path = manifest.backbone_path.resolve()
         stat = path.stat()
         identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with self._lock:
@@ -111,7 +110,7 @@ class BackboneStore:
             backbone = self._backbones.get(key)
             if backbone is None:
                 mapping = np.memmap(path, dtype=np.uint8, mode="r")
-                backbone = SharedBackbone(key=key, path=path, folder=path.parent, size=stat.st_size, _map=mapping)
+                backbone = SharedBackbone(key=key, path=path, size=stat.st_size, _map=mapping)
                 self._backbones[key] = backbone
             elif backbone.size != stat.st_size:
                 raise ValueError(

@@ -7,13 +7,14 @@ references, every reference into the backbone file is replaced by the shared Ort
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .backbone import SharedBackbone, external_info
+from .backbone import SharedBackbone
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
@@ -28,7 +29,7 @@ class SessionSettings:
     graph_optimization_level: str = "all"
 
     def resolved_providers(self) -> list[str]:
-        """CUDA when onnxruntime-gpu offers it (unless providers were given), CPU otherwise."""
+        """CUDA when onnxruntime-gpu offers it and it really works (unless providers were given), CPU otherwise."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -37,8 +38,12 @@ class SessionSettings:
             if missing:
                 raise ValueError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
             return list(self.providers)
-        preferred = [p for p in ("CUDAExecutionProvider",) if p in available]
-        return preferred + ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in available and cuda_works():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def with_providers(self, providers: Sequence[str]) -> SessionSettings:
+        return SessionSettings(self.intra_op_threads, self.prepacking, tuple(providers), self.graph_optimization_level)
 
     def options(self, *, prepacking: bool | None = None) -> Any:
         import onnxruntime as ort
@@ -54,22 +59,66 @@ class SessionSettings:
         return options
 
 
+def cuda_works() -> bool:
+    """onnxruntime-gpu lists CUDA even when the CUDA/cuDNN libraries are missing; try a one-node session.
+
+    Called once per server (the registry resolves its providers at start), so its cost and its log
+    noise are paid once.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    previous = None
+    try:
+        previous = ort.get_default_logger_severity() if hasattr(ort, "get_default_logger_severity") else None
+        ort.set_default_logger_severity(4)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
+        return "CUDAExecutionProvider" in session.get_providers()
+    except Exception:
+        return False
+    finally:
+        ort.set_default_logger_severity(previous if previous is not None else 2)
+
+
 def shared_initializers(model: Any, backbone: SharedBackbone) -> list[tuple[str, Any]]:
     """(name, OrtValue) for every initializer of ``model`` stored in the backbone file."""
     from onnx import TensorProto
 
-    pairs = []
+    return [
+        (tensor.name, backbone.value(tensor))
+        for tensor in model.graph.initializer
+        if tensor.data_location == TensorProto.EXTERNAL
+    ]
+
+
+def point_external_data(model: Any, expected_location: str, real_path: str) -> int:
+    """Check every external reference names the manifest's backbone file and point it at its real file.
+
+    ORT validates references (it does not read them: they are overridden) and refuses paths that leave
+    the folder, which a Hub cache symlink would; the real file's folder and name always pass.
+    """
+    from onnx import TensorProto
+
+    count = 0
     for tensor in model.graph.initializer:
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
-        location = external_info(tensor).get("location", "")
-        if location != backbone.path.name:
-            raise ValueError(
-                f"initializer {tensor.name!r} points to external file {location!r}, not the shared backbone "
-                f"{backbone.path.name!r}: the export folder does not follow the aa-deploy contract; re-export"
-            )
-        pairs.append((tensor.name, backbone.value(tensor)))
-    return pairs
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                if entry.value != expected_location:
+                    raise ValueError(
+                        f"initializer {tensor.name!r} points to external file {entry.value!r}, not the shared "
+                        f"backbone {expected_location!r}: the export does not follow the aa-deploy contract; re-export"
+                    )
+                entry.value = os.path.basename(real_path)
+                count += 1
+    return count
 
 
 def create_session(
@@ -77,6 +126,7 @@ def create_session(
     settings: SessionSettings,
     *,
     backbone: SharedBackbone | None = None,
+    external_folder: str | None = None,
     model_path: str | None = None,
     prepacking: bool | None = None,
 ) -> Any:
@@ -88,7 +138,7 @@ def create_session(
         for name, value in shared_initializers(model, backbone):
             options.add_initializer(name, value)
         # Only used to validate the references we just overrode; ORT does not read the file.
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(backbone.folder))
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
         source: Any = model.SerializeToString()
     elif model is not None:
         source = model.SerializeToString()

@@ -44,7 +44,7 @@ def test_parameter_groups_follow_the_paper() -> None:
 
 
 def test_search_run_lowers_loss_and_writes_run_folder(tmp_path, tiny_backbone_dir, demo_data) -> None:
-    result = train(demo_config(tmp_path, tiny_backbone_dir, demo_data, epochs=6))
+    result = train(demo_config(tmp_path, tiny_backbone_dir, demo_data, epochs=6, save_checkpoints=True, switch_temperature_final=0.05))
     run = tmp_path / "run"
     names = {p.name for p in run.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "selection.json", "metrics.json", "training_config.json", "activations.png"} <= names
@@ -63,6 +63,15 @@ def test_search_run_lowers_loss_and_writes_run_folder(tmp_path, tiny_backbone_di
     assert len(selection["switch_probabilities"]) == 3
     model = AdaptableAdapterModel.from_pretrained(run)
     assert model.kept_layers() == selection["selected_layers"]
+    # Every epoch's checkpoint carries its switch logits (the reference code lost them).
+    from safetensors.numpy import load_file
+
+    for epoch in range(1, 7):
+        keys = load_file(str(run / "checkpoints" / f"epoch-{epoch}" / "adapter_model.safetensors")).keys()
+        assert sum(".switch.logits" in k for k in keys) == 3
+    # Annealing reached the final temperature.
+    assert abs(model.adapter_layers["0"].switch.temperature - 0.1) < 1e-9  # config value on reload
+    assert json.loads((run / "training_config.json").read_text())["switch_temperature_final"] == 0.05
 
 
 def test_focused_run_reuses_a_selection(tmp_path, tiny_backbone_dir, demo_data) -> None:
@@ -163,3 +172,20 @@ def test_cli_trains_real_minilm_on_glue_slice(tmp_path, glue_dir) -> None:
     model = AdaptableAdapterModel.from_pretrained(out)
     assert model.kept_layers() == selection["selected_layers"]
     assert torch.is_tensor(next(iter(model.trainable_state_dict().values())))
+
+
+def test_switch_temperature_annealing_schedule() -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from aa_deploy.training.trainer import SwitchAnnealingCallback
+
+    model = AdaptableAdapterModel.from_backbone(tiny_model(), AdapterConfig(recipe="search"), task=TASK)
+    callback = SwitchAnnealingCallback(model, start=1.0, final=0.01)
+    state = TrainerState()
+    state.max_steps = 100
+    seen = []
+    for step in (0, 50, 100):
+        state.global_step = step
+        callback.on_step_begin(TrainingArguments(output_dir="/tmp/unused", report_to=[]), state, TrainerControl())
+        seen.append(model.adapter_layers["1"].switch.temperature)
+    assert seen == pytest.approx([1.0, 0.1, 0.01])

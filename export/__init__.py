@@ -1,0 +1,34 @@
+"""The compiler: prune deselected adapters, fold rationals into constants, export validated per-task ONNX.
+
+``export_run(run_dir, output, ...)`` is the entry point (``aa-deploy export`` on the command line).
+The package imports torch lazily: ``aa-deploy --help`` and the torch-free server can import
+``export.manifest`` (standard library only) without paying for it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import ExportOptions, ExportResult, export_run
+    from .size_report import SizeReport, fleet_report, folder_report
+    from .validation import ValidationReport
+
+_LAZY = {
+    "export_run": "api", "ExportResult": "api", "ExportOptions": "api",
+    "SizeReport": "size_report", "folder_report": "size_report", "fleet_report": "size_report",
+    "ValidationReport": "validation",
+    "ExportError": "errors", "RunFolderError": "errors", "ValidationError": "errors", "GraphCheckError": "errors",
+    "read_manifest": "manifest", "MANIFEST_NAME": "manifest",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'export' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{module}", __name__), name)

@@ -1,0 +1,559 @@
+"""``export_run``: run folder → validated per-task ONNX folder (the compiler's one entry point).
+
+Order of work, and why:
+
+1. Read and check the run folder, load the trained model (eval mode) and its backbone's tokenizer.
+2. Build the validation inputs and compute the trained model's logits on them: the reference.
+3. Prune (``model.pruned()``) and check the pruned model against the reference (≤ 1e-5): pruning is
+   exact by construction (METHOD.md §3), so any difference means a damaged run folder.
+4. Save the compact artefact (kept adapters + head), then fold the rationals into constants.
+5. Export the task graph, post-process it (fusions, INT8), check the deployment contract (no custom
+   domain, no switch, the I/O signature) and validate it in ONNX Runtime against the reference.
+6. Shared mode: get the bare backbone from the store (exporting it through the same pipeline once),
+   point the task's backbone tensors at it and hard-link the store file; then load the final folder
+   with plain ``onnxruntime.InferenceSession`` and check it gives the validated outputs.
+7. Config, tokenizer, manifest and size report; publish the folder by one rename.
+
+Everything is written into a temporary sibling of the output folder, which replaces it only at the
+end: a failed validation (or any error) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aa_deploy.fileio import atomic_write_bytes, atomic_write_text
+
+from .backbone_store import (
+    DATA_NAME,
+    BackboneStore,
+    link_or_copy,
+    settings_key,
+    share_backbone_tensors,
+    verify_external_data,
+)
+from .errors import ExportError, GraphCheckError, RunFolderError, ValidationError
+from .folding import fold_rationals
+from .graph import check_domains, check_no_switch, io_signature
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, manifest_json
+from .optimize import OptimizeSettings, postprocess
+from .run_folder import RunFolder, check_selection, read_run_folder
+from .size_report import SizeReport, folder_report
+from .validation import (
+    ValidationReport,
+    build_cases,
+    builtin_examples,
+    compare,
+    evaluate_metric,
+    example_for_export,
+    ort_logits,
+    ort_session,
+    torch_logits,
+)
+
+logger = logging.getLogger("aa_deploy.export")
+
+# Pruning and folding are exact transformations: they must reproduce the trained model to float noise.
+PRUNE_ATOL = 1e-5
+# The shared-layout folder reads the very tensors that were validated: its outputs must not move.
+SHARED_ATOL = 1e-6
+# Bumped whenever the export pipeline changes what bytes it produces (part of the store key).
+PIPELINE_VERSION = 1
+# A single protobuf cannot exceed 2 GiB; larger standalone graphs get their weights beside them.
+_PROTOBUF_LIMIT = 2**31 - 2**24
+
+
+@dataclass
+class ExportOptions:
+    """The settings of one export (recorded in the manifest; round-trips through JSON)."""
+
+    standalone: bool = False
+    optimize: bool = False
+    quantize: str | None = None
+    backbone_store: str | None = None
+    data_dir: str | None = None
+    atol: float = 1e-4
+    task_name: str | None = None
+    overwrite: bool = False
+    max_eval_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        OptimizeSettings(self.optimize, self.quantize)  # validates quantize
+        if not self.atol > 0:
+            raise ValueError(f"atol must be > 0, got {self.atol}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportOptions:
+        return cls(**data)
+
+
+@dataclass
+class ExportResult:
+    """What ``export_run`` produced: the folder, its manifest and the reports inside it."""
+
+    output: Path
+    manifest: dict[str, Any]
+    validation: ValidationReport
+    sizes: SizeReport
+    metrics: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    standalone: bool = False,
+    optimize: bool = False,
+    quantize: str | None = None,
+    backbone_store: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    atol: float = 1e-4,
+    task_name: str | None = None,
+    overwrite: bool = False,
+    max_eval_examples: int | None = None,
+) -> ExportResult:
+    """Compile a trained run folder (or a Hub id of one) into a validated ONNX task folder.
+
+    See the module docstring for the steps; docs/DESIGN.md for the folder layout and the manifest.
+    ``data_dir`` (default ``$AA_GLUE_DIR``) supplies the task's own dev examples for validation and,
+    with ``quantize="int8"``, the dev-set metric before and after quantisation.
+    """
+    started = time.time()
+    options = ExportOptions(
+        standalone=standalone, optimize=optimize, quantize=quantize,
+        backbone_store=None if backbone_store is None else os.fspath(backbone_store),
+        data_dir=None if data_dir is None else os.fspath(data_dir), atol=float(atol), task_name=task_name,
+        overwrite=overwrite, max_eval_examples=max_eval_examples,
+    )  # fmt: skip
+    output = Path(output).expanduser().absolute()
+    _check_output(output, overwrite)
+    notes: list[str] = []
+    result = _export(run_dir, output, options, notes)
+    result.warnings = notes
+    result.seconds = round(time.time() - started, 2)
+    return result
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output} exists and is a file: choose another --output")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output} already exists and is not empty: choose another --output or pass --overwrite")
+
+
+def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, notes: list[str]) -> ExportResult:
+    import onnx
+    import torch
+
+    from aa_deploy.data import TaskSpec
+    from aa_deploy.modeling import AdaptableAdapterModel
+
+    from .onnx_export import OPSET, export_bare_backbone, export_task_graph, graph_input_names
+
+    run = read_run_folder(run_dir)
+    try:
+        spec = TaskSpec.from_dict(run.config.task or {})
+    except ValueError as exc:
+        raise RunFolderError(f"{run.directory}: the task recorded in adapter_config.json is invalid ({exc})") from exc
+    logger.info("loading %s onto %s", run.directory, run.config.base_model_name_or_path)
+    try:
+        model = AdaptableAdapterModel.from_pretrained(run.directory)
+    except (ValueError, OSError) as exc:
+        raise RunFolderError(f"cannot load the run folder {run.directory}: {exc}") from exc
+    model.eval()
+    kept = model.kept_layers()
+    check_selection(run, kept)
+    tokenizer = _load_tokenizer(run.config.base_model_name_or_path)
+    max_length = _max_length(run, model.backbone.config, tokenizer)
+    input_names = graph_input_names(model.backbone)
+    examples, source, labelled = _validation_examples(run, spec, options)
+    cases = build_cases(tokenizer, input_names, examples, max_length)
+    num_inputs = sum(c.batch for c in cases)
+    threads = torch.get_num_threads()
+
+    # Reference: the trained model as loaded, in eval mode.
+    reference = torch_logits(model, cases)
+    pruned = model.pruned().eval()
+    pruned_diff, _ = compare(reference, torch_logits(pruned, cases), cases)
+    if not pruned_diff <= PRUNE_ATOL:
+        raise ValidationError(
+            f"the pruned model differs from the trained model by {pruned_diff:.3g} (> {PRUNE_ATOL}): pruning "
+            "must be exact; the run folder is inconsistent or the model is not in eval mode",
+            {"pruned_max_abs_diff": pruned_diff},
+        )
+    num_layers = int(model.config.num_hidden_layers or 0)
+    del model
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        # The compact artefact: kept adapters (with their rational coefficients) and the head.
+        pruned.save_pretrained(staging)
+        folded = fold_rationals(pruned)
+        folded_diff, _ = compare(reference, torch_logits(pruned, cases), cases)
+        if not folded_diff <= PRUNE_ATOL:
+            raise ValidationError(
+                f"folding the rationals changed the outputs by {folded_diff:.3g} (> {PRUNE_ATOL}); please report this bug",
+                {"folded_max_abs_diff": folded_diff},
+            )
+
+        settings = OptimizeSettings(options.optimize, options.quantize)
+        backbone_config = pruned.backbone.config
+        example = example_for_export(cases)
+        logger.info("exporting the task graph (kept layers %s)", kept)
+        fp32_graph = export_task_graph(pruned, example, input_names)
+        graph, post_report = postprocess(fp32_graph, backbone_config, settings)
+        _check_contract(graph, input_names, settings)
+        graph_bytes = graph.SerializeToString() if graph.ByteSize() < _PROTOBUF_LIMIT else None
+        session = ort_session(graph_bytes if graph_bytes is not None else _spill(graph, staging), threads)
+        candidate = ort_logits(session, cases)
+        diff, per_case = compare(reference, candidate, cases)
+        enforced = options.quantize is None
+        report = ValidationReport(
+            max_abs_diff=diff, atol=options.atol, num_inputs=num_inputs, passed=bool(diff <= options.atol),
+            enforced=enforced, inputs_source=source, pruned_max_abs_diff=pruned_diff,
+            folded_max_abs_diff=folded_diff, cases=per_case,
+        )  # fmt: skip
+        if enforced and not report.passed:
+            raise ValidationError(
+                f"ONNX Runtime output differs from PyTorch by {diff:.3g} (> atol {options.atol}); worst case: "
+                f"{max(per_case, key=lambda c: c['max_abs_diff'])}. Nothing was written.",
+                report.to_dict(),
+            )
+        if not report.passed:
+            notes.append(f"INT8 logits differ from fp32 PyTorch by up to {diff:.3g} (not enforced for INT8)")
+
+        metrics = _quantization_metrics(
+            labelled, options, spec, tokenizer, input_names, max_length, fp32_graph, backbone_config, session, threads
+        )
+        del session
+
+        entry = None
+        shared_names: list[str] = []
+        linked: bool | None = None
+        if options.standalone:
+            _write_graph(graph, staging / "model.onnx", allow_external=True)
+        else:
+            store = BackboneStore(options.backbone_store)
+            key_settings = _store_settings(pruned, input_names, settings, OPSET)
+            key = settings_key(key_settings)
+            entry = store.get(key)
+            if entry is None:
+                logger.info("exporting the bare backbone into the store %s", store.root)
+                bare = export_bare_backbone(pruned, example, input_names)
+                bare, _ = postprocess(bare, backbone_config, settings)
+                entry = store.put(bare, key, key_settings)
+            shared_graph = onnx.ModelProto()
+            shared_graph.CopyFrom(graph)
+            shared_names = share_backbone_tensors(shared_graph, entry)
+            if not shared_names:
+                raise ExportError(
+                    "no tensor of the task graph matched the stored backbone; the store entry "
+                    f"{entry.directory} does not belong to this backbone: delete it and export again"
+                )
+            _write_graph(shared_graph, staging / "model.onnx", allow_external=False)
+            linked = link_or_copy(entry.data_path, staging / DATA_NAME)
+            if not linked:
+                notes.append("the backbone file was copied, not hard-linked (different file systems?)")
+            verify_external_data(shared_graph, staging)
+            # The final check: plain ONNX Runtime loads the folder as a user would and reproduces the
+            # validated outputs from the hard-linked backbone file.
+            final = ort_logits(ort_session(staging / "model.onnx", threads), cases)
+            report.shared_max_abs_diff, _ = compare(candidate, final, cases)
+            if not report.shared_max_abs_diff <= SHARED_ATOL:
+                raise ValidationError(
+                    f"the shared-backbone graph differs from the validated graph by {report.shared_max_abs_diff:.3g}",
+                    report.to_dict(),
+                )
+
+        _write_config(pruned.backbone, staging)
+        tokenizer.save_pretrained(str(staging))
+        if not (staging / "tokenizer.json").is_file():
+            raise ExportError("the tokenizer did not write tokenizer.json; a fast tokenizer is required")
+        manifest = _manifest(
+            run, spec, options, settings, input_names, max_length, tokenizer, kept, num_layers, pruned, entry,
+            shared_names, linked, report, post_report, folded, metrics, graph,
+        )  # fmt: skip
+        sizes = _write_manifest(staging, manifest, linked)
+        _publish(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.parent / f"{staging.name}.scratch", ignore_errors=True)
+        raise
+    sizes = folder_report(output, linked=linked)
+    return ExportResult(output=output, manifest=manifest, validation=report, sizes=sizes, metrics=metrics)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _load_tokenizer(backbone: str | None) -> Any:
+    from transformers import AutoTokenizer
+
+    from aa_deploy.backbones import resolve_backbone_path
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(backbone))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot load the tokenizer of the backbone {backbone!r}: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ExportError(
+            f"the backbone {backbone!r} has no fast tokenizer; the export needs tokenizer.json (the server "
+            "tokenizes with the `tokenizers` library). Add a tokenizer.json to the backbone folder."
+        )
+    return tokenizer
+
+
+def _max_length(run: RunFolder, config: Any, tokenizer: Any) -> int:
+    """The training max length, capped by what the backbone's position embeddings allow."""
+    requested = int((run.training or {}).get("max_length") or 128)
+    limits = [requested]
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+            positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1  # positions start after padding_idx
+        limits.append(int(positions))
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and 0 < model_max < 1_000_000:
+        limits.append(model_max)
+    return min(limits)
+
+
+def _validation_examples(
+    run: RunFolder, spec: Any, options: ExportOptions
+) -> tuple[list[tuple[str, str | None]], str, list[Any] | None]:
+    """The task's labelled dev examples when available, else built-in sentences.
+
+    Returns (examples for validation, where they came from, labelled examples for metrics or None).
+    """
+    from aa_deploy.data import DataError, load_task, read_glue_split
+    from aa_deploy.data.glue import normalize_glue_task
+
+    explicit = options.data_dir is not None
+    data_dir = options.data_dir or os.environ.get("AA_GLUE_DIR")
+    labelled = None
+    source = "builtin"
+    try:
+        glue = normalize_glue_task(spec.name)
+        training_task = (run.training or {}).get("task")
+        if glue is not None and data_dir:
+            labelled, source = read_glue_split(glue, data_dir, "dev"), f"glue:{glue}/dev"
+        elif training_task and Path(str(training_task)).is_file():
+            data = load_task(str(training_task), test_file=(run.training or {}).get("test_file"))
+            labelled, source = (data.test or data.train), f"file:{Path(str(training_task)).name}"
+    except (DataError, OSError) as exc:
+        if explicit:
+            raise ExportError(f"cannot read the validation data for task {spec.name!r}: {exc}") from exc
+        logger.warning("task data unavailable (%s); validating on built-in sentences", exc)
+        labelled, source = None, "builtin"
+    if labelled:
+        if options.max_eval_examples:
+            labelled = labelled[: options.max_eval_examples]
+        pairs = [(e.text, (e.text_pair or "") if spec.is_pair else None) for e in labelled[:24]]
+        return pairs, source, labelled
+    return builtin_examples(spec.is_pair), "builtin", None
+
+
+def _check_contract(graph: Any, input_names: list[str], settings: OptimizeSettings) -> None:
+    try:
+        check_domains(graph, allow_ort_builtin=settings.optimize or settings.quantize is not None)
+        check_no_switch(graph)
+    except ValueError as exc:
+        raise GraphCheckError(str(exc)) from exc
+    signature = io_signature(graph)
+    names = [i["name"] for i in signature["inputs"]]
+    if names != input_names:
+        raise GraphCheckError(f"graph inputs are {names}, expected {input_names}")
+    outputs = signature["outputs"]
+    if [o["name"] for o in outputs] != ["logits"] or outputs[0]["elem_type"] != "FLOAT":
+        raise GraphCheckError(f"graph outputs are {outputs}, expected one float32 'logits'")
+    for value in signature["inputs"]:
+        if value["elem_type"] != "INT64" or len(value["dims"]) != 2 or not all(isinstance(d, str) for d in value["dims"]):
+            raise GraphCheckError(f"input {value} must be int64 [batch, sequence] with dynamic dims")
+
+
+def _spill(graph: Any, staging: Path) -> Path:
+    """Write a >2 GiB graph to a scratch folder so that ONNX Runtime can load it."""
+    scratch = staging.parent / f"{staging.name}.scratch"
+    scratch.mkdir(exist_ok=True)
+    path = scratch / "model.onnx"
+    _write_graph(graph, path, allow_external=True)
+    return path
+
+
+def _write_graph(graph: Any, path: Path, *, allow_external: bool) -> None:
+    import onnx
+
+    if graph.ByteSize() < _PROTOBUF_LIMIT:
+        atomic_write_bytes(path, graph.SerializeToString())
+        return
+    if not allow_external:
+        raise ExportError("the task graph alone exceeds 2 GiB; this should not happen with a shared backbone")
+    onnx.save_model(
+        graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=f"{path.stem}.onnx_data", size_threshold=1024,
+    )  # fmt: skip
+
+
+def _store_settings(model: Any, input_names: list[str], settings: OptimizeSettings, opset: int) -> dict[str, Any]:
+    """Everything that determines the bare backbone's exported bytes (the store key)."""
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.backbone.base_model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{array.dtype}|{tuple(array.shape)}|".encode())
+        digest.update(array.numpy().tobytes() if array.dtype != torch.bfloat16 else array.float().numpy().tobytes())
+    return {
+        "backbone_sha256": digest.hexdigest(),
+        "model_type": model.backbone.config.model_type,
+        "inputs": list(input_names),
+        "opset": opset,
+        "exporter": "torch.onnx.export(dynamo=False), eager attention",
+        "pipeline_version": PIPELINE_VERSION,
+        **settings.to_dict(),
+        "versions": {
+            "torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+    }  # fmt: skip
+
+
+def _quantization_metrics(
+    labelled: list[Any] | None, options: ExportOptions, spec: Any, tokenizer: Any, input_names: list[str],
+    max_length: int, fp32_graph: Any, backbone_config: Any, int8_session: Any, threads: int,
+) -> dict[str, Any] | None:  # fmt: skip
+    """Dev-set metric of the fp32 graph (same fusions) and of the INT8 graph, when data is available."""
+    if options.quantize is None or not labelled:
+        return None
+    fp32, _ = postprocess(fp32_graph, backbone_config, OptimizeSettings(optimize=options.optimize))
+    fp32_session = ort_session(fp32.SerializeToString(), threads)
+    before = evaluate_metric(fp32_session, spec, labelled, tokenizer, input_names, max_length)
+    after = evaluate_metric(int8_session, spec, labelled, tokenizer, input_names, max_length)
+    logger.info("%s on %d dev examples: fp32 %.4f, int8 %.4f", spec.metric, len(labelled), before, after)
+    return {
+        "metric": spec.metric, "num_examples": len(labelled), "fp32": before, options.quantize: after,
+        "delta": after - before,
+    }  # fmt: skip
+
+
+def _write_config(backbone: Any, staging: Path) -> None:
+    """config.json as transformers/Optimum read it: the sequence classifier with the task's labels."""
+    config = copy.deepcopy(backbone.config)
+    config.architectures = [type(backbone).__name__]
+    atomic_write_text(staging / "config.json", config.to_json_string(use_diff=True))
+
+
+def _manifest(
+    run: RunFolder, spec: Any, options: ExportOptions, settings: OptimizeSettings, input_names: list[str],
+    max_length: int, tokenizer: Any, kept: list[int], num_layers: int, pruned: Any, entry: Any,
+    shared_names: list[str], linked: bool | None, report: ValidationReport, post_report: dict[str, Any],
+    folded: dict[int, Any], metrics: dict[str, Any] | None, graph: Any,
+) -> dict[str, Any]:  # fmt: skip
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    from aa_deploy import __version__
+
+    from .onnx_export import OPSET
+
+    config = pruned.config
+    name = options.task_name or spec.name
+    trained = run.metrics or {}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": {"name": name, "metric": spec.metric, "label_names": spec.label_names, "is_pair": spec.is_pair},
+        "num_labels": spec.num_labels,
+        "problem_type": "regression" if spec.is_regression else "single_label_classification",
+        "inputs": list(input_names),
+        "outputs": ["logits"],
+        "max_length": max_length,
+        "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        "kept_layers": list(kept),
+        "num_layers": num_layers,
+        "base_model": {
+            "name_or_path": config.base_model_name_or_path,
+            "model_type": config.base_model_type,
+            "config_fingerprint": config.base_model_config_fingerprint,
+            "weights_fingerprint": config.base_model_weights_fingerprint,
+        },
+        "mode": "standalone" if options.standalone else "shared",
+        "backbone_data": None if entry is None else {
+            "file": DATA_NAME, "sha256": entry.sha256, "tensors": shared_names,
+            "bytes": entry.data_bytes, "linked": linked, "store_object": entry.directory.name,
+        },
+        "optimized": settings.optimize,
+        "quantization": settings.quantize,
+        "validation": report.to_dict(),
+        "sizes": {},  # filled in by _write_manifest
+        # ---- informational keys (not part of the server contract)
+        "recipe": config.recipe,
+        "adapter": {
+            "kind": "rational" if config.uses_rational else "relu", "rational_version": config.rational_version,
+            "bottleneck": config.bottleneck_size(int(config.hidden_size or 0)) if config.hidden_size else None,
+            "folded_rationals": {str(k): v.to_dict() for k, v in folded.items()},
+        },  # fmt: skip
+        "graph": {
+            "opset": OPSET, "domains": sorted({d or "ai.onnx" for d in (n.domain for n in graph.graph.node)}),
+            "fused_operators": post_report.get("fused_operators", {}),
+            "quantization": post_report.get("quantization"),
+        },  # fmt: skip
+        "metrics": {
+            "metric": spec.metric,
+            "trained_dev_split": trained.get("value"),
+            "trained_test": trained.get("test_value"),
+            "quantization": metrics,
+        },
+        "export_options": {k: v for k, v in options.to_dict().items() if k not in ("backbone_store", "data_dir", "overwrite")},
+        "producer": {
+            "aa_deploy": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        },  # fmt: skip
+    }
+
+
+def _write_manifest(staging: Path, manifest: dict[str, Any], linked: bool | None) -> SizeReport:
+    """Write the manifest with the folder's sizes (which include the manifest itself: iterate to a fixpoint)."""
+    path = staging / MANIFEST_NAME
+    text = ""
+    sizes = folder_report(staging, linked=linked)
+    for _ in range(4):
+        manifest["sizes"] = sizes.to_manifest()
+        new_text = manifest_json(manifest)
+        if new_text == text:
+            break
+        text = new_text
+        atomic_write_text(path, text)
+        sizes = folder_report(staging, linked=linked)
+    return sizes
+
+
+def _publish(staging: Path, output: Path) -> None:
+    if output.exists():
+        trash = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, trash)
+        os.replace(staging, output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+    scratch = staging.parent / f"{staging.name}.scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+

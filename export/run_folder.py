@@ -1,0 +1,101 @@
+"""Reading a training run folder (or a Hub id of one) with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aa_deploy.config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
+
+from .errors import RunFolderError
+
+SELECTION_NAME = "selection.json"
+METRICS_NAME = "metrics.json"
+TRAINING_CONFIG_NAME = "training_config.json"
+
+
+@dataclass
+class RunFolder:
+    """The files of a run folder the compiler uses (the optional ones may be None)."""
+
+    directory: Path
+    reference: str
+    config: AdapterConfig
+    selection: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    training: dict[str, Any] | None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc}): the run folder is damaged; retrain or restore it") from exc
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path} should hold a JSON object: the run folder is damaged")
+    return data
+
+
+def resolve_run_folder(run_dir: str | os.PathLike) -> Path:
+    """A local folder as is; anything else is tried as a Hub id (via aa_deploy.hub)."""
+    text = os.fspath(run_dir)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise RunFolderError(f"{run_dir} is a file; expected a run folder written by `aa-deploy train`")
+    from aa_deploy.hub import is_hub_id, resolve_pretrained_path
+
+    if not is_hub_id(text):
+        raise RunFolderError(f"run folder {run_dir} does not exist: pass the --output folder of `aa-deploy train`")
+    return Path(resolve_pretrained_path(text, required_file=CONFIG_NAME))
+
+
+def read_run_folder(run_dir: str | os.PathLike) -> RunFolder:
+    """Check that the run folder is complete and self-consistent before anything heavy is loaded."""
+    directory = resolve_run_folder(run_dir)
+    if not (directory / CONFIG_NAME).is_file():
+        raise RunFolderError(
+            f"{directory} has no {CONFIG_NAME}: it is not a run folder of `aa-deploy train` (or it is incomplete)"
+        )
+    if not (directory / WEIGHTS_NAME).is_file():
+        raise RunFolderError(
+            f"{directory} has {CONFIG_NAME} but no {WEIGHTS_NAME}: the run folder is incomplete; retrain or restore it"
+        )
+    try:
+        config = AdapterConfig.load(directory)
+    except (ValueError, TypeError) as exc:
+        raise RunFolderError(f"{directory / CONFIG_NAME} cannot be used: {exc}") from exc
+    if not config.task:
+        raise RunFolderError(
+            f"{directory / CONFIG_NAME} records no task (labels, metric): only run folders written by "
+            "`aa-deploy train` (or models built with a task) can be exported"
+        )
+    selection = _read_json(directory / SELECTION_NAME)
+    if selection is not None and not isinstance(selection.get("selected_layers"), list):
+        raise RunFolderError(f"{directory / SELECTION_NAME} has no selected_layers list: the file is damaged")
+    return RunFolder(
+        directory=directory,
+        reference=os.fspath(run_dir),
+        config=config,
+        selection=selection,
+        metrics=_read_json(directory / METRICS_NAME),
+        training=_read_json(directory / TRAINING_CONFIG_NAME),
+    )
+
+
+def check_selection(run: RunFolder, kept_layers: list[int]) -> None:
+    """selection.json must agree with the switch logits saved in the weights (same run, same epoch)."""
+    if run.selection is None:
+        return
+    recorded = sorted(int(i) for i in run.selection["selected_layers"])
+    if recorded != sorted(kept_layers):
+        raise RunFolderError(
+            f"{run.directory / SELECTION_NAME} lists layers {recorded} but the switch logits in {WEIGHTS_NAME} "
+            f"select {sorted(kept_layers)}: the files come from different runs or epochs; retrain or restore the folder"
+        )

@@ -1,0 +1,170 @@
+"""Dynamic batching on the event loop, inference in one worker thread.
+
+Requests are queued as :class:`~serving.engine.WorkItem`. The loop closes a batch when it holds
+``max_batch_rows`` rows (texts x tasks) or when the first item has waited ``max_delay`` - the Triton
+rule. While a batch runs (ONNX Runtime releases the GIL) new items pile up, so under load batches fill
+up without waiting. Items for different tasks share a batch; the engine runs each runner's rows
+together (one run for all tasks of the multi-task graph).
+
+Back-pressure is explicit: once ``max_queue_rows`` rows wait, :meth:`submit` raises
+:class:`~serving.errors.Overloaded` (HTTP 503 + Retry-After) instead of letting latency grow without
+bound. :meth:`stop` refuses new work and drains what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .engine import BatchStats, WorkItem, execute
+from .errors import InferenceError, Overloaded, ServingError, ShuttingDown
+
+
+@dataclass(frozen=True)
+class BatcherSettings:
+    max_batch_rows: int = 16
+    max_delay_s: float = 0.005
+    max_queue_rows: int = 512
+    retry_after_s: int = 1
+
+
+BatchObserver = Callable[[Sequence[WorkItem], BatchStats, float], None]
+
+
+class DynamicBatcher:
+    def __init__(self, settings: BatcherSettings, *, observer: BatchObserver | None = None) -> None:
+        self.settings = settings
+        self._observer = observer
+        self._queue: deque[WorkItem] = deque()
+        self._queued_rows = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._accepting = False
+        self._busy = False
+
+    # ------------------------------------------------------------------------------------------ control
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aa-infer")
+        self._accepting = True
+        self._task = asyncio.create_task(self._loop(), name="aa-batcher")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new work, finish what is queued (up to ``timeout`` s), then fail the rest with 503."""
+        self._accepting = False
+        deadline = time.monotonic() + timeout
+        while (self._queue or self._busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown())
+        self._queued_rows = 0
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    # ------------------------------------------------------------------------------------------ submit
+    async def submit(self, item: WorkItem) -> dict[str, Any]:
+        if not self._accepting or self._wakeup is None:
+            raise ShuttingDown()
+        if self._queued_rows + item.rows > self.settings.max_queue_rows and self._queue:
+            raise Overloaded(
+                f"the server is overloaded ({self._queued_rows} rows queued, limit {self.settings.max_queue_rows}); "
+                f"retry after {self.settings.retry_after_s}s",
+                retry_after=self.settings.retry_after_s,
+            )
+        item.future = asyncio.get_running_loop().create_future()
+        item.enqueued_at = time.perf_counter()
+        self._queue.append(item)
+        self._queued_rows += item.rows
+        self._wakeup.set()
+        return await item.future
+
+    # ------------------------------------------------------------------------------------------ loop
+    async def _next_batch(self) -> list[WorkItem]:
+        assert self._wakeup is not None
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        first = self._queue[0]
+        deadline = first.enqueued_at + self.settings.max_delay_s
+        while self._rows_waiting() < self.settings.max_batch_rows:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        batch, rows = [], 0
+        while self._queue:
+            item = self._queue[0]
+            if batch and rows + item.rows > self.settings.max_batch_rows:
+                break
+            self._queue.popleft()
+            self._queued_rows -= item.rows
+            if item.future.done():  # cancelled by a disconnected client
+                continue
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    def _rows_waiting(self) -> int:
+        return self._queued_rows
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            self._busy = True
+            started = time.perf_counter()
+            for item in batch:
+                item.started_at = started
+            stats = BatchStats()
+            try:
+                results = await loop.run_in_executor(
+                    self._pool, execute, batch, self.settings.max_batch_rows, stats
+                )
+            except Exception as exc:  # pragma: no cover - execute() catches per runner
+                results = [exc] * len(batch)
+            finally:
+                self._busy = False
+            elapsed = time.perf_counter() - started
+            for item, result in zip(batch, results):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    error = result if isinstance(result, ServingError) else InferenceError(
+                        f"inference failed: {type(result).__name__}: {result}"
+                    )
+                    item.future.set_exception(error)
+                else:
+                    item.future.set_result(result)
+            if self._observer is not None:
+                try:
+                    self._observer(batch, stats, elapsed)
+                except Exception:  # pragma: no cover - metrics must never break serving
+                    pass

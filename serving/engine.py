@@ -1,0 +1,199 @@
+"""Runners (what executes a task's rows) and the batch executor the dynamic batcher calls.
+
+Two runners exist:
+
+* :class:`SoloRunner` - one ORT session for one export folder. Shared-mode folders get the backbone
+  tensors from the :class:`~serving.backbone.SharedBackbone` (``add_initializer``), standalone folders
+  are loaded as they are. Used by the ``sessions`` engine, and by the ``multitask`` engine for tasks it
+  cannot stack (optimised/quantised/standalone exports).
+* :class:`MergedRunner` - the multi-task graph of :mod:`serving.multitask`: all member tasks in one run,
+  rows of different tasks in one batch, the adapter-free lowest layers computed once per distinct input.
+
+:func:`execute` takes the work items of one batch, groups their rows by runner, pads each group to
+its longest row and runs it in chunks of at most ``chunk_rows`` rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backbone import SharedBackbone
+from .multitask import LOGITS, TASK_IDS, CompiledGraph, MergeSource, compile_multitask, split_model
+from .sessions import SessionSettings, create_session, run_session
+from .tokenization import Encoded, pad_rows
+
+FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class SoloRunner:
+    """One session for one export folder."""
+
+    kind = "session"
+
+    def __init__(self, model: Any, settings: SessionSettings, *, backbone: SharedBackbone | None, model_path: str,
+                 external_folder: str | None, pad_id: int, prepacking: bool | None = None) -> None:
+        self.session = create_session(
+            model if backbone is not None else None, settings, backbone=backbone, external_folder=external_folder,
+            model_path=model_path, prepacking=prepacking,
+        )
+        self.pad_id = pad_id
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return run_session(self.session, feeds)
+
+
+class MergedRunner:
+    """The compiled multi-task graph for one backbone: sessions for prefix and suffix (or the whole graph)."""
+
+    kind = "multitask"
+
+    def __init__(self, sources: Sequence[MergeSource], settings: SessionSettings, backbone: SharedBackbone,
+                 *, external_folder: str, prefix_sharing: bool = True) -> None:
+        started = time.perf_counter()
+        self.members = [s.key for s in sources]
+        self.slot = {key: j for j, key in enumerate(self.members)}
+        self.pad_id = sources[0].manifest.pad_token_id
+        compiled: CompiledGraph = compile_multitask(sources, prefix_sharing=prefix_sharing)
+        self.num_labels = compiled.num_labels
+        self.split_layer = compiled.split_layer
+        self.compile_seconds = time.perf_counter() - started
+        if compiled.cut is not None:
+            prefix, suffix = split_model(compiled.model, compiled.cut, compiled.hidden_size)
+            self.prefix = create_session(prefix, settings, backbone=backbone, external_folder=external_folder)
+            self.suffix = create_session(suffix, settings, backbone=backbone, external_folder=external_folder)
+            self.cut = compiled.cut
+        else:
+            self.prefix = None
+            self.suffix = create_session(compiled.model, settings, backbone=backbone, external_folder=external_folder)
+            self.cut = None
+        self.prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix is not None else set()
+        self.suffix_inputs = {i.name for i in self.suffix.get_inputs()}
+        self.stacked_bytes = sum(
+            a.down_w.nbytes + a.up_w.nbytes + a.down_b.nbytes + a.up_b.nbytes for s in sources for a in s.adapters.values()
+        )
+        self.build_seconds = time.perf_counter() - started
+
+    @property
+    def shared_layers(self) -> int:
+        """How many of the lowest layers a multi-task call computes once for all tasks."""
+        return self.split_layer if self.prefix is not None else 0
+
+    def run(self, feeds: dict[str, np.ndarray], row_map: np.ndarray, task_ids: np.ndarray, chunk_rows: int) -> np.ndarray:
+        """Logits [len(row_map), max_labels]: row r is input ``row_map[r]`` seen by task ``task_ids[r]``."""
+        if self.prefix is not None:
+            hidden = np.concatenate([
+                self.prefix.run([self.cut], {k: v[i:i + chunk_rows] for k, v in feeds.items() if k in self.prefix_inputs})[0]
+                for i in range(0, len(feeds["input_ids"]), chunk_rows)
+            ])
+            source = {**feeds, self.cut: hidden}
+        else:
+            source = feeds
+        outputs = []
+        for i in range(0, len(row_map), chunk_rows):
+            rows = row_map[i:i + chunk_rows]
+            chunk = {k: v[rows] for k, v in source.items() if k in self.suffix_inputs}
+            chunk[TASK_IDS] = task_ids[i:i + chunk_rows]
+            outputs.append(self.suffix.run([LOGITS], chunk)[0])
+        return np.concatenate(outputs)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One task of a work item, bound to the runner that served it when the item was queued."""
+
+    name: str
+    runner: SoloRunner | MergedRunner
+    slot: int | None
+    num_labels: int
+
+
+@dataclass
+class WorkItem:
+    """Rows of one request (one tokenisation) and the tasks that must see them."""
+
+    encoded: Encoded
+    targets: tuple[Target, ...]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    future: Any = None
+    started_at: float | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.encoded) * len(self.targets)
+
+
+def pad_feeds(encoded: Sequence[Encoded], pad_id: int) -> dict[str, np.ndarray]:
+    ids, mask, types = pad_rows(encoded, pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+@dataclass
+class BatchStats:
+    rows: int = 0
+    runs: int = 0
+    tasks: set[str] = field(default_factory=set)
+
+
+def execute(items: Sequence[WorkItem], chunk_rows: int, stats: BatchStats | None = None) -> list[dict[str, np.ndarray] | BaseException]:
+    """Run one batch; returns, per item, ``{task: logits [rows, num_labels]}`` or the error it hit."""
+    results: list[dict[str, np.ndarray] | BaseException] = [{} for _ in items]
+    groups: dict[int, tuple[Any, list[tuple[int, Target]]]] = {}
+    for i, item in enumerate(items):
+        for target in item.targets:
+            groups.setdefault(id(target.runner), (target.runner, []))[1].append((i, target))
+    for runner, pairs in groups.values():
+        try:
+            if isinstance(runner, MergedRunner):
+                _run_merged(runner, items, pairs, results, chunk_rows)
+            else:
+                _run_solo(runner, items, pairs, results, chunk_rows)
+        except Exception as exc:  # one runner failing must not fail the other tasks of the batch
+            for i, _ in pairs:
+                results[i] = exc
+        if stats is not None:
+            stats.runs += 1
+            stats.tasks.update(t.name for _, t in pairs)
+            stats.rows += sum(len(items[i].encoded) for i, _ in pairs)
+    return results
+
+
+def _run_merged(runner: MergedRunner, items: Sequence[WorkItem], pairs: list[tuple[int, Target]],
+                results: list, chunk_rows: int) -> None:
+    order = sorted({i for i, _ in pairs})
+    offsets, start = {}, 0
+    for i in order:
+        offsets[i] = start
+        start += len(items[i].encoded)
+    feeds = pad_feeds([items[i].encoded for i in order], runner.pad_id)
+    row_map, task_ids, spans = [], [], []
+    for i, target in pairs:
+        n = len(items[i].encoded)
+        spans.append((i, target, len(row_map), n))
+        row_map.extend(range(offsets[i], offsets[i] + n))
+        task_ids.extend([target.slot] * n)
+    logits = runner.run(feeds, np.asarray(row_map, dtype=np.int64), np.asarray(task_ids, dtype=np.int64), chunk_rows)
+    for i, target, begin, n in spans:
+        if isinstance(results[i], dict):
+            results[i][target.name] = logits[begin:begin + n, : target.num_labels]
+
+
+def _run_solo(runner: SoloRunner, items: Sequence[WorkItem], pairs: list[tuple[int, Target]],
+              results: list, chunk_rows: int) -> None:
+    order = [i for i, _ in pairs]
+    feeds = pad_feeds([items[i].encoded for i in order], runner.pad_id)
+    total = len(feeds["input_ids"])
+    logits = np.concatenate([
+        runner.run({k: v[s:s + chunk_rows] for k, v in feeds.items()}) for s in range(0, total, chunk_rows)
+    ])
+    begin = 0
+    for i, target in pairs:
+        n = len(items[i].encoded)
+        if isinstance(results[i], dict):
+            results[i][target.name] = logits[begin:begin + n, : target.num_labels]
+        begin += n
