@@ -53,6 +53,10 @@ def plot_run(
             num, den = rationals[layer]
             y = rational_curve(num, den, x, version)
             label = "rational"
+        elif rationals:
+            # A rational recipe whose layer has no adapter (pruned away): nothing to draw but the axis.
+            y = np.full_like(x, np.nan)
+            label = "no adapter"
         else:
             y = np.maximum(x, 0.0)
             label = "ReLU"

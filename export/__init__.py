@@ -7,19 +7,22 @@ The package imports torch lazily: ``aa-deploy --help`` and the torch-free server
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .api import ExportOptions, ExportResult, export_run
-    from .size_report import SizeReport, fleet_report, folder_report
-    from .validation import ValidationReport
+from typing import Any
 
 _LAZY = {
-    "export_run": "api", "ExportResult": "api", "ExportOptions": "api",
-    "SizeReport": "size_report", "folder_report": "size_report", "fleet_report": "size_report",
+    "export_run": "api",
+    "ExportResult": "api",
+    "ExportOptions": "api",
+    "SizeReport": "size_report",
+    "folder_report": "size_report",
+    "fleet_report": "size_report",
     "ValidationReport": "validation",
-    "ExportError": "errors", "RunFolderError": "errors", "ValidationError": "errors", "GraphCheckError": "errors",
-    "read_manifest": "manifest", "MANIFEST_NAME": "manifest",
+    "ExportError": "errors",
+    "RunFolderError": "errors",
+    "ValidationError": "errors",
+    "GraphCheckError": "errors",
+    "read_manifest": "manifest",
+    "MANIFEST_NAME": "manifest",
 }
 
 __all__ = sorted(_LAZY)

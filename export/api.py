@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aa_deploy.fileio import atomic_write_bytes, atomic_write_text
+from aa_deploy.config import WEIGHTS_NAME
+from aa_deploy.fileio import atomic_write_bytes, atomic_write_text, atomic_write_with
 
 from .backbone_store import (
     DATA_NAME,
@@ -203,6 +206,7 @@ def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, no
     try:
         # The compact artefact: kept adapters (with their rational coefficients) and the head.
         pruned.save_pretrained(staging)
+        canonicalize_safetensors(staging / WEIGHTS_NAME)
         folded = fold_rationals(pruned)
         folded_diff, _ = compare(reference, torch_logits(pruned, cases), cases)
         if not folded_diff <= PRUNE_ATOL:
@@ -264,6 +268,11 @@ def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, no
                 raise ExportError(
                     "no tensor of the task graph matched the stored backbone; the store entry "
                     f"{entry.directory} does not belong to this backbone: delete it and export again"
+                )
+            if len(shared_names) < len(entry.tensors):
+                notes.append(
+                    f"only {len(shared_names)} of the {len(entry.tensors)} stored backbone tensors matched the task "
+                    "graph; the others stay inline in model.onnx (correct, but larger)"
                 )
             _write_graph(shared_graph, staging / "model.onnx", allow_external=False)
             linked = link_or_copy(entry.data_path, staging / DATA_NAME)
@@ -380,7 +389,11 @@ def _check_contract(graph: Any, input_names: list[str], settings: OptimizeSettin
     if [o["name"] for o in outputs] != ["logits"] or outputs[0]["elem_type"] != "FLOAT":
         raise GraphCheckError(f"graph outputs are {outputs}, expected one float32 'logits'")
     for value in signature["inputs"]:
-        if value["elem_type"] != "INT64" or len(value["dims"]) != 2 or not all(isinstance(d, str) for d in value["dims"]):
+        if (
+            value["elem_type"] != "INT64"
+            or len(value["dims"]) != 2
+            or not all(isinstance(d, str) for d in value["dims"])
+        ):
             raise GraphCheckError(f"input {value} must be int64 [batch, sequence] with dynamic dims")
 
 
@@ -496,9 +509,15 @@ def _manifest(
             "weights_fingerprint": config.base_model_weights_fingerprint,
         },
         "mode": "standalone" if options.standalone else "shared",
-        "backbone_data": None if entry is None else {
-            "file": DATA_NAME, "sha256": entry.sha256, "tensors": shared_names,
-            "bytes": entry.data_bytes, "linked": linked, "store_object": entry.directory.name,
+        "backbone_data": None
+        if entry is None
+        else {
+            "file": DATA_NAME,
+            "sha256": entry.sha256,
+            "tensors": shared_names,
+            "bytes": entry.data_bytes,
+            "linked": linked,
+            "store_object": entry.directory.name,
         },
         "optimized": settings.optimize,
         "quantization": settings.quantize,
@@ -507,12 +526,14 @@ def _manifest(
         # ---- informational keys (not part of the server contract)
         "recipe": config.recipe,
         "adapter": {
-            "kind": "rational" if config.uses_rational else "relu", "rational_version": config.rational_version,
+            "kind": "rational" if config.uses_rational else "relu",
+            "rational_version": config.rational_version,
             "bottleneck": config.bottleneck_size(int(config.hidden_size or 0)) if config.hidden_size else None,
             "folded_rationals": {str(k): v.to_dict() for k, v in folded.items()},
         },  # fmt: skip
         "graph": {
-            "opset": OPSET, "domains": sorted({d or "ai.onnx" for d in (n.domain for n in graph.graph.node)}),
+            "opset": OPSET,
+            "domains": sorted({d or "ai.onnx" for d in (n.domain for n in graph.graph.node)}),
             "fused_operators": post_report.get("fused_operators", {}),
             "quantization": post_report.get("quantization"),
         },  # fmt: skip
@@ -522,10 +543,15 @@ def _manifest(
             "trained_test": trained.get("test_value"),
             "quantization": metrics,
         },
-        "export_options": {k: v for k, v in options.to_dict().items() if k not in ("backbone_store", "data_dir", "overwrite")},
+        "export_options": {
+            k: v for k, v in options.to_dict().items() if k not in ("backbone_store", "data_dir", "overwrite")
+        },
         "producer": {
-            "aa_deploy": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "aa_deploy": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
         },  # fmt: skip
     }
 
@@ -546,7 +572,25 @@ def _write_manifest(staging: Path, manifest: dict[str, Any], linked: bool | None
     return sizes
 
 
+def canonicalize_safetensors(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, so that equal tensors give equal bytes.
+
+    safetensors 0.8 writes the ``__metadata__`` map in hash order, which differs between calls; the
+    tensor entries and data are already deterministic. Only the header's key order changes here.
+    """
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    metadata = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(metadata.items()))} if metadata else {}) | header
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * ((-(8 + len(text))) % 8)
+    body = data[8 + length :]
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(struct.pack("<Q", len(text)) + text + body))
+
+
 def _publish(staging: Path, output: Path) -> None:
+    _apply_umask(staging)
     if output.exists():
         trash = output.with_name(f".{output.name}.old-{os.getpid()}")
         os.replace(output, trash)
@@ -557,3 +601,16 @@ def _publish(staging: Path, output: Path) -> None:
     scratch = staging.parent / f"{staging.name}.scratch"
     shutil.rmtree(scratch, ignore_errors=True)
 
+
+def _apply_umask(staging: Path) -> None:
+    """Temporary files and folders are private (0600/0700); the published export follows the umask
+    like any other file, so that a server running as another user can read it. Hard links into the
+    backbone store keep their read-only mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    for path in staging.rglob("*"):
+        if path.is_dir():
+            path.chmod(0o777 & ~umask)
+        elif path.is_file() and path.stat().st_nlink == 1:
+            path.chmod(0o666 & ~umask)

@@ -198,7 +198,7 @@ def _write_data_file(graph: ModelProto, path: Path) -> tuple[list[StoredTensor],
     sha = hashlib.sha256()
     offset = 0
     with open(path, "wb") as handle:
-        for tensor in graph.initializer:
+        for tensor in graph.graph.initializer:
             ensure_raw_data(tensor)
             data = tensor.raw_data
             if len(data) < SHARE_MIN_BYTES:
@@ -209,7 +209,9 @@ def _write_data_file(graph: ModelProto, path: Path) -> tuple[list[StoredTensor],
                 sha.update(b"\0" * padding)
                 offset += padding
             records.append(
-                StoredTensor(tensor.name, offset, len(data), tensor.data_type, tuple(tensor.dims), tensor_digest(tensor))
+                StoredTensor(
+                    tensor.name, offset, len(data), tensor.data_type, tuple(tensor.dims), tensor_digest(tensor)
+                )
             )
             handle.write(data)
             sha.update(data)
@@ -300,6 +302,15 @@ def verify_external_data(model: ModelProto, directory: Path) -> None:
 
 
 __all__ = [
-    "ALIGNMENT", "BackboneStore", "DATA_NAME", "SHARE_MIN_BYTES", "StoreEntry", "StoredTensor",
-    "default_store_path", "link_or_copy", "settings_key", "share_backbone_tensors", "verify_external_data",
+    "ALIGNMENT",
+    "BackboneStore",
+    "DATA_NAME",
+    "SHARE_MIN_BYTES",
+    "StoreEntry",
+    "StoredTensor",
+    "default_store_path",
+    "link_or_copy",
+    "settings_key",
+    "share_backbone_tensors",
+    "verify_external_data",
 ]

@@ -123,8 +123,7 @@ class FoldedRational(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"version={self.spec.version}, degrees={max(len(self.spec.numerator) - 1, 0)}/"
-            f"{len(self.spec.denominator)}"
+            f"version={self.spec.version}, degrees={max(len(self.spec.numerator) - 1, 0)}/{len(self.spec.denominator)}"
         )
 
 

@@ -125,9 +125,7 @@ def check_no_switch(model: ModelProto) -> None:
     random_ops = sorted({node.op_type for node in all_nodes(model) if node.op_type in RANDOM_OPS})
     if random_ops:
         raise ValueError(f"the graph contains random ops {random_ops}: the model was not exported in eval mode")
-    switch_names = sorted(
-        t.name for g in subgraphs(model.graph) for t in g.initializer if "switch" in t.name.lower()
-    )
+    switch_names = sorted(t.name for g in subgraphs(model.graph) for t in g.initializer if "switch" in t.name.lower())
     if switch_names:
         raise ValueError(f"the graph still holds switch tensors {switch_names[:3]}: the model was not pruned")
 

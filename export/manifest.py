@@ -18,9 +18,24 @@ FORMAT_VERSION = 1
 MODES = ("shared", "standalone")
 
 REQUIRED_KEYS: tuple[str, ...] = (
-    "format", "format_version", "task", "num_labels", "problem_type", "inputs", "outputs", "max_length",
-    "pad_token_id", "kept_layers", "num_layers", "base_model", "mode", "backbone_data", "optimized",
-    "quantization", "validation", "sizes",
+    "format",
+    "format_version",
+    "task",
+    "num_labels",
+    "problem_type",
+    "inputs",
+    "outputs",
+    "max_length",
+    "pad_token_id",
+    "kept_layers",
+    "num_layers",
+    "base_model",
+    "mode",
+    "backbone_data",
+    "optimized",
+    "quantization",
+    "validation",
+    "sizes",
 )
 TASK_KEYS = ("name", "metric", "label_names", "is_pair")
 BASE_MODEL_KEYS = ("name_or_path", "model_type", "config_fingerprint", "weights_fingerprint")
@@ -45,8 +60,12 @@ def check_manifest(data: dict[str, Any], where: str = MANIFEST_NAME) -> None:
             f"{where}: format_version {version!r} is newer than this aa-deploy understands ({FORMAT_VERSION}); upgrade"
         )
     missing = [k for k in REQUIRED_KEYS if k not in data]
-    for block, keys in (("task", TASK_KEYS), ("base_model", BASE_MODEL_KEYS), ("validation", VALIDATION_KEYS),
-                        ("sizes", SIZES_KEYS)):
+    for block, keys in (
+        ("task", TASK_KEYS),
+        ("base_model", BASE_MODEL_KEYS),
+        ("validation", VALIDATION_KEYS),
+        ("sizes", SIZES_KEYS),
+    ):
         if isinstance(data.get(block), dict):
             missing += [f"{block}.{k}" for k in keys if k not in data[block]]
     if data.get("mode") == "shared":

@@ -89,7 +89,7 @@ class TaskLogits(nn.Module):
         self.input_names = list(input_names)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.input_names, inputs))).logits
+        return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
 
 
 class BareBackbone(nn.Module):
@@ -101,7 +101,7 @@ class BareBackbone(nn.Module):
         self.input_names = list(input_names)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.base_model(**dict(zip(self.input_names, inputs)))
+        out = self.base_model(**dict(zip(self.input_names, inputs, strict=True)))
         pooled = getattr(out, "pooler_output", None)
         return (out.last_hidden_state,) if pooled is None else (out.last_hidden_state, pooled)
 

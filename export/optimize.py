@@ -7,8 +7,10 @@ and stay shareable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,18 @@ class OptimizeSettings:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """ONNX Runtime's tools log every fusion at INFO and advice at WARNING from loggers with bare
+    module names (``fusion_base``, ``onnx_model_bert``, root); mute them while they run."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def attention_shape(config: PretrainedConfig) -> tuple[int, int]:
     """(num_heads, hidden_size) under each family's own config names (DistilBERT: n_heads, dim)."""
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None)
@@ -56,18 +70,20 @@ def optimize_graph(model: ModelProto, config: PretrainedConfig) -> tuple[ModelPr
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = attention_shape(config)
-    # The optimiser logs every fusion at INFO; keep our output readable.
-    fusion_logger = logging.getLogger("onnxruntime.transformers")
-    previous = fusion_logger.level
-    fusion_logger.setLevel(logging.WARNING)
-    try:
+    with _quiet_logging():
         optimized = optimize_model(model, model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
-    finally:
-        fusion_logger.setLevel(previous)
     stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     proto = optimized.model
-    # The optimiser records its own name; keep producer fields stable for byte-identical re-exports.
+    _declare_domains(proto)
     return proto, stats
+
+
+def _declare_domains(model: ModelProto) -> None:
+    """Declare every op domain the fusions introduced (the optimiser's in-memory model omits them;
+    shape inference and strict checkers need the ``opset_import`` entry)."""
+    declared = {entry.domain for entry in model.opset_import}
+    for domain in sorted({node.domain for node in model.graph.node} - declared - {"", "ai.onnx"}):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
 
 
 def quantize_int8(model: ModelProto) -> ModelProto:
@@ -77,7 +93,12 @@ def quantize_int8(model: ModelProto) -> ModelProto:
     with tempfile.TemporaryDirectory(prefix="aa-quant-") as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, str(source))
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        with _quiet_logging():  # it advises "pre-processing" on the root logger for every call
+            # Shape inference cannot type the outputs of fused contrib ops; they are all float32 here.
+            quantize_dynamic(
+                str(source), str(target), weight_type=QuantType.QInt8,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )  # fmt: skip
         return onnx.load(str(target), load_external_data=True)
 
 
@@ -86,6 +107,9 @@ def postprocess(
 ) -> tuple[ModelProto, dict[str, Any]]:
     """Run the optional steps in a fixed order (fuse, then quantise) and report what they did."""
     report: dict[str, Any] = {}
+    copied = ModelProto()
+    copied.CopyFrom(model)  # the ORT optimiser edits its input in place; callers keep theirs
+    model = copied
     if settings.optimize:
         model, report["fused_operators"] = optimize_graph(model, config)
     if settings.quantize == "int8":

@@ -35,7 +35,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFolderError(f"{path} is not valid JSON ({exc}): the run folder is damaged; retrain or restore it") from exc
+        raise RunFolderError(
+            f"{path} is not valid JSON ({exc}): the run folder is damaged; retrain or restore it"
+        ) from exc
     if not isinstance(data, dict):
         raise RunFolderError(f"{path} should hold a JSON object: the run folder is damaged")
     return data
@@ -49,11 +51,16 @@ def resolve_run_folder(run_dir: str | os.PathLike) -> Path:
         return path
     if path.exists():
         raise RunFolderError(f"{run_dir} is a file; expected a run folder written by `aa-deploy train`")
-    from aa_deploy.hub import is_hub_id, resolve_pretrained_path
+    from aa_deploy.hub import HubError, is_hub_id, resolve_pretrained_path
 
     if not is_hub_id(text):
         raise RunFolderError(f"run folder {run_dir} does not exist: pass the --output folder of `aa-deploy train`")
-    return Path(resolve_pretrained_path(text, required_file=CONFIG_NAME))
+    try:
+        return Path(resolve_pretrained_path(text, required_file=CONFIG_NAME))
+    except HubError as exc:
+        raise RunFolderError(
+            f"{run_dir!r} is not a local folder and could not be used as a Hub repo id ({exc})"
+        ) from exc
 
 
 def read_run_folder(run_dir: str | os.PathLike) -> RunFolder:

@@ -84,7 +84,7 @@ def builtin_examples(is_pair: bool) -> list[Pair]:
     if not is_pair:
         return [(s, None) for s in BUILTIN_SENTENCES]
     shifted = BUILTIN_SENTENCES[1:] + BUILTIN_SENTENCES[:1]
-    return list(zip(BUILTIN_SENTENCES, shifted))
+    return list(zip(BUILTIN_SENTENCES, shifted, strict=True))
 
 
 def encode(
@@ -97,9 +97,7 @@ def encode(
     """Tokenise like training does (truncation to ``max_length``) and keep the graph's inputs."""
     texts = [text for text, _ in examples]
     pairs = [pair or "" for _, pair in examples] if any(pair is not None for _, pair in examples) else None
-    encoded = tokenizer(
-        texts, pairs, padding=padding, truncation=True, max_length=max_length, return_tensors="np"
-    )
+    encoded = tokenizer(texts, pairs, padding=padding, truncation=True, max_length=max_length, return_tensors="np")
     inputs: dict[str, np.ndarray] = {}
     for name in input_names:
         if name in encoded:
@@ -183,15 +181,20 @@ def compare(
     """Largest absolute difference overall and per case (NaN anywhere counts as infinite)."""
     per_case = []
     worst = 0.0
-    for case, ref, out in zip(cases, reference, actual):
+    for case, ref, out in zip(cases, reference, actual, strict=True):
         if ref.shape != out.shape:
             raise ValueError(f"case {case.name}: output shape {out.shape} differs from PyTorch's {ref.shape}")
         diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
         value = float("inf") if not np.all(np.isfinite(diff)) else float(diff.max(initial=0.0))
         worst = max(worst, value)
         per_case.append(
-            {"name": case.name, "batch": case.batch, "sequence": case.sequence, "padded": case.padded,
-             "max_abs_diff": value}
+            {
+                "name": case.name,
+                "batch": case.batch,
+                "sequence": case.sequence,
+                "padded": case.padded,
+                "max_abs_diff": value,
+            }
         )
     return worst, per_case
 

@@ -145,20 +145,20 @@ class DynamicBatcher:
                 item.started_at = started
             stats = BatchStats()
             try:
-                results = await loop.run_in_executor(
-                    self._pool, execute, batch, self.settings.max_batch_rows, stats
-                )
+                results = await loop.run_in_executor(self._pool, execute, batch, self.settings.max_batch_rows, stats)
             except Exception as exc:  # pragma: no cover - execute() catches per runner
                 results = [exc] * len(batch)
             finally:
                 self._busy = False
             elapsed = time.perf_counter() - started
-            for item, result in zip(batch, results):
+            for item, result in zip(batch, results, strict=True):
                 if item.future.done():
                     continue
                 if isinstance(result, BaseException):
-                    error = result if isinstance(result, ServingError) else InferenceError(
-                        f"inference failed: {type(result).__name__}: {result}"
+                    error = (
+                        result
+                        if isinstance(result, ServingError)
+                        else InferenceError(f"inference failed: {type(result).__name__}: {result}")
                     )
                     item.future.set_exception(error)
                 else:

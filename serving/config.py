@@ -100,8 +100,14 @@ class ServerConfig:
         self.tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
-        positive = ("max_batch_size", "max_queue_rows", "max_texts_per_request", "max_chars_per_text",
-                    "max_tasks_per_request", "max_body_bytes")
+        positive = (
+            "max_batch_size",
+            "max_queue_rows",
+            "max_texts_per_request",
+            "max_chars_per_text",
+            "max_tasks_per_request",
+            "max_body_bytes",
+        )
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -35,11 +35,24 @@ class SoloRunner:
 
     kind = "session"
 
-    def __init__(self, model: Any, settings: SessionSettings, *, backbone: SharedBackbone | None, model_path: str,
-                 external_folder: str | None, pad_id: int, prepacking: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        settings: SessionSettings,
+        *,
+        backbone: SharedBackbone | None,
+        model_path: str,
+        external_folder: str | None,
+        pad_id: int,
+        prepacking: bool | None = None,
+    ) -> None:
         self.session = create_session(
-            model if backbone is not None else None, settings, backbone=backbone, external_folder=external_folder,
-            model_path=model_path, prepacking=prepacking,
+            model if backbone is not None else None,
+            settings,
+            backbone=backbone,
+            external_folder=external_folder,
+            model_path=model_path,
+            prepacking=prepacking,
         )
         self.pad_id = pad_id
         self.inputs = {i.name for i in self.session.get_inputs()}
@@ -53,8 +66,15 @@ class MergedRunner:
 
     kind = "multitask"
 
-    def __init__(self, sources: Sequence[MergeSource], settings: SessionSettings, backbone: SharedBackbone,
-                 *, external_folder: str, prefix_sharing: bool = True) -> None:
+    def __init__(
+        self,
+        sources: Sequence[MergeSource],
+        settings: SessionSettings,
+        backbone: SharedBackbone,
+        *,
+        external_folder: str,
+        prefix_sharing: bool = True,
+    ) -> None:
         started = time.perf_counter()
         self.members = [s.key for s in sources]
         self.slot = {key: j for j, key in enumerate(self.members)}
@@ -75,7 +95,9 @@ class MergedRunner:
         self.prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix is not None else set()
         self.suffix_inputs = {i.name for i in self.suffix.get_inputs()}
         self.stacked_bytes = sum(
-            a.down_w.nbytes + a.up_w.nbytes + a.down_b.nbytes + a.up_b.nbytes for s in sources for a in s.adapters.values()
+            a.down_w.nbytes + a.up_w.nbytes + a.down_b.nbytes + a.up_b.nbytes
+            for s in sources
+            for a in s.adapters.values()
         )
         self.build_seconds = time.perf_counter() - started
 
@@ -84,21 +106,27 @@ class MergedRunner:
         """How many of the lowest layers a multi-task call computes once for all tasks."""
         return self.split_layer if self.prefix is not None else 0
 
-    def run(self, feeds: dict[str, np.ndarray], row_map: np.ndarray, task_ids: np.ndarray, chunk_rows: int) -> np.ndarray:
+    def run(
+        self, feeds: dict[str, np.ndarray], row_map: np.ndarray, task_ids: np.ndarray, chunk_rows: int
+    ) -> np.ndarray:
         """Logits [len(row_map), max_labels]: row r is input ``row_map[r]`` seen by task ``task_ids[r]``."""
         if self.prefix is not None:
-            hidden = np.concatenate([
-                self.prefix.run([self.cut], {k: v[i:i + chunk_rows] for k, v in feeds.items() if k in self.prefix_inputs})[0]
-                for i in range(0, len(feeds["input_ids"]), chunk_rows)
-            ])
+            hidden = np.concatenate(
+                [
+                    self.prefix.run(
+                        [self.cut], {k: v[i : i + chunk_rows] for k, v in feeds.items() if k in self.prefix_inputs}
+                    )[0]
+                    for i in range(0, len(feeds["input_ids"]), chunk_rows)
+                ]
+            )
             source = {**feeds, self.cut: hidden}
         else:
             source = feeds
         outputs = []
         for i in range(0, len(row_map), chunk_rows):
-            rows = row_map[i:i + chunk_rows]
+            rows = row_map[i : i + chunk_rows]
             chunk = {k: v[rows] for k, v in source.items() if k in self.suffix_inputs}
-            chunk[TASK_IDS] = task_ids[i:i + chunk_rows]
+            chunk[TASK_IDS] = task_ids[i : i + chunk_rows]
             outputs.append(self.suffix.run([LOGITS], chunk)[0])
         return np.concatenate(outputs)
 
@@ -140,7 +168,9 @@ class BatchStats:
     tasks: set[str] = field(default_factory=set)
 
 
-def execute(items: Sequence[WorkItem], chunk_rows: int, stats: BatchStats | None = None) -> list[dict[str, np.ndarray] | BaseException]:
+def execute(
+    items: Sequence[WorkItem], chunk_rows: int, stats: BatchStats | None = None
+) -> list[dict[str, np.ndarray] | BaseException]:
     """Run one batch; returns, per item, ``{task: logits [rows, num_labels]}`` or the error it hit."""
     results: list[dict[str, np.ndarray] | BaseException] = [{} for _ in items]
     groups: dict[int, tuple[Any, list[tuple[int, Target]]]] = {}
@@ -163,8 +193,9 @@ def execute(items: Sequence[WorkItem], chunk_rows: int, stats: BatchStats | None
     return results
 
 
-def _run_merged(runner: MergedRunner, items: Sequence[WorkItem], pairs: list[tuple[int, Target]],
-                results: list, chunk_rows: int) -> None:
+def _run_merged(
+    runner: MergedRunner, items: Sequence[WorkItem], pairs: list[tuple[int, Target]], results: list, chunk_rows: int
+) -> None:
     order = sorted({i for i, _ in pairs})
     offsets, start = {}, 0
     for i in order:
@@ -180,20 +211,21 @@ def _run_merged(runner: MergedRunner, items: Sequence[WorkItem], pairs: list[tup
     logits = runner.run(feeds, np.asarray(row_map, dtype=np.int64), np.asarray(task_ids, dtype=np.int64), chunk_rows)
     for i, target, begin, n in spans:
         if isinstance(results[i], dict):
-            results[i][target.name] = logits[begin:begin + n, : target.num_labels]
+            results[i][target.name] = logits[begin : begin + n, : target.num_labels]
 
 
-def _run_solo(runner: SoloRunner, items: Sequence[WorkItem], pairs: list[tuple[int, Target]],
-              results: list, chunk_rows: int) -> None:
+def _run_solo(
+    runner: SoloRunner, items: Sequence[WorkItem], pairs: list[tuple[int, Target]], results: list, chunk_rows: int
+) -> None:
     order = [i for i, _ in pairs]
     feeds = pad_feeds([items[i].encoded for i in order], runner.pad_id)
     total = len(feeds["input_ids"])
-    logits = np.concatenate([
-        runner.run({k: v[s:s + chunk_rows] for k, v in feeds.items()}) for s in range(0, total, chunk_rows)
-    ])
+    logits = np.concatenate(
+        [runner.run({k: v[s : s + chunk_rows] for k, v in feeds.items()}) for s in range(0, total, chunk_rows)]
+    )
     begin = 0
     for i, target in pairs:
         n = len(items[i].encoded)
         if isinstance(results[i], dict):
-            results[i][target.name] = logits[begin:begin + n, : target.num_labels]
+            results[i][target.name] = logits[begin : begin + n, : target.num_labels]
         begin += n

@@ -141,7 +141,9 @@ class ExportManifest:
             label_names=label_names,
             is_pair=bool(task.get("is_pair", False)),
             num_labels=num_labels,
-            problem_type=str(data.get("problem_type") or ("regression" if label_names is None else "single_label_classification")),
+            problem_type=str(
+                data.get("problem_type") or ("regression" if label_names is None else "single_label_classification")
+            ),
             inputs=tuple(inputs),
             max_length=max_length,
             pad_token_id=int(data.get("pad_token_id") or 0),
@@ -163,7 +165,9 @@ class ExportManifest:
     def check_files(self) -> None:
         for path, what in ((self.model_path, "the task graph"), (self.tokenizer_path, "the tokenizer")):
             if not path.is_file():
-                raise ManifestError(f"{path} ({what}) is missing: the export folder {self.folder} is incomplete; re-export it")
+                raise ManifestError(
+                    f"{path} ({what}) is missing: the export folder {self.folder} is incomplete; re-export it"
+                )
         if self.shared and not self.backbone_path.is_file():  # type: ignore[union-attr]
             raise ManifestError(
                 f"{self.backbone_path} (the shared backbone tensors) is missing: copy the export with its "

@@ -187,7 +187,9 @@ def _horner(b: _Builder, prefix: str, coefficient_names: list[str], x: str) -> s
     return result
 
 
-def _stacked_adapter(b: _Builder, layer: int, members: Sequence[dict[int, AdapterWeights]], h_in: str, hidden: int) -> str:
+def _stacked_adapter(
+    b: _Builder, layer: int, members: Sequence[dict[int, AdapterWeights]], h_in: str, hidden: int
+) -> str:
     """Nodes computing the stacked adapter output ``A(h_in)`` [rows, seq, H] for the row's task."""
     prefix = f"aa_multitask/layer{layer}"
     present = [m.get(layer) for m in members]
@@ -214,10 +216,16 @@ def _stacked_adapter(b: _Builder, layer: int, members: Sequence[dict[int, Adapte
     num = coefficient_stacks(numerators, 0)
     activation = None
     if num:
-        activation = _horner(b, prefix, num, x) if len(num) > 1 else b.op("Add", [b.op("Mul", [x, b.const(prefix + "/zero", np.zeros((), np.float32))], prefix), num[0]], prefix)
+        activation = (
+            _horner(b, prefix, num, x)
+            if len(num) > 1
+            else b.op(
+                "Add", [b.op("Mul", [x, b.const(prefix + "/zero", np.zeros((), np.float32))], prefix), num[0]], prefix
+            )
+        )
         one = b.const(prefix + "/one", np.ones((), dtype=np.float32))
         denominator = None
-        for version, base in (("A", None), ("B", x)):
+        for version in ("A", "B"):
             coeffs = [a.denominator if a is not None and a.activation == version else empty for a in present]
             if not any(len(c) for c in coeffs):
                 continue
@@ -322,7 +330,9 @@ def compile_multitask(sources: Sequence[MergeSource], *, prefix_sharing: bool = 
                     tensor = src_inits[name]
                     if tensor.data_location == TensorProto.EXTERNAL:  # a backbone tensor (e.g. the pooler)
                         if name not in base_initializers:
-                            raise GraphShapeError(f"{source.key}: head uses backbone tensor {name} unknown to the group")
+                            raise GraphShapeError(
+                                f"{source.key}: head uses backbone tensor {name} unknown to the group"
+                            )
                         b.initializers.setdefault(name, base_initializers[name])
                     else:
                         renamed = tag + name
@@ -347,12 +357,21 @@ def compile_multitask(sources: Sequence[MergeSource], *, prefix_sharing: bool = 
         if num_labels[j] < width:
             pads = b.const("aa_select/pads", np.array([0, 0, 0, width - num_labels[j]], dtype=np.int64))
             name = b.op("Pad", [name, pads], "aa_select")
-        selected.append(b.op("Unsqueeze", [name, b.const("aa_select/axis", np.array([1], dtype=np.int64))], "aa_select"))
+        selected.append(
+            b.op("Unsqueeze", [name, b.const("aa_select/axis", np.array([1], dtype=np.int64))], "aa_select")
+        )
     stacked = b.op("Concat", selected, "aa_select", axis=1) if len(selected) > 1 else selected[0]
     index = b.op("Reshape", [TASK_IDS, b.const("aa_select/shape", np.array([-1, 1, 1], dtype=np.int64))], "aa_select")
     index = b.op("Expand", [index, b.const("aa_select/expand", np.array([1, 1, width], dtype=np.int64))], "aa_select")
     picked = b.op("GatherElements", [stacked, index], "aa_select", axis=1)
-    b.nodes.append(helper.make_node("Squeeze", [picked, b.const("aa_select/axis", np.array([1], dtype=np.int64))], [LOGITS], name="aa_select/logits"))
+    b.nodes.append(
+        helper.make_node(
+            "Squeeze",
+            [picked, b.const("aa_select/axis", np.array([1], dtype=np.int64))],
+            [LOGITS],
+            name="aa_select/logits",
+        )
+    )
 
     # 5. Assemble: backbone initializers referenced, the new stacks and heads, inputs + task_ids.
     used = consumed_names(b.nodes)
@@ -362,7 +381,9 @@ def compile_multitask(sources: Sequence[MergeSource], *, prefix_sharing: bool = 
     inputs.append(helper.make_tensor_value_info(TASK_IDS, TensorProto.INT64, ["batch"]))
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", width])]
     merged_graph = helper.make_graph(b.nodes, "aa_multitask", inputs, outputs, initializers)
-    model = helper.make_model(merged_graph, opset_imports=list(base.model.opset_import), ir_version=base.model.ir_version)
+    model = helper.make_model(
+        merged_graph, opset_imports=list(base.model.opset_import), ir_version=base.model.ir_version
+    )
 
     split_layer = min([min(m) if m else num_layers for m in members])
     cut = None

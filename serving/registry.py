@@ -141,7 +141,9 @@ class TaskRegistry:
                 "task_bytes": a.task_bytes,
                 "adapter_bytes": sum(
                     w.down_w.nbytes + w.up_w.nbytes + w.down_b.nbytes + w.up_b.nbytes for w in a.merge.adapters.values()
-                ) if a.merge else None,
+                )
+                if a.merge
+                else None,
                 "backbone_bytes": backbone_bytes,
                 "backbone_users": len(a.backbone.users) if a.backbone else 0,
                 "manifest": a.manifest.sizes,
@@ -164,7 +166,10 @@ class TaskRegistry:
             started = time.perf_counter()
             try:
                 folder = resolve_source(
-                    source, revision, allowed_roots=self.config.allowed_roots, allow_hub=self.config.allow_hub,
+                    source,
+                    revision,
+                    allowed_roots=self.config.allowed_roots,
+                    allow_hub=self.config.allow_hub,
                     token=self.config.hub_token,
                 )
                 manifest = ExportManifest.load(folder)
@@ -194,8 +199,12 @@ class TaskRegistry:
                 artifact.load_seconds = time.perf_counter() - started
             self.failed.pop(name, None)
             self._publish()
-            log.info("loaded task %s (%s engine) in %.2fs", name, self._view.tasks[name].target.runner.kind,
-                     time.perf_counter() - started)
+            log.info(
+                "loaded task %s (%s engine) in %.2fs",
+                name,
+                self._view.tasks[name].target.runner.kind,
+                time.perf_counter() - started,
+            )
             return self.info(name)
 
     def unload(self, name: str) -> None:
@@ -225,8 +234,15 @@ class TaskRegistry:
         else:
             model = None  # standalone: ORT loads the folder's file itself
         task_bytes = manifest.model_path.stat().st_size
-        artifact = Artifact(key=key, manifest=manifest, tokenizer=tokenizer, model=model, backbone=backbone,
-                            external_folder=external_folder, task_bytes=task_bytes)
+        artifact = Artifact(
+            key=key,
+            manifest=manifest,
+            tokenizer=tokenizer,
+            model=model,
+            backbone=backbone,
+            external_folder=external_folder,
+            task_bytes=task_bytes,
+        )
         try:
             if manifest.shared and self.config.engine == "multitask":
                 try:
@@ -242,8 +258,13 @@ class TaskRegistry:
 
     def _solo(self, artifact: Artifact, *, prepacking: bool | None = None) -> SoloRunner:
         return SoloRunner(
-            artifact.model, self.settings, backbone=artifact.backbone, model_path=str(artifact.manifest.model_path),
-            external_folder=artifact.external_folder, pad_id=artifact.manifest.pad_token_id, prepacking=prepacking,
+            artifact.model,
+            self.settings,
+            backbone=artifact.backbone,
+            model_path=str(artifact.manifest.model_path),
+            external_folder=artifact.external_folder,
+            pad_id=artifact.manifest.pad_token_id,
+            prepacking=prepacking,
         )
 
     def _probe(self, artifact: Artifact) -> Encoded:
@@ -280,8 +301,11 @@ class TaskRegistry:
         while members:
             first = members[0]
             runner = MergedRunner(
-                [a.merge for a in members], self.settings, first.backbone,
-                external_folder=first.external_folder, prefix_sharing=self.config.prefix_sharing,
+                [a.merge for a in members],
+                self.settings,
+                first.backbone,
+                external_folder=first.external_folder,
+                prefix_sharing=self.config.prefix_sharing,
             )
             bad = self._validate(runner, members) if self.config.validate_merged else []
             if not bad:
@@ -306,7 +330,7 @@ class TaskRegistry:
         bad, begin = [], 0
         for a in probes:
             expected = a.reference[1]  # type: ignore[index]
-            got = logits[begin:begin + len(expected), : expected.shape[1]]
+            got = logits[begin : begin + len(expected), : expected.shape[1]]
             begin += len(expected)
             diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
             if not np.isfinite(diff) or diff > self.config.validation_atol:
@@ -337,7 +361,10 @@ class TaskRegistry:
             except Exception as exc:  # keep the others serving, each on its own session
                 log.error("rebuilding the multi-task graph failed (%s); remaining tasks use their own sessions", exc)
                 for a in rest:
-                    a.merge, a.merge_note = None, f"served by its own session: rebuilding the multi-task graph failed ({exc})"
+                    a.merge, a.merge_note = (
+                        None,
+                        f"served by its own session: rebuilding the multi-task graph failed ({exc})",
+                    )
                     a.solo = a.solo or self._solo(a)
                 self._set_group(group, None)
         self._release(artifact)

@@ -1,8 +1,8 @@
 """Where a task comes from: a local export folder or a Hugging Face Hub repo id.
 
-``aa_deploy.hub.resolve_pretrained_path`` would do the Hub part, but importing ``aa_deploy`` imports
-torch (its ``__init__`` loads the modelling code), and the serving image has no torch. So this module
-talks to ``huggingface_hub`` directly, imported only when a Hub id is actually used.
+Local folders are checked here (so the server's ``allowed_roots`` policy applies before anything is
+read); Hub ids go through ``aa_deploy.hub.resolve_pretrained_path``, the project's one Hub client
+(it imports no torch), imported only when a Hub id is actually used.
 """
 
 from __future__ import annotations
@@ -49,32 +49,9 @@ def resolve_source(
         raise TaskLoadError(f"export folder {source} does not exist: pass a folder written by `aa-deploy export`")
     if not allow_hub:
         raise TaskLoadError(f"{source} is not a local folder and loading from the Hub is disabled on this server")
-    return _download(source, revision, token)
+    from aa_deploy.hub import HubError, resolve_pretrained_path
 
-
-def _download(repo_id: str, revision: str | None, token: str | None) -> Path:
     try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (
-            HFValidationError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        raise TaskLoadError("loading from the Hub needs the huggingface_hub package: pip install huggingface_hub") from None
-    try:
-        folder = Path(snapshot_download(repo_id=repo_id, revision=revision, token=token))
-    except HFValidationError as exc:
-        raise TaskLoadError(f"{repo_id!r} is neither a local folder nor a valid Hub repo id ({exc})") from None
-    except RepositoryNotFoundError:
-        raise TaskLoadError(f"Hub repo {repo_id!r} not found (or private: give the server a token)") from None
-    except RevisionNotFoundError:
-        raise TaskLoadError(f"revision {revision!r} of Hub repo {repo_id!r} not found") from None
-    except LocalEntryNotFoundError:
-        raise TaskLoadError(f"Hub repo {repo_id!r} is not cached and the Hub cannot be reached (offline?)") from None
-    except Exception as exc:  # network and HTTP errors of all kinds: report, never crash the server
-        raise TaskLoadError(f"downloading {repo_id!r} from the Hub failed: {exc}") from None
-    if not (folder / MANIFEST_NAME).is_file():
-        raise TaskLoadError(f"Hub repo {repo_id!r} is not an aa-deploy ONNX export (no {MANIFEST_NAME})")
-    return folder
+        return resolve_pretrained_path(source, revision=revision, token=token, required_file=MANIFEST_NAME)
+    except HubError as exc:
+        raise TaskLoadError(f"cannot load {source!r} from the Hub: {exc}") from None

@@ -48,7 +48,7 @@ class TaskTokenizer:
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
         if pairs is not None and len(pairs) != len(texts):
             raise InvalidInput(f"text_pairs has {len(pairs)} items but texts has {len(texts)}; they must match")
-        batch = list(zip(texts, pairs)) if pairs is not None else list(texts)
+        batch = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
         try:
             encodings = self._tokenizer.encode_batch(batch, add_special_tokens=True)
         except Exception as exc:  # invalid unicode and similar: the client's input, not our bug
@@ -60,7 +60,7 @@ class TaskTokenizer:
 
 def pad_rows(encoded: Sequence[Encoded], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stack the rows of several requests into ``input_ids, attention_mask, token_type_ids`` [rows, longest]."""
-    rows = [(i, t) for enc in encoded for i, t in zip(enc.ids, enc.type_ids)]
+    rows = [(i, t) for enc in encoded for i, t in zip(enc.ids, enc.type_ids, strict=True)]
     longest = max((len(i) for i, _ in rows), default=1)
     n = len(rows)
     input_ids = np.full((n, longest), pad_id, dtype=np.int64)

@@ -33,3 +33,11 @@ def glue_dir() -> Path:
     if not (path / "RTE" / "train.tsv").is_file():
         pytest.skip(f"GLUE data not found at {path}: set AA_GLUE_DIR to the GLUE folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def serving_exports(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path) -> dict[str, Path]:
+    """Tiny tasks exported by the real exporter for the serving tests (see tests/serving_helpers.py)."""
+    from serving_helpers import build_exports
+
+    return build_exports(tmp_path_factory.mktemp("serving"), tiny_backbone_dir)

@@ -286,6 +286,27 @@ class AdaptableAdapterModel(nn.Module):
         self.config.save(directory)
         return directory
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        commit_message: str | None = None,
+    ) -> str:
+        """Publish the compact artefact to the Hub in one commit and return the commit URL.
+
+        Deselected adapters and switches are pruned into a temporary folder first (with a model card),
+        so only the kept layers' tensors are uploaded. The token comes from ``token``, ``HF_TOKEN`` or
+        the stored login (``hf auth login``).
+        """
+        from ..hub import push_model_to_hub  # the Hub client is only needed when pushing
+
+        return push_model_to_hub(
+            self, repo_id, private=private, revision=revision, token=token, commit_message=commit_message
+        ).commit_url
+
     @classmethod
     def from_pretrained(
         cls,
@@ -343,4 +364,11 @@ def _resolve_adapter_folder(pretrained: str | os.PathLike, *, revision: str | No
         return path
     from ..hub import resolve_pretrained_path  # imported lazily: most loads are local
 
-    return Path(resolve_pretrained_path(str(pretrained), revision=revision, token=token, required_file=CONFIG_NAME))
+    # Only the adapter files: a repo pushed with --with-onnx also holds the ONNX graph and backbone data,
+    # which PyTorch loading does not need.
+    patterns = [CONFIG_NAME, WEIGHTS_NAME, "selection.json", "metrics.json", "*.md"]
+    return Path(
+        resolve_pretrained_path(
+            str(pretrained), revision=revision, token=token, allow_patterns=patterns, required_file=CONFIG_NAME
+        )
+    )

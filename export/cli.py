@@ -1,0 +1,88 @@
+"""``aa-deploy export``: registered into the main CLI by ``aa_deploy.cli`` (torch is imported only when run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="compile a trained run into a validated ONNX task folder (pruned, folded, shared backbone)",
+        description=(
+            "Prune deselected adapters, fold the rational activations into plain ONNX ops, export the task "
+            "as ONNX (tokens in, logits out) and validate it in ONNX Runtime against PyTorch. By default the "
+            "backbone's weights live once in a backbone store and are hard-linked into each task folder."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `aa-deploy train` (or a Hub id of one)")
+    p.add_argument("--output", required=True, metavar="DIR", help="task folder to write")
+    p.add_argument("--standalone", action="store_true", help="one self-contained model.onnx (no shared backbone)")
+    p.add_argument("--optimize", action="store_true", help="apply ONNX Runtime's transformer fusions")
+    p.add_argument("--quantize", choices=["int8"], help="dynamic INT8 quantisation of the weights")
+    p.add_argument(
+        "--backbone-store", metavar="PATH",
+        help="where shared backbones live (default: $AA_DEPLOY_HOME/backbones or ~/.cache/aa_deploy/backbones); "
+        "put it on the output's file system so that tasks can hard-link it",
+    )  # fmt: skip
+    p.add_argument(
+        "--data-dir", default=os.environ.get("AA_GLUE_DIR"), metavar="DIR",
+        help="GLUE folder for validation inputs and INT8 metrics (default: $AA_GLUE_DIR; else built-in sentences)",
+    )  # fmt: skip
+    p.add_argument(
+        "--atol", type=float, default=1e-4, help="max abs logit difference ONNX vs PyTorch (fp32; default 1e-4)"
+    )
+    p.add_argument("--task-name", help="task name recorded in the manifest (default: the run's task)")
+    p.add_argument("--max-eval-examples", type=int, help="cap the dev examples used for the INT8 metric")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from . import export_run
+
+    logger = logging.getLogger("aa_deploy.export")
+    if not logger.handlers:  # progress lines on stderr; library loggers keep their own settings
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("aa-deploy export: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    result = export_run(
+        args.run_dir,
+        args.output,
+        standalone=args.standalone,
+        optimize=args.optimize,
+        quantize=args.quantize,
+        backbone_store=args.backbone_store,
+        data_dir=args.data_dir,
+        atol=args.atol,
+        task_name=args.task_name,
+        overwrite=args.overwrite,
+        max_eval_examples=args.max_eval_examples,
+    )
+    if args.json:
+        print(json.dumps(result.manifest, indent=2, sort_keys=True))
+        return 0
+    m = result.manifest
+    v = result.validation
+    print(f"exported {m['task']['name']} to {result.output} in {result.seconds:.1f} s ({m['mode']})")
+    print(f"  kept layers   {m['kept_layers']} of {m['num_layers']}")
+    check = "passed" if v.passed else ("NOT ENFORCED (int8)" if not v.enforced else "failed")
+    print(
+        f"  validation    max |ONNX - PyTorch| = {v.max_abs_diff:.2e} on {v.num_inputs} inputs ({v.inputs_source}), "
+        f"atol {v.atol:g}: {check}; pruned vs trained {v.pruned_max_abs_diff:.1e}"
+    )
+    if result.metrics:
+        q = result.metrics
+        quant = m["quantization"]
+        print(f"  {q['metric']:<13} fp32 {q['fp32']:.4f} → {quant} {q[quant]:.4f} on {q['num_examples']} dev examples")
+    print(f"  sizes         {result.sizes.summary}")
+    for note in result.warnings:
+        print(f"  warning       {note}")
+    return 0

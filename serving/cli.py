@@ -1,0 +1,141 @@
+"""``aa-deploy serve``: registered into the main CLI by ``register(subparsers)``.
+
+Import-light on purpose: nothing heavy (ONNX Runtime, FastAPI) is imported until the command runs, so
+``aa-deploy --help`` stays fast and never needs the serving dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def _task(value: str):
+    from .config import TaskSpec
+
+    try:
+        return TaskSpec.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve exported tasks over HTTP on one shared backbone (no PyTorch needed)",
+        description="Serve one or more folders written by `aa-deploy export` (or Hub ids) as tasks. "
+        "Native API under /v1, Open Inference Protocol v2 under /v2, OpenAPI docs at /docs, metrics at /metrics.",
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        type=_task,
+        default=[],
+        metavar="NAME=DIR",
+        help="serve DIR (an export folder or Hub id[@revision]) as task NAME; repeatable; "
+        "the same folder may be served under several names",
+    )
+    p.add_argument("--config", metavar="FILE", help="JSON server config (ServerConfig); flags override its fields")
+    p.add_argument("--host", help="bind address (default 127.0.0.1: local only)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument(
+        "--engine",
+        choices=["multitask", "sessions"],
+        help="multitask: one graph with stacked adapters (default); sessions: one ORT session per task",
+    )
+    p.add_argument(
+        "--max-batch", type=int, dest="max_batch_size", help="max rows (texts x tasks) per batch (default 16)"
+    )
+    p.add_argument("--max-delay-ms", type=float, dest="max_delay_ms", help="max wait to fill a batch (default 5)")
+    p.add_argument("--max-queue", type=int, dest="max_queue_rows", help="rows queued before 503 (default 512)")
+    p.add_argument("--max-texts", type=int, dest="max_texts_per_request", help="texts per request (default 64)")
+    p.add_argument("--max-chars", type=int, dest="max_chars_per_text", help="characters per text (default 10000)")
+    p.add_argument("--max-body-bytes", type=int, dest="max_body_bytes", help="request body limit (default 2 MiB)")
+    p.add_argument(
+        "--threads", type=int, dest="intra_op_threads", help="ONNX Runtime intra-op threads (default: all cores)"
+    )
+    p.add_argument(
+        "--no-prepacking",
+        action="store_false",
+        dest="prepacking",
+        default=None,
+        help="disable ORT weight prepacking (less memory per session, slower)",
+    )
+    p.add_argument(
+        "--no-prefix-sharing",
+        action="store_false",
+        dest="prefix_sharing",
+        default=None,
+        help="do not compute adapter-free lowest layers once for multi-task calls",
+    )
+    p.add_argument(
+        "--token",
+        help="bearer token required for load/unload (prefer --token-file or $AA_DEPLOY_TOKEN: "
+        "command lines are visible to other users)",
+    )
+    p.add_argument("--token-file", help="read the bearer token from this file")
+    p.add_argument("--protect-predict", action="store_true", default=None, help="require the token for predictions too")
+    p.add_argument(
+        "--allow-root",
+        action="append",
+        dest="allowed_roots",
+        metavar="DIR",
+        help="runtime loads may only use folders under DIR (repeatable)",
+    )
+    p.add_argument("--no-hub", action="store_false", dest="allow_hub", default=None, help="never load from the Hub")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--print-config", action="store_true", help="print the effective config (token redacted) and exit")
+    p.set_defaults(handler=_run_serve)
+
+
+_OVERRIDES = (
+    "host",
+    "port",
+    "engine",
+    "max_batch_size",
+    "max_delay_ms",
+    "max_queue_rows",
+    "max_texts_per_request",
+    "max_chars_per_text",
+    "max_body_bytes",
+    "intra_op_threads",
+    "prepacking",
+    "prefix_sharing",
+    "protect_predict",
+    "allowed_roots",
+    "allow_hub",
+    "log_level",
+)
+
+
+def build_config(args: argparse.Namespace):
+    from .config import ServerConfig
+
+    data = ServerConfig.load(args.config).to_dict() if args.config else {}
+    for key in _OVERRIDES:
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    if args.task:
+        names = {t.name for t in args.task}
+        data["tasks"] = [t for t in data.get("tasks", []) if t["name"] not in names] + [vars(t) for t in args.task]
+    token = args.token
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+    token = token or os.environ.get("AA_DEPLOY_TOKEN") or data.get("token")
+    data["token"] = token or None
+    return ServerConfig.from_dict(data)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    if args.print_config:
+        print(json.dumps(config.to_dict(redact=True), indent=2, sort_keys=True))
+        return 0
+    if not config.tasks:
+        raise ValueError("nothing to serve: give at least one --task NAME=DIR (or tasks in --config)")
+    from .server import run
+
+    return run(config)

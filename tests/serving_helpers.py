@@ -1,0 +1,133 @@
+"""Export folders for the serving tests, made by the real exporter (``export.export_run``) from tiny
+trained-looking run folders, plus independent references (plain ONNX Runtime + transformers tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aa_deploy.config import AdapterConfig
+from aa_deploy.modeling.model import AdaptableAdapterModel
+
+SST = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
+RTE = {"name": "rte", "metric": "accuracy", "label_names": ["entailment", "not_entailment"], "is_pair": True}
+STSB = {"name": "stsb", "metric": "pearson", "label_names": None, "is_pair": True}
+TOPIC = {"name": "topic", "metric": "accuracy", "label_names": ["world", "sports", "business"], "is_pair": False}
+
+# name -> (task, recipe, rational version, selected layers (search recipe), seed). Chosen to cover: single
+# and pair inputs, regression, ReLU (standard recipe) next to both rational versions, and tasks without
+# adapters in the lowest layers (so multi-task calls share them).
+RUNS: dict[str, tuple[dict, str, str, list[int] | None, int]] = {
+    "sst": (SST, "search", "A", [1, 2], 1),
+    "rte": (RTE, "search", "B", [0, 2], 2),
+    "stsb": (STSB, "search", "A", [2], 3),
+    "topic": (TOPIC, "standard", "A", None, 4),
+    "late": (SST, "search", "A", [2], 5),
+}
+
+
+def make_run_folder(
+    directory: Path,
+    backbone: Path,
+    task: dict,
+    recipe: str,
+    version: str,
+    layers: list[int] | None,
+    seed: int,
+    max_length: int = 32,
+) -> Path:
+    """A run folder like ``aa-deploy train`` writes, with random (non-trivial) adapters and heads."""
+    torch.manual_seed(seed)
+    config = AdapterConfig(recipe=recipe, rational_version=version)  # type: ignore[arg-type]
+    model = AdaptableAdapterModel.from_backbone(str(backbone), config, task=task)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in model.trainable_parameter_names() and ".switch." not in name:
+                param.normal_(0.0, 0.3)
+        for index, rational in model.rationals().items():
+            rational.numerator.copy_(torch.tensor([0.02, 0.6, 0.3, 0.05 * index, 0.01, 0.0]))
+            rational.denominator.copy_(torch.tensor([-0.4, 0.8, 0.0, 0.1]) * (1 + index))
+        for index, block in model.adapter_layers.items():
+            if block.switch is not None:
+                on = layers is None or int(index) in layers
+                block.switch.logits.copy_(torch.tensor([0.0, 1.0] if on else [1.0, 0.0]))
+    model.eval()
+    model.save_pretrained(directory)
+    (directory / "selection.json").write_text(json.dumps(model.selection()))
+    (directory / "training_config.json").write_text(json.dumps({"task": task["name"], "max_length": max_length}))
+    (directory / "metrics.json").write_text(json.dumps({"metric": task["metric"], "value": 0.5, "test_value": 0.5}))
+    return directory
+
+
+def build_exports(root: Path, backbone: Path) -> dict[str, Path]:
+    """Every run of RUNS exported in shared mode (one backbone store), plus standalone and optimised sst."""
+    from export import export_run
+
+    store = root / "store"
+    out: dict[str, Path] = {}
+    for name, (task, recipe, version, layers, seed) in RUNS.items():
+        run = make_run_folder(root / "runs" / name, backbone, task, recipe, version, layers, seed)
+        out[name] = export_run(run, root / "exports" / name, backbone_store=store).output
+    sst_run = root / "runs" / "sst"
+    out["sst_standalone"] = export_run(sst_run, root / "exports" / "sst_standalone", standalone=True).output
+    out["sst_optimized"] = export_run(
+        sst_run, root / "exports" / "sst_optimized", optimize=True, backbone_store=store
+    ).output
+    return out
+
+
+class Reference:
+    """What the exported model says, computed without the server: transformers' tokenizer on the export
+    folder and a plain ``onnxruntime.InferenceSession`` on its ``model.onnx``, one text at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.manifest = json.loads((folder / "aa_export.json").read_text())
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def logits(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        rows = []
+        for i, text in enumerate(texts):
+            args: Any = (text, pairs[i]) if pairs is not None else (text,)
+            enc = self.tokenizer(*args, truncation=True, max_length=self.manifest["max_length"], return_tensors="np")
+            feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in self.inputs}
+            rows.append(self.session.run(["logits"], feeds)[0][0])
+        return np.stack(rows)
+
+    def labels(self, texts: list[str], pairs: list[str] | None = None) -> list[str | None]:
+        names = self.manifest["task"].get("label_names")
+        if names is None:
+            return [None] * len(texts)
+        return [names[int(i)] for i in np.argmax(self.logits(texts, pairs), axis=-1)]
+
+
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a",
+    "",
+    "I LOVED this film!!! 10/10",
+    "Émile a dit « ça va » 🙂 — naïve café, 東京, مرحبا",
+    "zero\u200bwidth and combining e\u0301 and a NUL \u0000 char",
+    " ".join(["long"] * 400),
+]
+# No empty second segment: transformers' Python tokenizer then drops the pair (it tests ``if text_pair``),
+# while the tokenizers template (what the server uses, and the correct pair encoding) keeps [SEP][SEP].
+PAIRS = [
+    "a dog is sleeping",
+    "b",
+    "?",
+    "the film was bad",
+    "שלום 🙂",
+    "tabs\tand\nnewlines",
+    "short",
+]

@@ -1,0 +1,128 @@
+"""``aa-deploy serve``: flags, config file, and a real server process stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aa_deploy.cli import build_parser
+from serving.cli import build_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_serve_is_registered_and_builds_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AA_DEPLOY_TOKEN", raising=False)
+    args = parse(
+        "--task",
+        "rte=exports/rte",
+        "--task",
+        "sst=exports/sst",
+        "--max-batch",
+        "32",
+        "--max-delay-ms",
+        "2",
+        "--port",
+        "9000",
+        "--no-prepacking",
+        "--engine",
+        "sessions",
+    )
+    config = build_config(args)
+    assert [t.name for t in config.tasks] == ["rte", "sst"]
+    assert (config.max_batch_size, config.max_delay_ms, config.port, config.prepacking, config.engine) == (
+        32,
+        2.0,
+        9000,
+        False,
+        "sessions",
+    )
+    assert config.host == "127.0.0.1" and config.token is None
+    # A config file, overridden by flags; the token from a file.
+    (tmp_path / "server.json").write_text(
+        json.dumps({"max_batch_size": 4, "tasks": [{"name": "rte", "source": "old"}]})
+    )
+    (tmp_path / "token").write_text("from-file\n")
+    config = build_config(
+        parse("--config", str(tmp_path / "server.json"), "--task", "rte=new", "--token-file", str(tmp_path / "token"))
+    )
+    assert config.max_batch_size == 4 and config.tasks[0].source == "new" and config.token == "from-file"
+    monkeypatch.setenv("AA_DEPLOY_TOKEN", "from-env")
+    assert build_config(parse("--task", "a=b")).token == "from-env"
+
+
+def test_bad_flags_and_print_config(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse("--task", "no-equals-sign")
+    from aa_deploy.cli import main
+
+    assert main(["serve", "--task", "rte=x", "--token", "secret", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["token"] == "***" and printed["tasks"][0]["name"] == "rte"
+    assert main(["serve"]) == 1
+    assert "nothing to serve" in capsys.readouterr().err
+
+
+def test_serve_process_answers_and_stops_cleanly_on_sigterm(serving_exports: dict[str, Path]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "aa_deploy.cli",
+        "serve",
+        "--task",
+        f"rte={serving_exports['rte']}",
+        "--task",
+        f"entail={serving_exports['rte']}",
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        "--log-level",
+        "info",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+        r = httpx.post(
+            url + "/v1/predict", json={"tasks": ["rte", "entail"], "texts": ["a cat"], "text_pairs": ["a dog"]}
+        )
+        assert r.status_code == 200
+        results = r.json()["results"]
+        assert results["rte"] == results["entail"]
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says "terminated".
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "Application shutdown complete" in output, output[-2000:]
+        assert "serving 2 task(s): entail, rte" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,330 @@
+"""Serving runtime without HTTP: config, manifest, tokenisation, backbone sharing, the multi-task graph
+(checked against each task's own exported graph), the registry and the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving_helpers import PAIRS, TEXTS, Reference
+
+from serving.batcher import BatcherSettings, DynamicBatcher
+from serving.config import ServerConfig, TaskSpec, validate_task_name
+from serving.engine import MergedRunner, SoloRunner, WorkItem, execute
+from serving.errors import Overloaded, ShuttingDown, TaskExists, TaskLoadError, TaskNotFound
+from serving.manifest import ExportManifest, ManifestError
+from serving.registry import TaskRegistry
+from serving.tokenization import TaskTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_task(registry: TaskRegistry, name: str, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+    entry = registry.view.get(name)
+    encoded = entry.artifact.tokenizer.encode(texts, pairs)
+    result = execute([WorkItem(encoded, (entry.target,))], chunk_rows=4)[0]
+    assert isinstance(result, dict), result
+    return result[name]
+
+
+def inputs_for(folder: Path) -> tuple[list[str], list[str] | None]:
+    is_pair = json.loads((folder / "aa_export.json").read_text())["task"]["is_pair"]
+    return TEXTS, (PAIRS if is_pair else None)
+
+
+@pytest.fixture(scope="module")
+def references(serving_exports: dict[str, Path]) -> dict[str, Reference]:
+    return {name: Reference(path) for name, path in serving_exports.items()}
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_config_round_trips_json_and_redacts(tmp_path: Path) -> None:
+    config = ServerConfig(
+        tasks=[TaskSpec("rte", "exports/rte")], token="secret", max_batch_size=8, allowed_roots=["/x"]
+    )
+    again = ServerConfig.from_json(config.to_json())
+    assert again == config
+    assert json.loads(config.to_json(redact=True))["token"] == "***"
+    config.save(tmp_path / "c.json")
+    assert ServerConfig.load(tmp_path / "c.json") == config
+    with pytest.raises(ValueError, match="unknown server config keys"):
+        ServerConfig.from_dict({"max_batch": 3})
+    with pytest.raises(ValueError, match="max_batch_size"):
+        ServerConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="unique"):
+        ServerConfig(tasks=[TaskSpec("a", "x"), TaskSpec("a", "y")])
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 65, "a..b", "with space", "é"])
+def test_task_names_that_could_be_paths_are_rejected(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid task name"):
+        validate_task_name(name)
+
+
+def test_task_spec_parse() -> None:
+    assert TaskSpec.parse("rte=exports/rte") == TaskSpec("rte", "exports/rte")
+    assert TaskSpec.parse("rte=org/repo@v1") == TaskSpec("rte", "org/repo", "v1")
+    with pytest.raises(ValueError, match="NAME=DIR"):
+        TaskSpec.parse("exports/rte")
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+def test_manifest_reads_the_export_contract(serving_exports: dict[str, Path]) -> None:
+    m = ExportManifest.load(serving_exports["rte"])
+    assert m.shared and m.is_pair and m.label_names == ("entailment", "not_entailment")
+    assert m.inputs == ("input_ids", "attention_mask", "token_type_ids")
+    assert ExportManifest.load(serving_exports["stsb"]).is_regression
+    assert not ExportManifest.load(serving_exports["sst_standalone"]).shared
+
+
+def test_broken_export_folders_fail_with_actionable_messages(serving_exports: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="not an aa-deploy export"):
+        ExportManifest.load(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(serving_exports["sst"], broken)
+    (broken / "backbone.onnx_data").unlink()
+    with pytest.raises(ManifestError, match="backbone tensors\\) is missing"):
+        ExportManifest.load(broken)
+    data = json.loads((serving_exports["sst"] / "aa_export.json").read_text())
+    (broken / "aa_export.json").write_text(json.dumps({**data, "format_version": 99}))
+    with pytest.raises(ManifestError, match="format_version 99"):
+        ExportManifest.load(broken)
+    (broken / "aa_export.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        ExportManifest.load(broken)
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+def test_tokenizer_matches_transformers_and_truncates(
+    serving_exports: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    folder = serving_exports["rte"]
+    ref = references["rte"]
+    tok = TaskTokenizer(folder / "tokenizer.json", max_length=ref.manifest["max_length"], is_pair=True)
+    enc = tok.encode(TEXTS, PAIRS)
+    for i, (text, pair) in enumerate(zip(TEXTS, PAIRS, strict=True)):
+        expected = ref.tokenizer(text, pair, truncation=True, max_length=ref.manifest["max_length"])
+        assert enc.ids[i].tolist() == expected["input_ids"]
+        assert enc.type_ids[i].tolist() == expected["token_type_ids"]
+    assert max(len(r) for r in enc.ids) == ref.manifest["max_length"]
+
+
+# ---------------------------------------------------------------------------------------------- engines
+@pytest.mark.parametrize("engine", ["multitask", "sessions"])
+def test_every_task_matches_its_own_export(
+    engine: str, serving_exports: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    registry = TaskRegistry(ServerConfig(engine=engine, intra_op_threads=1))
+    for name, folder in serving_exports.items():
+        registry.load(name, str(folder))
+    for name, folder in serving_exports.items():
+        texts, pairs = inputs_for(folder)
+        got = run_task(registry, name, texts, pairs)
+        np.testing.assert_allclose(got, references[name].logits(texts, pairs), atol=1e-4, rtol=0)
+    kinds = {n: registry.view.get(n).target.runner.kind for n in serving_exports}
+    if engine == "multitask":
+        assert kinds["sst_standalone"] == kinds["sst_optimized"] == "session"
+        assert {kinds[n] for n in ("sst", "rte", "stsb", "topic", "late")} == {"multitask"}
+        assert "optimised" in registry.info("sst_optimized")["merge_note"]
+    else:
+        assert set(kinds.values()) == {"session"}
+    # One backbone in memory for all plain shared-mode tasks, whatever the engine (the optimised export
+    # has its own, fused, backbone; the standalone one carries its weights inside).
+    plain = {id(registry.view.get(n).artifact.backbone) for n in ("sst", "rte", "stsb", "topic", "late")}
+    assert len(plain) == 1 and len(registry.store) == 2
+    registry.close()
+    assert len(registry.store) == 0
+
+
+def test_mixed_task_batch_equals_single_task_answers(serving_exports: dict[str, Path]) -> None:
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    names = ["sst", "rte", "stsb", "topic", "late"]
+    for name in names:
+        registry.load(name, str(serving_exports[name]))
+    alone = {n: run_task(registry, n, *inputs_for(serving_exports[n])) for n in names}
+    items = []
+    for i, name in enumerate(names * 2):  # interleaved, different lengths and tasks in one batch
+        texts, pairs = inputs_for(serving_exports[name])
+        sl = slice(i % 3, None)
+        entry = registry.view.get(name)
+        items.append(
+            (
+                name,
+                sl,
+                WorkItem(entry.artifact.tokenizer.encode(texts[sl], pairs[sl] if pairs else None), (entry.target,)),
+            )
+        )
+    results = execute([item for _, _, item in items], chunk_rows=5)
+    runners = {id(item.targets[0].runner) for _, _, item in items}
+    assert len(runners) == 1, "all five tasks must share one multi-task graph"
+    for (name, sl, _), result in zip(items, results, strict=True):
+        np.testing.assert_allclose(result[name], alone[name][sl], atol=1e-5, rtol=0)
+
+
+def test_prefix_sharing_computes_adapter_free_layers_once(serving_exports: dict[str, Path]) -> None:
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    registry.load("late", str(serving_exports["late"]))  # adapter at layer 2 only
+    registry.load("stsb", str(serving_exports["stsb"]))  # adapter at layer 2 only
+    runner = registry.view.get("late").target.runner
+    assert isinstance(runner, MergedRunner) and runner.shared_layers == 2 and runner.prefix is not None
+    assert registry.info("late")["shared_layers"] == 2
+    # One item, two tasks on the same rows: prefix runs on 3 rows, suffix on 6.
+    late, stsb = registry.view.get("late"), registry.view.get("stsb")
+    texts = TEXTS[:3]
+    pairs = PAIRS[:3]
+    calls: list[tuple[str, int]] = []
+    for part in ("prefix", "suffix"):
+        session = getattr(runner, part)
+        original = session.run
+        setattr(runner, part, _Spy(session, original, calls, part))
+    both = execute([WorkItem(late.artifact.tokenizer.encode(texts, pairs), (late.target, stsb.target))], chunk_rows=16)[
+        0
+    ]
+    assert calls == [("prefix", 3), ("suffix", 6)]
+    np.testing.assert_allclose(both["late"], run_task(registry, "late", texts, pairs), atol=1e-5)
+    np.testing.assert_allclose(both["stsb"], run_task(registry, "stsb", texts, pairs), atol=1e-5)
+    registry.load("rte", str(serving_exports["rte"]))  # adapter at layer 0: nothing left to share
+    assert registry.view.get("late").target.runner.shared_layers == 0
+
+
+class _Spy:
+    def __init__(self, session, original, calls, label) -> None:
+        self._session, self._original, self._calls, self._label = session, original, calls, label
+
+    def run(self, outputs, feeds):
+        self._calls.append((self._label, len(next(iter(feeds.values())))))
+        return self._original(outputs, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+def test_a_task_the_graph_cannot_reproduce_is_served_alone(
+    serving_exports: dict[str, Path], tmp_path: Path, references: dict[str, Reference]
+) -> None:
+    """The stacked adapters come from adapter_model.safetensors; if that disagrees with model.onnx the
+    load-time check catches it and the task keeps its exact answers through its own session."""
+    from safetensors.numpy import load_file, save_file
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(serving_exports["sst"], tampered)
+    weights = load_file(str(tampered / "adapter_model.safetensors"))
+    weights["adapter_layers.1.adapter.up.weight"] = weights["adapter_layers.1.adapter.up.weight"] * 2.0
+    save_file(weights, str(tampered / "adapter_model.safetensors"))
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    registry.load("rte", str(serving_exports["rte"]))
+    info = registry.load("sst", str(tampered))
+    assert info["engine"] == "session" and "differs from its export" in info["merge_note"]
+    assert registry.info("rte")["engine"] == "multitask"
+    texts = TEXTS[:4]
+    np.testing.assert_allclose(run_task(registry, "sst", texts), references["sst"].logits(texts), atol=1e-4)
+
+
+def test_registry_aliases_load_unload_and_errors(serving_exports: dict[str, Path], tmp_path: Path) -> None:
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    registry.load("a", str(serving_exports["sst"]))
+    registry.load("b", str(serving_exports["sst"]))  # same folder, second name: one artifact
+    assert registry.view.get("a").artifact is registry.view.get("b").artifact
+    assert registry.info("a")["aliases"] == ["b"]
+    with pytest.raises(TaskExists):
+        registry.load("a", str(serving_exports["rte"]))
+    registry.load("a", str(serving_exports["rte"]), replace=True)
+    assert registry.info("a")["task"] == "rte"
+    old_view = registry.view
+    registry.unload("b")
+    with pytest.raises(TaskNotFound):
+        registry.view.get("b")
+    # Work bound to the old view still runs after the unload (in-flight requests never fail).
+    entry = old_view.get("b")
+    result = execute([WorkItem(entry.artifact.tokenizer.encode(["still here"]), (entry.target,))], chunk_rows=4)[0]
+    assert result["b"].shape == (1, 2)
+    with pytest.raises(TaskNotFound):
+        registry.unload("b")
+    with pytest.raises(TaskLoadError, match="does not exist"):
+        registry.load("c", str(tmp_path / "missing"))
+    with pytest.raises(TaskLoadError, match="not an aa-deploy export"):
+        registry.load("c", str(tmp_path))
+    with pytest.raises(TaskLoadError, match="invalid task name"):
+        registry.load("../c", str(serving_exports["sst"]))
+    restricted = TaskRegistry(ServerConfig(allowed_roots=[str(tmp_path)], allow_hub=False))
+    with pytest.raises(Exception, match="not allowed"):
+        restricted.load("c", str(serving_exports["sst"]))
+    with pytest.raises(TaskLoadError, match="Hub is disabled"):
+        restricted.load("c", "org/repo")
+    assert sorted(registry.view.tasks) == ["a"]
+
+
+def test_sessions_share_the_backbone_buffers(serving_exports: dict[str, Path]) -> None:
+    registry = TaskRegistry(ServerConfig(engine="sessions", intra_op_threads=1))
+    registry.load("sst", str(serving_exports["sst"]))
+    registry.load("rte", str(serving_exports["rte"]))
+    a, b = registry.view.get("sst").artifact, registry.view.get("rte").artifact
+    assert a.backbone is b.backbone
+    assert isinstance(registry.view.get("sst").target.runner, SoloRunner)
+    tensors = json.loads((serving_exports["sst"] / "aa_export.json").read_text())["backbone_data"]["tensors"]
+    assert a.backbone.resident_tensors == len(tensors)  # one OrtValue per tensor, reused by both sessions
+
+
+# ---------------------------------------------------------------------------------------------- batcher
+def _item(registry: TaskRegistry, name: str, n: int) -> WorkItem:
+    entry = registry.view.get(name)
+    return WorkItem(entry.artifact.tokenizer.encode(["hello there"] * n), (entry.target,))
+
+
+def test_batcher_batches_refuses_overload_and_drains(serving_exports: dict[str, Path]) -> None:
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    registry.load("sst", str(serving_exports["sst"]))
+    registry.load("topic", str(serving_exports["topic"]))
+    batches: list[int] = []
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(
+            BatcherSettings(max_batch_rows=8, max_delay_s=0.2, max_queue_rows=6),
+            observer=lambda items, stats, s: batches.append(len(items)),
+        )
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit(_item(registry, "sst", 2)))
+        second = asyncio.create_task(batcher.submit(_item(registry, "topic", 3)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as info:
+            await batcher.submit(_item(registry, "sst", 2))  # 5 queued + 2 > 6
+        assert info.value.headers["Retry-After"] == "1"
+        a, b = await asyncio.gather(first, second)
+        assert a["sst"].shape == (2, 2) and b["topic"].shape == (3, 3)
+        assert batches == [2], "both tasks in one batch"
+        pending = asyncio.create_task(batcher.submit(_item(registry, "sst", 1)))
+        await asyncio.sleep(0.01)
+        await batcher.stop(timeout=5)
+        assert (await pending)["sst"].shape == (1, 2), "queued work is drained on stop"
+        with pytest.raises(ShuttingDown):
+            await batcher.submit(_item(registry, "sst", 1))
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------------------------------------- no torch
+def test_serving_runtime_never_imports_torch(serving_exports: dict[str, Path]) -> None:
+    code = f"""
+import sys
+from serving.app import create_app
+from serving.cli import register
+from serving.config import ServerConfig
+from serving.registry import TaskRegistry
+from serving.engine import WorkItem, execute
+r = TaskRegistry(ServerConfig(intra_op_threads=1))
+r.load("rte", {str(serving_exports["rte"])!r})
+e = r.view.get("rte")
+execute([WorkItem(e.artifact.tokenizer.encode(["a"], ["b"]), (e.target,))], 4)
+create_app(ServerConfig())
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+assert not bad, bad
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
