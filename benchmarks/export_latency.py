@@ -3,9 +3,10 @@
 On all-MiniLM-L6-v2, sequence length 128, batch 1 and 16, one process, the same thread count for
 every engine. Variants:
 
-- ``ort-backbone``: the store's bare backbone graph (no adapters, no head), fused like the tasks;
-- ``ort-task``: the exported task graph (pruned adapters, folded rationals, head), fused;
-- the same two with dynamic INT8 weights (``-int8``);
+- ``ort-backbone``: the store's bare backbone graph (no adapters, no head), exported like the task;
+- ``ort-task``: the exported task graph (pruned adapters, folded rationals, head), default settings;
+- the same two with dynamic INT8 weights (``-int8``) and with ORT's transformer fusions (``-fused``,
+  ``--optimize``; on CPU with one thread the fused graph measured slower than the default one);
 - ``torch-eager``: the trained model as ``from_pretrained`` loads it (all adapters, switches, eval mode).
 
 Targets: ort-task ≤ 1.03 × ort-backbone; ort-task ≥ 2 × faster than torch-eager at batch 1.
@@ -45,7 +46,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for every engine (default 1)")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batches", default="1,16")
-    p.add_argument("--rounds", type=int, default=40, help="timed calls per variant at batch 1 (fewer at larger batch)")
+    p.add_argument("--rounds", type=int, default=60, help="timed calls per variant at batch 1 (fewer at larger batch)")
     p.add_argument(
         "--layers",
         help="override the run's selection with these layers (e.g. 1,4), to measure how the cost scales "
@@ -153,10 +154,10 @@ def main() -> int:
             output = RESULTS.with_name(f"export_latency_layers-{'-'.join(map(str, layers))}.json")
     store = work / "store"
     exports: dict[str, Any] = {}
-    for label, quantize in (("fp32", None), ("int8", "int8")):
+    for label, optimize, quantize in (("fp32", False, None), ("int8", False, "int8"), ("fused", True, None)):
         started = time.time()
         result = export_run(
-            run, work / f"task-{label}", optimize=True, quantize=quantize, backbone_store=store,
+            run, work / f"task-{label}", optimize=optimize, quantize=quantize, backbone_store=store,
             data_dir=args.glue_dir, overwrite=True,
         )  # fmt: skip
         exports[label] = {"result": result, "seconds": round(time.time() - started, 1)}
@@ -167,10 +168,10 @@ def main() -> int:
     trained = AdaptableAdapterModel.from_pretrained(run).eval()
 
     sessions = {}
-    for label in ("fp32", "int8"):
+    for label in ("fp32", "int8", "fused"):
         m = exports[label]["result"].manifest
         backbone_graph = store / "objects" / m["backbone_data"]["store_object"] / "backbone.onnx"
-        suffix = "" if label == "fp32" else "-int8"
+        suffix = "" if label == "fp32" else f"-{label}"
         sessions[f"ort-backbone{suffix}"] = _session(backbone_graph, args.threads)
         sessions[f"ort-task{suffix}"] = _session(work / f"task-{label}" / "model.onnx", args.threads)
 
@@ -190,6 +191,11 @@ def main() -> int:
         rounds = max(5, args.rounds // max(1, batch // 4))
         times = _measure(calls, rounds)
         medians = {name: statistics.median(values) for name, values in times.items()}
+
+        def paired(a: str, b: str, t: dict[str, list[float]] = times) -> float:
+            """Median over rounds of a/b measured back to back: robust to load drifting between rounds."""
+            return statistics.median(x / y for x, y in zip(t[a], t[b], strict=True))
+
         p90 = {name: float(np.percentile(values, 90)) for name, values in times.items()}
         rows.append(
             {
@@ -203,11 +209,19 @@ def main() -> int:
                     "task_vs_backbone_int8": medians["ort-task-int8"] / medians["ort-backbone-int8"],
                     "torch_eager_vs_task_fp32": medians["torch-eager"] / medians["ort-task"],
                     "torch_eager_vs_task_int8": medians["torch-eager"] / medians["ort-task-int8"],
+                    "task_vs_backbone_fused": medians["ort-task-fused"] / medians["ort-backbone-fused"],
+                    "fused_vs_plain_task": medians["ort-task-fused"] / medians["ort-task"],
+                },
+                "paired_ratios": {
+                    "task_vs_backbone_fp32": paired("ort-task", "ort-backbone"),
+                    "task_vs_backbone_int8": paired("ort-task-int8", "ort-backbone-int8"),
+                    "torch_eager_vs_task_fp32": paired("torch-eager", "ort-task"),
+                    "torch_eager_vs_task_int8": paired("torch-eager", "ort-task-int8"),
                 },
             }
         )
 
-    fp32, int8 = exports["fp32"]["result"], exports["int8"]["result"]
+    int8 = exports["int8"]["result"]
     report = {
         "backbone": manifest["base_model"]["name_or_path"],
         "run_dir": str(run),
@@ -226,9 +240,9 @@ def main() -> int:
             "onnxruntime": onnxruntime.__version__,
         },  # fmt: skip
         "export_seconds": {k: v["seconds"] for k, v in exports.items()},
-        "validation_max_abs_diff": {"fp32": fp32.validation.max_abs_diff, "int8": int8.validation.max_abs_diff},
+        "validation_max_abs_diff": {k: v["result"].validation.max_abs_diff for k, v in exports.items()},
         "int8_metric": int8.metrics,
-        "sizes": {"fp32": fp32.manifest["sizes"], "int8": int8.manifest["sizes"]},
+        "sizes": {k: v["result"].manifest["sizes"] for k, v in exports.items()},
         "results": rows,
     }
     out = output
@@ -242,15 +256,31 @@ def main() -> int:
 def _print_table(report: dict[str, Any]) -> None:
     print(f"\n{report['backbone']}, kept layers {report['kept_layers']} of {report['num_layers']}, "
           f"threads={report['threads']}, seq={report['results'][0]['seq']}")  # fmt: skip
-    variants = ["torch-eager", "ort-backbone", "ort-task", "ort-backbone-int8", "ort-task-int8"]
+    variants = [
+        "torch-eager",
+        "ort-backbone",
+        "ort-task",
+        "ort-backbone-int8",
+        "ort-task-int8",
+        "ort-backbone-fused",
+        "ort-task-fused",
+    ]
     print(f"{'batch':>5} " + " ".join(f"{v:>18}" for v in variants) + "   (median ms)")
     for row in report["results"]:
         print(f"{row['batch']:>5} " + " ".join(f"{row['median_ms'][v]:>18.2f}" for v in variants))
+    print("(ort-*: default export; -int8: --quantize int8; -fused: --optimize, ORT transformer fusions)")
     print()
     keys = ["task_vs_backbone_fp32", "task_vs_backbone_int8", "torch_eager_vs_task_fp32", "torch_eager_vs_task_int8"]
     print(f"{'batch':>5} " + " ".join(f"{k:>26}" for k in keys))
     for row in report["results"]:
-        print(f"{row['batch']:>5} " + " ".join(f"{row['ratios'][k]:>26.3f}" for k in keys))
+        print(f"{row['batch']:>5} " + " ".join(f"{row['ratios'][k]:>26.3f}" for k in keys) + "   ratio of medians")
+        print(f"{'':>5} " + " ".join(f"{row['paired_ratios'][k]:>26.3f}" for k in keys) + "   median of paired ratios")
+    for row in report["results"]:
+        r = row["ratios"]
+        print(
+            f"batch {row['batch']}: fused task / fused backbone {r['task_vs_backbone_fused']:.3f}; "
+            f"fused task / default task {r['fused_vs_plain_task']:.3f}"
+        )
     if report.get("int8_metric"):
         m = report["int8_metric"]
         print(

@@ -29,6 +29,7 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,7 +298,8 @@ def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, no
             run, spec, options, settings, input_names, max_length, tokenizer, kept, num_layers, pruned, entry,
             shared_names, linked, report, post_report, folded, metrics, graph,
         )  # fmt: skip
-        sizes = _write_manifest(staging, manifest, linked)
+        _copy_run_files_for_card(run.directory, staging)
+        sizes = _write_manifest(staging, manifest, linked, on_write=lambda: _write_card(staging))
         _publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -556,18 +558,23 @@ def _manifest(
     }
 
 
-def _write_manifest(staging: Path, manifest: dict[str, Any], linked: bool | None) -> SizeReport:
-    """Write the manifest with the folder's sizes (which include the manifest itself: iterate to a fixpoint)."""
+def _write_manifest(
+    staging: Path, manifest: dict[str, Any], linked: bool | None, on_write: Callable[[], None] | None = None
+) -> SizeReport:
+    """Write the manifest with the folder's sizes, which include the manifest itself and the model card
+    (``on_write``, which quotes the sizes): iterate to a fixpoint."""
     path = staging / MANIFEST_NAME
     text = ""
     sizes = folder_report(staging, linked=linked)
-    for _ in range(4):
+    for _ in range(6):
         manifest["sizes"] = sizes.to_manifest()
         new_text = manifest_json(manifest)
         if new_text == text:
             break
         text = new_text
         atomic_write_text(path, text)
+        if on_write is not None:
+            on_write()
         sizes = folder_report(staging, linked=linked)
     return sizes
 
@@ -587,6 +594,24 @@ def canonicalize_safetensors(path: Path) -> None:
     text += b" " * ((-(8 + len(text))) % 8)
     body = data[8 + length :]
     atomic_write_with(path, lambda tmp: tmp.write_bytes(struct.pack("<Q", len(text)) + text + body))
+
+
+# What the run learned, carried into the export so the folder describes itself (and the card can
+# reuse the picture instead of drawing it again).
+_RUN_FILES_FOR_CARD = ("selection.json", "metrics.json", "activations.png")
+
+
+def _copy_run_files_for_card(run_directory: Path, staging: Path) -> None:
+    for name in _RUN_FILES_FOR_CARD:
+        source = run_directory / name
+        if source.is_file():
+            shutil.copyfile(source, staging / name)
+
+
+def _write_card(staging: Path) -> None:
+    from aa_deploy.card import write_model_card
+
+    write_model_card(staging)
 
 
 def _publish(staging: Path, output: Path) -> None:

@@ -22,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `aa-deploy train` (or a Hub id of one)")
     p.add_argument("--output", required=True, metavar="DIR", help="task folder to write")
     p.add_argument("--standalone", action="store_true", help="one self-contained model.onnx (no shared backbone)")
-    p.add_argument("--optimize", action="store_true", help="apply ONNX Runtime's transformer fusions")
+    p.add_argument(
+        "--optimize", action="store_true",
+        help="apply ONNX Runtime's transformer fusions (for GPUs / many threads; slower on 1-2 CPU threads)",
+    )  # fmt: skip
     p.add_argument("--quantize", choices=["int8"], help="dynamic INT8 quantisation of the weights")
     p.add_argument(
         "--backbone-store", metavar="PATH",

@@ -6,7 +6,9 @@ graph fuses completely in ONNX Runtime's transformer optimiser (EmbedLayerNormal
 12 SkipLayerNormalization, 6 BiasGelu). With ``sdpa`` attention the attention does not fuse, and the
 dynamo exporter takes about 7 s and does not fuse attention either. So we export with TorchScript
 and switch the backbone to eager attention for the export (the math is the same; outputs differ by
-~1e-8, and validation checks against the trained model as loaded).
+~1e-8, and validation checks against the trained model as loaded). The fusions themselves are
+optional (``--optimize``): on one or two CPU threads the plain graph, optimised by ONNX Runtime at
+load time, is faster (see export/optimize.py).
 
 Initializers are renamed by content to canonical names: backbone tensors get their ``transformers``
 parameter names (``bert.encoder.layer.0.attention.self.query.weight``; ``….T`` where the exporter

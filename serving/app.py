@@ -177,7 +177,12 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
     metrics = ServerMetrics()
     batcher = DynamicBatcher(
         BatcherSettings(
-            config.max_batch_size, config.max_delay_ms / 1000.0, config.max_queue_rows, config.retry_after_s
+            config.max_batch_size,
+            config.max_delay_ms / 1000.0,
+            config.max_queue_rows,
+            config.retry_after_s,
+            eager=config.eager_dispatch,
+            split_cost=config.split_cost_tokens,
         ),
         observer=metrics.observe_batch,
     )
@@ -253,14 +258,14 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), config.token.encode()):
             raise Unauthorized("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
 
-    def admin(request: Request) -> None:
+    async def admin(request: Request) -> None:
         _check_token(request)
 
-    def predict_auth(request: Request) -> None:
+    async def predict_auth(request: Request) -> None:
         if config.protect_predict:
             _check_token(request)
 
-    def service(request: Request) -> InferenceService:
+    async def service(request: Request) -> InferenceService:
         if not request.app.state.ready or not batcher.accepting:
             raise ShuttingDown("the server is starting or shutting down; retry shortly")
         return request.app.state.service

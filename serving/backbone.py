@@ -133,6 +133,6 @@ class BackboneStore:
     def stats(self) -> list[dict[str, Any]]:
         with self._lock:
             return [
-                {"key": b.key[:16], "bytes": b.size, "tasks": sorted(b.users), "tensors": b.resident_tensors}
+                {"key": b.key[:16], "bytes": b.size, "exports": len(b.users), "tensors": b.resident_tensors}
                 for b in self._backbones.values()
             ]

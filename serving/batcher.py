@@ -6,6 +6,10 @@ rule. While a batch runs (ONNX Runtime releases the GIL) new items pile up, so u
 up without waiting. Items for different tasks share a batch; the engine runs each runner's rows
 together (one run for all tasks of the multi-task graph).
 
+With ``eager`` (the default) a batch is also closed before ``max_delay`` when no other request is
+being received (parsed or tokenised) at that moment: waiting could only add latency then. Under load
+requests keep arriving, so batches still fill; at concurrency 1 nobody waits for the delay.
+
 Back-pressure is explicit: once ``max_queue_rows`` rows wait, :meth:`submit` raises
 :class:`~serving.errors.Overloaded` (HTTP 503 + Retry-After) instead of letting latency grow without
 bound. :meth:`stop` refuses new work and drains what is queued.
@@ -16,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import BatchStats, WorkItem, execute
+from .engine import DEFAULT_SPLIT_COST, BatchStats, WorkItem, execute
 from .errors import InferenceError, Overloaded, ServingError, ShuttingDown
 
 
@@ -31,6 +36,8 @@ class BatcherSettings:
     max_delay_s: float = 0.005
     max_queue_rows: int = 512
     retry_after_s: int = 1
+    eager: bool = True
+    split_cost: float = DEFAULT_SPLIT_COST
 
 
 BatchObserver = Callable[[Sequence[WorkItem], BatchStats, float], None]
@@ -47,6 +54,7 @@ class DynamicBatcher:
         self._pool: ThreadPoolExecutor | None = None
         self._accepting = False
         self._busy = False
+        self._arriving = 0
 
     # ------------------------------------------------------------------------------------------ control
     async def start(self) -> None:
@@ -84,7 +92,23 @@ class DynamicBatcher:
         return self._accepting
 
     # ------------------------------------------------------------------------------------------ submit
+    @contextmanager
+    def arrival(self) -> Iterator[None]:
+        """Mark a request as being received (parsed, tokenised) until its items are enqueued, so that
+        an eager batcher knows more work is about to come and keeps the batch open."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            if self._wakeup is not None:
+                self._wakeup.set()
+
     async def submit(self, item: WorkItem) -> dict[str, Any]:
+        return await self.enqueue(item)
+
+    def enqueue(self, item: WorkItem) -> asyncio.Future:
+        """Queue ``item`` now (synchronously) and return the future of its result."""
         if not self._accepting or self._wakeup is None:
             raise ShuttingDown()
         if self._queued_rows + item.rows > self.settings.max_queue_rows and self._queue:
@@ -98,7 +122,7 @@ class DynamicBatcher:
         self._queue.append(item)
         self._queued_rows += item.rows
         self._wakeup.set()
-        return await item.future
+        return item.future
 
     # ------------------------------------------------------------------------------------------ loop
     async def _next_batch(self) -> list[WorkItem]:
@@ -110,7 +134,7 @@ class DynamicBatcher:
         deadline = first.enqueued_at + self.settings.max_delay_s
         while self._rows_waiting() < self.settings.max_batch_rows:
             remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            if remaining <= 0 or (self.settings.eager and self._arriving == 0):
                 break
             self._wakeup.clear()
             try:
@@ -139,32 +163,45 @@ class DynamicBatcher:
             batch = await self._next_batch()
             if not batch:
                 continue
-            self._busy = True
-            started = time.perf_counter()
-            for item in batch:
-                item.started_at = started
-            stats = BatchStats()
             try:
-                results = await loop.run_in_executor(self._pool, execute, batch, self.settings.max_batch_rows, stats)
-            except Exception as exc:  # pragma: no cover - execute() catches per runner
-                results = [exc] * len(batch)
-            finally:
-                self._busy = False
-            elapsed = time.perf_counter() - started
-            for item, result in zip(batch, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    error = (
-                        result
-                        if isinstance(result, ServingError)
-                        else InferenceError(f"inference failed: {type(result).__name__}: {result}")
-                    )
-                    item.future.set_exception(error)
-                else:
-                    item.future.set_result(result)
-            if self._observer is not None:
-                try:
-                    self._observer(batch, stats, elapsed)
-                except Exception:  # pragma: no cover - metrics must never break serving
-                    pass
+                await self._run(loop, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # pragma: no cover - a bug here must fail requests, never hang them
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(InferenceError(f"batching failed: {type(exc).__name__}: {exc}"))
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem]) -> None:
+        """Run one batch in the inference thread and resolve its items' futures."""
+        self._busy = True
+        started = time.perf_counter()
+        for item in batch:
+            item.started_at = started
+        stats = BatchStats()
+        try:
+            results = await loop.run_in_executor(
+                self._pool, execute, batch, self.settings.max_batch_rows, stats, self.settings.split_cost
+            )
+        except Exception as exc:  # pragma: no cover - execute() catches per runner
+            results = [exc] * len(batch)
+        finally:
+            self._busy = False
+        elapsed = time.perf_counter() - started
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                error = (
+                    result
+                    if isinstance(result, ServingError)
+                    else InferenceError(f"inference failed: {type(result).__name__}: {result}")
+                )
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(result)
+        if self._observer is not None:
+            try:
+                self._observer(batch, stats, elapsed)
+            except Exception:  # pragma: no cover - metrics must never break serving
+                pass

@@ -69,6 +69,11 @@ class ServerConfig:
     # Back-pressure: rows waiting in the queue before new requests get 503 + Retry-After.
     max_queue_rows: int = 512
     retry_after_s: int = 1
+    # Close a batch early when no other request is being received (no point waiting at low load).
+    eager_dispatch: bool = True
+    # A batch is run as length-sorted runs when that saves more than this many padded tokens per extra
+    # session run (0: one run per length; a huge value: always one run padded to the longest row).
+    split_cost_tokens: float = 32.0
     # Per-request limits.
     max_texts_per_request: int = 64
     max_chars_per_text: int = 10_000

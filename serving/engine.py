@@ -9,8 +9,8 @@ Two runners exist:
 * :class:`MergedRunner` - the multi-task graph of :mod:`serving.multitask`: all member tasks in one run,
   rows of different tasks in one batch, the adapter-free lowest layers computed once per distinct input.
 
-:func:`execute` takes the work items of one batch, groups their rows by runner, pads each group to
-its longest row and runs it in chunks of at most ``chunk_rows`` rows.
+:func:`execute` takes the work items of one batch, groups their rows by runner and runs each group
+in length-sorted runs of at most ``chunk_rows`` rows, each padded to its own longest row.
 """
 
 from __future__ import annotations
@@ -30,6 +30,41 @@ from .tokenization import Encoded, pad_rows
 FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
+# A session run costs about as much as this many padded tokens more (the weights are streamed once per
+# run); measured on MiniLM/CPU (docs/SERVING.md). A batch is split into length-sorted runs only where
+# that saves more padding than the extra runs cost.
+DEFAULT_SPLIT_COST = 32.0
+
+
+def plan_runs(lengths: np.ndarray, max_rows: int, split_cost: float = DEFAULT_SPLIT_COST) -> list[np.ndarray]:
+    """Group rows into runs: sorted by length, contiguous groups of at most ``max_rows`` rows that
+    minimise ``sum(split_cost + rows * longest)`` (each run's padded tokens plus its fixed cost).
+
+    Padding every row of a batch to its longest row wastes work when lengths differ a lot; each run is
+    trimmed to its own longest row. Exact: padded positions are masked out of attention.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = np.argsort(lengths, kind="stable")
+    ordered = lengths[order]
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        longest = float(ordered[end - 1])
+        for start in range(max(0, end - max_rows), end):
+            cost = best[start] + split_cost + (end - start) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    runs = []
+    end = n
+    while end > 0:
+        runs.append(order[cut[end] : end])
+        end = int(cut[end])
+    return runs[::-1]
+
+
 class SoloRunner:
     """One session for one export folder."""
 
@@ -44,7 +79,7 @@ class SoloRunner:
         model_path: str,
         external_folder: str | None,
         pad_id: int,
-        prepacking: bool | None = None,
+        throwaway: bool = False,
     ) -> None:
         self.session = create_session(
             model if backbone is not None else None,
@@ -52,7 +87,7 @@ class SoloRunner:
             backbone=backbone,
             external_folder=external_folder,
             model_path=model_path,
-            prepacking=prepacking,
+            throwaway=throwaway,
         )
         self.pad_id = pad_id
         self.inputs = {i.name for i in self.session.get_inputs()}
@@ -107,28 +142,39 @@ class MergedRunner:
         return self.split_layer if self.prefix is not None else 0
 
     def run(
-        self, feeds: dict[str, np.ndarray], row_map: np.ndarray, task_ids: np.ndarray, chunk_rows: int
+        self,
+        feeds: dict[str, np.ndarray],
+        row_map: np.ndarray,
+        task_ids: np.ndarray,
+        chunk_rows: int,
+        split_cost: float = DEFAULT_SPLIT_COST,
     ) -> np.ndarray:
-        """Logits [len(row_map), max_labels]: row r is input ``row_map[r]`` seen by task ``task_ids[r]``."""
+        """Logits [len(row_map), max_labels]: row r is input ``row_map[r]`` seen by task ``task_ids[r]``.
+
+        The prefix runs once per distinct input, the suffix once per (input, task) row; both in
+        length-sorted runs trimmed to their longest row (:func:`plan_runs`).
+        """
+        lengths = feeds["attention_mask"].sum(axis=1)
+        source = feeds
         if self.prefix is not None:
-            hidden = np.concatenate(
-                [
-                    self.prefix.run(
-                        [self.cut], {k: v[i : i + chunk_rows] for k, v in feeds.items() if k in self.prefix_inputs}
-                    )[0]
-                    for i in range(0, len(feeds["input_ids"]), chunk_rows)
-                ]
-            )
+            hidden: np.ndarray | None = None
+            for rows in plan_runs(lengths, chunk_rows, split_cost):
+                width = int(lengths[rows].max())
+                prefix_feeds = {k: v[rows, :width] for k, v in feeds.items() if k in self.prefix_inputs}
+                out = self.prefix.run([self.cut], prefix_feeds)[0]
+                if hidden is None:  # padding positions stay zero: they are masked out downstream
+                    hidden = np.zeros((len(lengths), feeds["input_ids"].shape[1], out.shape[-1]), dtype=out.dtype)
+                hidden[rows, :width] = out
             source = {**feeds, self.cut: hidden}
-        else:
-            source = feeds
-        outputs = []
-        for i in range(0, len(row_map), chunk_rows):
-            rows = row_map[i : i + chunk_rows]
-            chunk = {k: v[rows] for k, v in source.items() if k in self.suffix_inputs}
-            chunk[TASK_IDS] = task_ids[i : i + chunk_rows]
-            outputs.append(self.suffix.run([LOGITS], chunk)[0])
-        return np.concatenate(outputs)
+        row_lengths = lengths[row_map]
+        logits = np.empty((len(row_map), max(self.num_labels)), dtype=np.float32)
+        for rows in plan_runs(row_lengths, chunk_rows, split_cost):
+            width = int(row_lengths[rows].max())
+            inputs = row_map[rows]
+            chunk = {k: v[inputs, :width] for k, v in source.items() if k in self.suffix_inputs}
+            chunk[TASK_IDS] = task_ids[rows]
+            logits[rows] = self.suffix.run([LOGITS], chunk)[0]
+        return logits
 
 
 @dataclass(frozen=True)
@@ -169,9 +215,16 @@ class BatchStats:
 
 
 def execute(
-    items: Sequence[WorkItem], chunk_rows: int, stats: BatchStats | None = None
+    items: Sequence[WorkItem],
+    chunk_rows: int,
+    stats: BatchStats | None = None,
+    split_cost: float = DEFAULT_SPLIT_COST,
 ) -> list[dict[str, np.ndarray] | BaseException]:
-    """Run one batch; returns, per item, ``{task: logits [rows, num_labels]}`` or the error it hit."""
+    """Run one batch; returns, per item, ``{task: logits [rows, num_labels]}`` or the error it hit.
+
+    Rows are grouped by runner (one group for all tasks of the multi-task graph), then split into
+    length-sorted runs of at most ``chunk_rows`` rows (:func:`plan_runs`).
+    """
     results: list[dict[str, np.ndarray] | BaseException] = [{} for _ in items]
     groups: dict[int, tuple[Any, list[tuple[int, Target]]]] = {}
     for i, item in enumerate(items):
@@ -180,9 +233,9 @@ def execute(
     for runner, pairs in groups.values():
         try:
             if isinstance(runner, MergedRunner):
-                _run_merged(runner, items, pairs, results, chunk_rows)
+                _run_merged(runner, items, pairs, results, chunk_rows, split_cost)
             else:
-                _run_solo(runner, items, pairs, results, chunk_rows)
+                _run_solo(runner, items, pairs, results, chunk_rows, split_cost)
         except Exception as exc:  # one runner failing must not fail the other tasks of the batch
             for i, _ in pairs:
                 results[i] = exc
@@ -194,7 +247,12 @@ def execute(
 
 
 def _run_merged(
-    runner: MergedRunner, items: Sequence[WorkItem], pairs: list[tuple[int, Target]], results: list, chunk_rows: int
+    runner: MergedRunner,
+    items: Sequence[WorkItem],
+    pairs: list[tuple[int, Target]],
+    results: list,
+    chunk_rows: int,
+    split_cost: float,
 ) -> None:
     order = sorted({i for i, _ in pairs})
     offsets, start = {}, 0
@@ -208,24 +266,34 @@ def _run_merged(
         spans.append((i, target, len(row_map), n))
         row_map.extend(range(offsets[i], offsets[i] + n))
         task_ids.extend([target.slot] * n)
-    logits = runner.run(feeds, np.asarray(row_map, dtype=np.int64), np.asarray(task_ids, dtype=np.int64), chunk_rows)
+    logits = runner.run(
+        feeds, np.asarray(row_map, dtype=np.int64), np.asarray(task_ids, dtype=np.int64), chunk_rows, split_cost
+    )
     for i, target, begin, n in spans:
         if isinstance(results[i], dict):
             results[i][target.name] = logits[begin : begin + n, : target.num_labels]
 
 
 def _run_solo(
-    runner: SoloRunner, items: Sequence[WorkItem], pairs: list[tuple[int, Target]], results: list, chunk_rows: int
+    runner: SoloRunner,
+    items: Sequence[WorkItem],
+    pairs: list[tuple[int, Target]],
+    results: list,
+    chunk_rows: int,
+    split_cost: float,
 ) -> None:
-    order = [i for i, _ in pairs]
-    feeds = pad_feeds([items[i].encoded for i in order], runner.pad_id)
-    total = len(feeds["input_ids"])
-    logits = np.concatenate(
-        [runner.run({k: v[s : s + chunk_rows] for k, v in feeds.items()}) for s in range(0, total, chunk_rows)]
-    )
+    feeds = pad_feeds([items[i].encoded for i, _ in pairs], runner.pad_id)
+    lengths = feeds["attention_mask"].sum(axis=1)
+    logits: np.ndarray | None = None
+    for rows in plan_runs(lengths, chunk_rows, split_cost):
+        width = int(lengths[rows].max())
+        out = runner.run({k: v[rows, :width] for k, v in feeds.items()})
+        if logits is None:
+            logits = np.empty((len(lengths), out.shape[1]), dtype=out.dtype)
+        logits[rows] = out
     begin = 0
     for i, target in pairs:
         n = len(items[i].encoded)
-        if isinstance(results[i], dict):
+        if isinstance(results[i], dict) and logits is not None:
             results[i][target.name] = logits[begin : begin + n, : target.num_labels]
         begin += n

@@ -223,9 +223,9 @@ def register_oip(app: FastAPI, service_dep: Callable[..., InferenceService], aut
                 if not isinstance(out, dict) or out.get("name") not in ("logits", "label"):
                     raise InvalidInput("requested outputs must be 'logits' and/or 'label'")
                 wanted.append((out["name"], bool((out.get("parameters") or {}).get("binary_data", default_binary))))
-        logits = (await svc.logits([name], texts, pairs))[name]
+        output = (await svc.logits([name], texts, pairs))[name]
+        logits, label_names = output.logits, output.label_names
         svc.metrics.requests.labels(name, "oip", "200").inc()
-        label_names = request.app.state.registry.view.get(name).artifact.manifest.label_names
         outputs, blobs = [], []
         for out_name, binary in wanted:
             if out_name == "logits":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from .manifest import ExportManifest, ManifestError
 from .multitask import MergeSource, load_task_graph
 from .sessions import SessionSettings, point_external_data
 from .sources import resolve_source
-from .tokenization import Encoded, TaskTokenizer
+from .tokenization import Encoded, TaskTokenizer, tokenizer_key
 
 log = logging.getLogger("aa_deploy.serving")
 
@@ -88,6 +89,21 @@ class RegistryView:
         return entry
 
 
+def release_free_memory() -> None:
+    """Give freed heap back to the OS after a load/unload (glibc keeps it otherwise).
+
+    Rebuilding the multi-task graph frees the previous sessions' prepacked weights (tens of MiB); without
+    this the freed chunks stay in malloc's arenas and resident memory ratchets up with every hot load.
+    A no-op where glibc's ``malloc_trim`` does not exist.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def artifact_key(folder: Path, manifest: ExportManifest) -> str:
     """Same folder, same files -> same artifact (served once under several names)."""
     stats = [(manifest.folder / name).stat() for name in ("aa_export.json", "model.onnx")]
@@ -109,6 +125,7 @@ class TaskRegistry:
         self._names: dict[str, str] = {}
         self._loaded_at: dict[str, float] = {}
         self._groups: dict[str, MergedRunner] = {}
+        self._tokenizers: weakref.WeakValueDictionary[str, TaskTokenizer] = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
         self._view = RegistryView(MappingProxyType({}), 0)
         self.failed: dict[str, str] = {}
@@ -222,8 +239,18 @@ class TaskRegistry:
             self._publish()
 
     # ------------------------------------------------------------------------------------------ internals
+    def _tokenizer(self, manifest: ExportManifest) -> TaskTokenizer:
+        """One tokenizer object per distinct (tokenizer.json, max_length, pairs): tasks on the same
+        backbone share it (a BERT vocabulary costs ~7 MiB per copy, more than a task's adapters)."""
+        key = tokenizer_key(manifest.tokenizer_path, manifest.max_length, manifest.is_pair)
+        tokenizer = self._tokenizers.get(key)
+        if tokenizer is None:
+            tokenizer = TaskTokenizer(manifest.tokenizer_path, max_length=manifest.max_length, is_pair=manifest.is_pair)
+            self._tokenizers[key] = tokenizer
+        return tokenizer
+
     def _open(self, key: str, manifest: ExportManifest) -> Artifact:
-        tokenizer = TaskTokenizer(manifest.tokenizer_path, max_length=manifest.max_length, is_pair=manifest.is_pair)
+        tokenizer = self._tokenizer(manifest)
         model = load_task_graph(manifest.model_path)
         backbone, external_folder = None, None
         if manifest.shared:
@@ -256,7 +283,7 @@ class TaskRegistry:
             raise
         return artifact
 
-    def _solo(self, artifact: Artifact, *, prepacking: bool | None = None) -> SoloRunner:
+    def _solo(self, artifact: Artifact, *, throwaway: bool = False) -> SoloRunner:
         return SoloRunner(
             artifact.model,
             self.settings,
@@ -264,7 +291,7 @@ class TaskRegistry:
             model_path=str(artifact.manifest.model_path),
             external_folder=artifact.external_folder,
             pad_id=artifact.manifest.pad_token_id,
-            prepacking=prepacking,
+            throwaway=throwaway,
         )
 
     def _probe(self, artifact: Artifact) -> Encoded:
@@ -279,7 +306,7 @@ class TaskRegistry:
             return
         if self.config.validate_merged:
             probe = self._probe(artifact)
-            reference = self._solo(artifact, prepacking=False)
+            reference = self._solo(artifact, throwaway=True)
             feeds = pad_feeds([probe], artifact.manifest.pad_token_id)
             artifact.reference = (probe, reference.run(feeds))
             del reference
@@ -326,7 +353,8 @@ class TaskRegistry:
         feeds = pad_feeds([a.reference[0] for a in probes], runner.pad_id)  # type: ignore[index]
         row_map = np.arange(len(feeds["input_ids"]), dtype=np.int64)
         task_ids = np.concatenate([np.full(len(a.reference[0]), runner.slot[a.key]) for a in probes]).astype(np.int64)  # type: ignore[index]
-        logits = runner.run(feeds, row_map, task_ids, chunk_rows=max(1, len(row_map)))
+        # In serving-sized chunks: ORT's arena keeps the largest batch it ever ran.
+        logits = runner.run(feeds, row_map, task_ids, self.config.max_batch_size, self.config.split_cost_tokens)
         bad, begin = [], 0
         for a in probes:
             expected = a.reference[1]  # type: ignore[index]
@@ -387,3 +415,4 @@ class TaskRegistry:
                 continue
             tasks[name] = TaskEntry(name, artifact, target, self._loaded_at.get(name, 0.0))
         self._view = RegistryView(MappingProxyType(tasks), self._view.version + 1)
+        release_free_memory()

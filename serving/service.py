@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -16,6 +16,13 @@ from .engine import WorkItem
 from .errors import InvalidInput, PayloadTooLarge, ServingError
 from .metrics import ServerMetrics
 from .registry import TaskEntry, TaskRegistry
+
+INLINE_TOKENIZE_CHARS = 4096
+
+
+class TaskOutput(NamedTuple):
+    logits: np.ndarray
+    label_names: tuple[str, ...] | None
 
 
 class InferenceService:
@@ -69,8 +76,10 @@ class InferenceService:
     # ------------------------------------------------------------------------------------------ predict
     async def logits(
         self, tasks: Sequence[str], texts: Sequence[str], pairs: Sequence[str] | None
-    ) -> dict[str, np.ndarray]:
-        """``{task: logits [len(texts), num_labels]}`` for every task on the same inputs."""
+    ) -> dict[str, TaskOutput]:
+        """``{task: TaskOutput}`` (logits [len(texts), num_labels] + labels) for every task on the same
+        inputs. The labels come from the task version that computed the logits, even if the name was
+        reloaded meanwhile."""
         self.check_texts(texts, pairs)
         entries = self.resolve(tasks)
         for entry in entries:
@@ -82,15 +91,33 @@ class InferenceService:
         groups: dict[str, list[TaskEntry]] = {}
         for entry in entries:
             groups.setdefault(entry.artifact.tokenizer.fingerprint, []).append(entry)
-        items = []
-        for members in groups.values():
-            tokenizer = members[0].artifact.tokenizer
-            encoded = await asyncio.to_thread(tokenizer.encode, list(texts), list(pairs) if pairs is not None else None)
-            items.append(WorkItem(encoded, tuple(e.target for e in members)))
-        results = await asyncio.gather(*(self.batcher.submit(item) for item in items))
-        merged: dict[str, np.ndarray] = {}
+        # Small inputs are tokenised right here (microseconds; a thread hop would cost more), large ones
+        # in a worker thread so the event loop keeps serving.
+        inline = sum(len(t) for t in texts) + sum(len(p) for p in pairs or ()) <= INLINE_TOKENIZE_CHARS
+        text_list, pair_list = list(texts), list(pairs) if pairs is not None else None
+        with self.batcher.arrival():
+            items = []
+            for members in groups.values():
+                tokenizer = members[0].artifact.tokenizer
+                if inline:
+                    encoded = tokenizer.encode(text_list, pair_list)
+                else:
+                    encoded = await asyncio.to_thread(tokenizer.encode, text_list, pair_list)
+                items.append(WorkItem(encoded, tuple(e.target for e in members)))
+            futures: list[asyncio.Future] = []
+            try:
+                for item in items:
+                    futures.append(self.batcher.enqueue(item))
+            except BaseException:
+                for future in futures:  # the part already queued will not be awaited
+                    future.cancel()
+                raise
+        results = await asyncio.gather(*futures)
+        labels = {e.name: e.artifact.manifest.label_names for e in entries}
+        merged: dict[str, TaskOutput] = {}
         for result in results:
-            merged.update(result)
+            for name, values in result.items():
+                merged[name] = TaskOutput(values, labels[name])
         return merged
 
     async def predict(
@@ -112,12 +139,9 @@ class InferenceService:
                 self.metrics.requests.labels(t, endpoint, str(exc.status)).inc()
             raise
         elapsed = time.perf_counter() - started
-        view = self.registry.view
         out = {}
-        for name, values in logits.items():
-            entry = view.tasks.get(name)
-            manifest = entry.artifact.manifest if entry is not None else None
-            out[name] = format_predictions(values, manifest.label_names if manifest else None, return_logits)
+        for name, output in logits.items():
+            out[name] = format_predictions(output.logits, output.label_names, return_logits)
             self.metrics.requests.labels(name, endpoint, "200").inc()
             self.metrics.latency.labels(name).observe(elapsed)
             self.metrics.texts.labels(name).inc(len(texts))

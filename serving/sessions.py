@@ -50,10 +50,16 @@ class SessionSettings:
     def with_providers(self, providers: Sequence[str]) -> SessionSettings:
         return SessionSettings(self.intra_op_threads, self.prepacking, tuple(providers), self.graph_optimization_level)
 
-    def options(self, *, prepacking: bool | None = None) -> Any:
+    def options(self, *, prepacking: bool | None = None, throwaway: bool = False) -> Any:
+        """``throwaway``: a session run a few times and dropped (load-time checks): no memory arena,
+        no prepacking, so it leaves nothing behind in the process."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        if throwaway:
+            options.enable_cpu_mem_arena = False
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            prepacking = False
         options.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel, _OPT_LEVELS[self.graph_optimization_level]
         )
@@ -140,11 +146,12 @@ def create_session(
     external_folder: str | None = None,
     model_path: str | None = None,
     prepacking: bool | None = None,
+    throwaway: bool = False,
 ) -> Any:
     """An InferenceSession for ``model`` (a ModelProto without external data loaded) or ``model_path``."""
     import onnxruntime as ort
 
-    options = settings.options(prepacking=prepacking)
+    options = settings.options(prepacking=prepacking, throwaway=throwaway)
     if backbone is not None:
         for name, value in shared_initializers(model, backbone):
             options.add_initializer(name, value)

@@ -27,6 +27,11 @@ class Encoded:
         return len(self.ids)
 
 
+def tokenizer_key(path: Path, max_length: int, is_pair: bool) -> str:
+    """Identity of a tokenizer configuration: the file's content plus the truncation settings."""
+    return hashlib.sha256(Path(path).read_bytes() + f"|{max_length}|{is_pair}".encode()).hexdigest()[:16]
+
+
 class TaskTokenizer:
     """A ``tokenizers.Tokenizer`` configured from the manifest: truncation to max_length, no padding."""
 

@@ -308,6 +308,8 @@ def test_optimized_and_int8(tmp_path: Path, bert_run: Path, store: Path) -> None
     assert q.validation.max_abs_diff < 0.5  # reported, not enforced
     model = onnx.load(str(tmp_path / "int8" / "model.onnx"), load_external_data=False)
     assert {"MatMulInteger", "DynamicQuantizeLinear"} & {n.op_type for n in model.graph.node}
+    initializers = {t.name: t.data_type for t in model.graph.initializer}
+    assert initializers["adapter_layers.0.adapter.down.weight.T"] == onnx.TensorProto.FLOAT  # adapters stay fp32
     assert q.manifest["backbone_data"]["sha256"] != opt.manifest["backbone_data"]["sha256"]
     assert q.manifest["backbone_data"]["tensors"]  # quantised backbone weights are shared too
 
@@ -443,3 +445,16 @@ def test_optimum_loads_the_standalone_export(standalone_export: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(standalone_export)
     encoded = tokenizer(["the cat sat"], ["two dogs"], return_tensors="pt")
     assert model(**encoded).logits.shape == (1, 2)
+
+
+def test_export_folder_describes_itself_with_a_model_card(bert_export: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(bert_export / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "aa-deploy" and "onnx" in data["tags"]
+    assert "aa-deploy serve" in card.text
+    manifest = json.loads((bert_export / "aa_export.json").read_text())
+    # The manifest's size report includes the card's own files.
+    on_disk = sum(p.stat().st_size for p in bert_export.iterdir() if p.name != DATA_NAME)
+    assert manifest["sizes"]["task_bytes"] == on_disk

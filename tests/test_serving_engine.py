@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_hub import FakeHub, fake_hub_fixture, hub_client_fixture  # noqa: F401
 from serving_helpers import PAIRS, TEXTS, Reference
 
 from serving.batcher import BatcherSettings, DynamicBatcher
@@ -186,7 +187,8 @@ def test_prefix_sharing_computes_adapter_free_layers_once(serving_exports: dict[
     both = execute([WorkItem(late.artifact.tokenizer.encode(texts, pairs), (late.target, stsb.target))], chunk_rows=16)[
         0
     ]
-    assert calls == [("prefix", 3), ("suffix", 6)]
+    rows = {part: sum(n for p, n in calls if p == part) for part in ("prefix", "suffix")}
+    assert rows == {"prefix": 3, "suffix": 6}, calls
     np.testing.assert_allclose(both["late"], run_task(registry, "late", texts, pairs), atol=1e-5)
     np.testing.assert_allclose(both["stsb"], run_task(registry, "stsb", texts, pairs), atol=1e-5)
     registry.load("rte", str(serving_exports["rte"]))  # adapter at layer 0: nothing left to share
@@ -285,7 +287,7 @@ def test_batcher_batches_refuses_overload_and_drains(serving_exports: dict[str, 
 
     async def scenario() -> None:
         batcher = DynamicBatcher(
-            BatcherSettings(max_batch_rows=8, max_delay_s=0.2, max_queue_rows=6),
+            BatcherSettings(max_batch_rows=8, max_delay_s=0.2, max_queue_rows=6, eager=False),
             observer=lambda items, stats, s: batches.append(len(items)),
         )
         await batcher.start()
@@ -328,3 +330,42 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_length_sorted_runs_trim_padding_without_changing_answers(serving_exports: dict[str, Path]) -> None:
+    from serving.engine import plan_runs
+
+    lengths = np.array([5, 40, 6, 38, 7, 12])
+    runs = plan_runs(lengths, max_rows=16, split_cost=32)
+    assert sorted(np.concatenate(runs).tolist()) == list(range(6))
+    assert [sorted(lengths[r].tolist()) for r in runs] == [[5, 6, 7, 12], [38, 40]]
+    assert len(plan_runs(lengths, max_rows=16, split_cost=1e9)) == 1
+    assert max(len(r) for r in plan_runs(lengths, max_rows=2, split_cost=1e9)) == 2
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    registry.load("sst", str(serving_exports["sst"]))
+    entry = registry.view.get("sst")
+    item = WorkItem(entry.artifact.tokenizer.encode(TEXTS), (entry.target,))
+    split = execute([item], chunk_rows=16, split_cost=0)[0]["sst"]
+    whole = execute([item], chunk_rows=16, split_cost=1e9)[0]["sst"]
+    np.testing.assert_allclose(split, whole, atol=1e-5, rtol=0)
+
+
+def test_tasks_load_from_the_hub(
+    hub_client: FakeHub, serving_exports: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    """A Hub id is downloaded with the project's Hub client; the backbone arrives as a cache symlink,
+    which the shared-backbone path resolves (ONNX Runtime refuses references that leave the folder)."""
+    folder = serving_exports["rte"]
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    hub_client.commit_files("org/rte-onnx", files)
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    info = registry.load("rte", "org/rte-onnx")
+    assert info["engine"] == "multitask"
+    np.testing.assert_allclose(
+        run_task(registry, "rte", TEXTS, PAIRS), references["rte"].logits(TEXTS, PAIRS), atol=1e-4
+    )
+    hub_client.commit_files("org/not-an-export", {"README.md": b"hello"})
+    with pytest.raises(TaskLoadError, match="aa_export.json"):
+        registry.load("x", "org/not-an-export")
+    with pytest.raises(TaskLoadError, match="Hub"):
+        registry.load("y", "org/missing")

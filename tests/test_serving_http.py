@@ -448,6 +448,7 @@ def test_overload_answers_503_with_retry_after(serving_exports: dict[str, Path])
         max_delay_ms=1000,
         max_queue_rows=4,
         retry_after_s=2,
+        eager_dispatch=False,
         tasks=[TaskSpec("sst", str(serving_exports["sst"]))],
     )
     with BackgroundServer(config) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
@@ -470,6 +471,7 @@ def test_graceful_shutdown_drains_queued_requests(serving_exports: dict[str, Pat
         intra_op_threads=1,
         max_delay_ms=800,
         max_batch_size=64,
+        eager_dispatch=False,
         tasks=[TaskSpec("sst", str(serving_exports["sst"]))],
     )
     srv = BackgroundServer(config).start()
@@ -504,3 +506,37 @@ def test_server_without_loadable_tasks_is_not_ready() -> None:
         assert c.get("/v2/health/ready").status_code == 503
         assert c.get("/health").status_code == 200
         assert json.loads(c.get("/v1/tasks").text)["tasks"] == []
+
+
+# ---------------------------------------------------------------------------------------------- MiniLM
+@pytest.mark.slow
+def test_real_minilm_tasks_served_exactly(tmp_path: Path) -> None:
+    """The real backbone (all-MiniLM-L6-v2): two exports share it in one multi-task graph and answer as
+    their own exported models do, over HTTP, alone and in one multi-task call."""
+    from serving_helpers import RTE, SST, make_run_folder
+
+    from aa_deploy.backbones import resolve_backbone_path
+    from export import export_run
+
+    backbone = Path(resolve_backbone_path(None))
+    folders = {}
+    for name, task, layers, version in (("sst", SST, [3, 4, 5], "A"), ("rte", RTE, [1, 3], "B")):
+        run = make_run_folder(
+            tmp_path / "runs" / name, backbone, task, "search", version, layers, seed=7, max_length=128
+        )
+        folders[name] = export_run(run, tmp_path / "exports" / name, backbone_store=tmp_path / "store").output
+    refs = {n: Reference(f) for n, f in folders.items()}
+    texts = ["a gripping, beautifully shot film", "the plot makes no sense at all", "🙂", " ".join(["word"] * 300)]
+    pairs = ["the film is good", "the plot is clear", "smile", "short"]
+    config = ServerConfig(port=0, intra_op_threads=1, tasks=[TaskSpec(n, str(f)) for n, f in folders.items()])
+    with BackgroundServer(config) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        info = c.get("/v1/tasks").json()["tasks"]
+        assert {t["engine"] for t in info} == {"multitask"}
+        for name, p in (("sst", None), ("rte", pairs)):
+            r = predict(c, name, texts, p)
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(
+                logits_of(r.json()["predictions"]), refs[name].logits(texts, p), atol=1e-4, rtol=0
+            )
+        both = c.post("/v1/predict", json={"tasks": ["sst"], "texts": texts, "return_logits": True}).json()["results"]
+        np.testing.assert_allclose(logits_of(both["sst"]), refs["sst"].logits(texts), atol=1e-4, rtol=0)

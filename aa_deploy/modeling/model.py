@@ -281,7 +281,9 @@ class AdaptableAdapterModel(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
         atomic_write_with(
             directory / WEIGHTS_NAME,
-            lambda tmp: save_file(state, str(tmp), metadata={"format": "pt", "library": "aa-deploy"}),
+            # One metadata key: safetensors writes a multi-key map in hash order, which would make
+            # re-saves (and therefore re-exports) differ byte for byte.
+            lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}),
         )
         self.config.save(directory)
         return directory
