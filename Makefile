@@ -9,21 +9,19 @@ TORCH_VERSION ?= 2.13.0
 AA_GLUE_DIR ?= $(abspath ../shared/data/glue)
 THREADS ?= 2
 STAMP := $(VENV)/.aa-deploy-installed
+OPTIMUM_VENV ?= .venv-optimum
+OPTIMUM_STAMP := $(OPTIMUM_VENV)/.installed
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export AA_GLUE_DIR
 
-.PHONY: setup demo test test-fast bench-train clean
+.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@# PyTorch: the CUDA build where an NVIDIA driver exists, else the (much smaller) CPU build.
-	@if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"; \
-	else \
-		$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" --extra-index-url https://download.pytorch.org/whl/cpu; \
-	fi
+	@$(MAKE) --no-print-directory torch-into VENV_PY=$(PY)
 	@# Linux x86_64 gets onnxruntime-gpu (its CPU provider works without a GPU); the two ORT wheels
 	@# install the same module, so remove the CPU-only one first if something pulled it in.
 	@if [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ] && $(PY) -m pip show -q onnxruntime >/dev/null 2>&1; then \
@@ -33,11 +31,34 @@ $(STAMP): pyproject.toml Makefile
 	@$(PY) -c "import torch, onnxruntime; print('torch', torch.__version__, '| cuda build:', torch.version.cuda, '| onnxruntime', onnxruntime.__version__)"
 	@touch $(STAMP)
 
+# PyTorch: the CUDA build where an NVIDIA driver exists, else the (much smaller) CPU build from
+# PyTorch's CPU index (a local-version "+cpu" wheel outranks PyPI's CUDA build). --retries 0 keeps
+# a machine that cannot reach that index from waiting on it; torch's own dependencies come from PyPI.
+torch-into:
+	@if $(VENV_PY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH_VERSION)' else 1)" 2>/dev/null; then \
+		echo "torch $(TORCH_VERSION) already installed"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+		$(VENV_PY) -m pip install --quiet "torch==$(TORCH_VERSION)"; \
+	else \
+		$(VENV_PY) -m pip install --quiet --retries 0 --no-deps "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_CPU_INDEX) 2>&1 | grep -v -e "Retrying" -e "is ignored" || true; \
+		$(VENV_PY) -m pip install --quiet "torch==$(TORCH_VERSION)"; \
+	fi
+
+# Optimum (optimum-onnx) pins transformers<4.58, so its interop test runs in an environment of its own.
+$(OPTIMUM_STAMP): Makefile
+	@test -x $(OPTIMUM_VENV)/bin/python || $(PYTHON) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	@$(MAKE) --no-print-directory torch-into VENV_PY=$(OPTIMUM_VENV)/bin/python
+	$(OPTIMUM_VENV)/bin/python -m pip install --quiet "optimum-onnx==0.1.0" onnxruntime
+	@touch $(OPTIMUM_STAMP)
+
+optimum-env: $(OPTIMUM_STAMP)
+
 demo: setup
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/aa-deploy demo --output demo-output
 
-test: setup
-	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
+test: setup optimum-env
+	OMP_NUM_THREADS=$(THREADS) AA_OPTIMUM_PYTHON=$(abspath $(OPTIMUM_VENV))/bin/python $(PY) -m pytest -q
 
 test-fast: setup
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q -m "not slow"
@@ -46,4 +67,4 @@ bench-train: setup
 	$(PY) benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) $(OPTIMUM_VENV) demo-output .pytest_cache

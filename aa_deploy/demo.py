@@ -66,7 +66,7 @@ def run_demo(output: Path, epochs: int, backbone: str | None) -> int:
         train_cmd += ["--backbone", backbone]
     _step("1/4 train adaptable adapters (search recipe)", train_cmd)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    _step("2/4 compile: prune, fold, export ONNX, validate", [*exe, "export", str(run_dir), "--output", str(export_dir), "--overwrite"])
+    _step("2/4 compile: prune, fold, export ONNX, validate", [*exe, "export", str(run_dir), "--output", str(export_dir), "--task-name", "sentiment", "--overwrite"])
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     serve_cmd = [*exe, "serve", "--task", f"sentiment={export_dir}", "--port", str(port)]
