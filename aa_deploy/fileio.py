@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,3 +45,19 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -
     """Let ``writer`` fill a temporary file (e.g. safetensors' ``save_file``), then publish it."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def replace_folder(staging: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Publish a fully written ``staging`` folder as ``output``, replacing any previous one.
+
+    The old folder is moved aside first and deleted only after the new one is in place, so a crash at
+    any point leaves either the old or the new folder under ``output``, never a mix.
+    """
+    staging, output = Path(staging), Path(output)
+    if output.exists():
+        trash = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, trash)
+        os.replace(staging, output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, output)

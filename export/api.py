@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from aa_deploy.config import WEIGHTS_NAME
-from aa_deploy.fileio import atomic_write_bytes, atomic_write_text, atomic_write_with
+from aa_deploy.fileio import atomic_write_bytes, atomic_write_text, atomic_write_with, replace_folder
 
 from .backbone_store import (
     DATA_NAME,
@@ -616,13 +616,7 @@ def _write_card(staging: Path) -> None:
 
 def _publish(staging: Path, output: Path) -> None:
     _apply_umask(staging)
-    if output.exists():
-        trash = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, trash)
-        os.replace(staging, output)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, output)
+    replace_folder(staging, output)
     scratch = staging.parent / f"{staging.name}.scratch"
     shutil.rmtree(scratch, ignore_errors=True)
 

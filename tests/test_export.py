@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
-import subprocess
 import os
+import subprocess
 from collections import Counter
 from pathlib import Path
 

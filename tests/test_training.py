@@ -139,8 +139,8 @@ def test_cli_malformed_glue_files(tmp_path, tiny_backbone_dir, capsys) -> None:
 
 
 def test_cli_unsupported_backbone(tmp_path, demo_data, capsys) -> None:
-    from transformers import AlbertConfig, AlbertForSequenceClassification, BertTokenizerFast
     from tiny_models import demo_vocabulary
+    from transformers import AlbertConfig, AlbertForSequenceClassification, BertTokenizerFast
 
     folder = tmp_path / "albert"
     folder.mkdir()

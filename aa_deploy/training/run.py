@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArgumen
 from ..backbones import resolve_backbone_path
 from ..config import AdapterConfig
 from ..data import TaskSpec, load_task, low_data_split
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, replace_folder
 from ..metrics import task_metrics
 from ..modeling import AdaptableAdapterModel
 from ..plotting import plot_run
@@ -87,16 +87,6 @@ def _prepare_output(output: Path, overwrite: bool) -> Path:
         raise FileExistsError(f"{output} already exists and is not empty: choose another --output or pass --overwrite")
     output.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-
-
-def _publish(staging: Path, output: Path) -> None:
-    if output.exists():
-        trash = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, trash)
-        os.replace(staging, output)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, output)
 
 
 def train(cfg: TrainConfig) -> RunResult:
@@ -210,7 +200,7 @@ def train(cfg: TrainConfig) -> RunResult:
             version=model.config.rational_version,
             title=f"{spec.name} · {cfg.recipe} · {spec.metric}={value:.3f} (dev split)",
         )
-        _publish(staging, output)
+        replace_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
