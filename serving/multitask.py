@@ -160,11 +160,15 @@ class _Builder:
         return name
 
     def op(self, op_type: str, inputs: Sequence[str], prefix: str, **attrs: Any) -> str:
+        return self.op_multi(op_type, inputs, prefix, 1, **attrs)[0]
+
+    def op_multi(self, op_type: str, inputs: Sequence[str], prefix: str, outputs: int, **attrs: Any) -> list[str]:
         from onnx import helper
 
-        out = self.name(f"{prefix}/{op_type}")
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
-        return out
+        name = self.name(f"{prefix}/{op_type}")
+        names = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=name, **attrs))
+        return names
 
 
 def _stack(arrays: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -204,12 +208,19 @@ def _stacked_adapter(
     x = b.op("Add", [b.op("MatMul", [h_in, down_w], prefix), down_b], prefix)
 
     def coefficient_stacks(values: list[np.ndarray], degree_offset: int) -> list[str]:
+        """Per-row coefficients [rows, 1, 1], one per degree. One Gather of a [tasks, 1, degrees] table and
+        one Split, rather than a Gather per coefficient: at batch 1 the graph's cost is its op count."""
         length = max((len(v) for v in values), default=0)
-        names = []
-        for k in range(length):
-            column = np.array([v[k] if k < len(v) else 0.0 for v in values], dtype=np.float32).reshape(-1, 1, 1)
-            names.append(gathered(column))
-        return names
+        if length == 0:
+            return []
+        table = np.zeros((len(values), 1, length), dtype=np.float32)
+        for j, v in enumerate(values):
+            table[j, 0, : len(v)] = v
+        rows = gathered(table)
+        if length == 1:
+            return [rows]
+        sizes = b.const(prefix + "/split", np.ones(length, dtype=np.int64))
+        return b.op_multi("Split", [rows, sizes], prefix, length, axis=2)
 
     kinds = {a.activation for a in present if a is not None}
     numerators = [a.numerator if a is not None and a.activation != "relu" else empty for a in present]
