@@ -1,6 +1,6 @@
 """``aa-deploy push``: publish the compact artefact of a run or export folder to the Hugging Face Hub.
 
-Registered by :mod:`aa_deploy.cli`; the work is done by :func:`aa_deploy.hub.push_to_hub`, so the
+Registered by :mod:`aa_deploy.cli`; the work is done by :func:`aa_deploy.hub_push.push_to_hub`, so the
 command and the Python API push exactly the same files.
 """
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .hub import ONNX_DATA_NAME, ONNX_GRAPH_NAME, push_to_hub
+    from .hub_push import ONNX_DATA_NAME, ONNX_GRAPH_NAME, push_to_hub
 
     result = push_to_hub(
         args.folder,

@@ -20,13 +20,8 @@ from tiny_models import save_tiny_backbone
 
 from aa_deploy import AdaptableAdapterModel, AdapterConfig, BackboneMismatchError
 from aa_deploy.cli import main
-from aa_deploy.hub import (
-    HubAuthError,
-    HubRepoNotFoundError,
-    IncompleteArtifactError,
-    NotAnArtifactError,
-    push_to_hub,
-)
+from aa_deploy.hub import HubAuthError, HubRepoNotFoundError, NotAnArtifactError
+from aa_deploy.hub_push import IncompleteArtifactError, push_to_hub
 
 REPO = "alice/rte-adapter"
 TASK = {"name": "rte", "metric": "accuracy", "label_names": ["entailment", "not_entailment"], "is_pair": True}

@@ -303,7 +303,7 @@ class AdaptableAdapterModel(nn.Module):
         so only the kept layers' tensors are uploaded. The token comes from ``token``, ``HF_TOKEN`` or
         the stored login (``hf auth login``).
         """
-        from ..hub import push_model_to_hub  # the Hub client is only needed when pushing
+        from ..hub_push import push_model_to_hub  # the Hub client is only needed when pushing
 
         return push_model_to_hub(
             self, repo_id, private=private, revision=revision, token=token, commit_message=commit_message
