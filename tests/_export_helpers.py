@@ -100,6 +100,7 @@ def make_run(
     seed: int = 1,
     max_length: int = 48,
     reduction_factor: float = 4,
+    denominator: tuple[float, float, float, float] = (-0.4, 0.8, 0.0, 0.0),
 ) -> Path:
     """A run folder as ``aa-deploy train`` writes it, with switch logits set to select ``selected``."""
     task = task or {
@@ -120,7 +121,7 @@ def make_run(
             if zero_denominator:
                 rational.denominator.zero_()
             else:
-                rational.denominator.copy_(torch.tensor([-0.4, 0.8, 0.0, 0.0]) * (1 + index))
+                rational.denominator.copy_(torch.tensor(denominator) * (1 + index))
         if selected is not None:
             for index, block in model.adapter_layers.items():
                 if block.switch is not None:

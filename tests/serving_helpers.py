@@ -8,10 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-
-from aa_deploy.config import AdapterConfig
-from aa_deploy.modeling.model import AdaptableAdapterModel
+from _export_helpers import make_run
 
 SST = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
 RTE = {"name": "rte", "metric": "accuracy", "label_names": ["entailment", "not_entailment"], "is_pair": True}
@@ -40,27 +37,14 @@ def make_run_folder(
     seed: int,
     max_length: int = 32,
 ) -> Path:
-    """A run folder like ``aa-deploy train`` writes, with random (non-trivial) adapters and heads."""
-    torch.manual_seed(seed)
-    config = AdapterConfig(recipe=recipe, rational_version=version)  # type: ignore[arg-type]
-    model = AdaptableAdapterModel.from_backbone(str(backbone), config, task=task)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in model.trainable_parameter_names() and ".switch." not in name:
-                param.normal_(0.0, 0.3)
-        for index, rational in model.rationals().items():
-            rational.numerator.copy_(torch.tensor([0.02, 0.6, 0.3, 0.05 * index, 0.01, 0.0]))
-            rational.denominator.copy_(torch.tensor([-0.4, 0.8, 0.0, 0.1]) * (1 + index))
-        for index, block in model.adapter_layers.items():
-            if block.switch is not None:
-                on = layers is None or int(index) in layers
-                block.switch.logits.copy_(torch.tensor([0.0, 1.0] if on else [1.0, 0.0]))
-    model.eval()
-    model.save_pretrained(directory)
-    (directory / "selection.json").write_text(json.dumps(model.selection()))
-    (directory / "training_config.json").write_text(json.dumps({"task": task["name"], "max_length": max_length}))
-    (directory / "metrics.json").write_text(json.dumps({"metric": task["metric"], "value": 0.5, "test_value": 0.5}))
-    return directory
+    """A run folder like ``aa-deploy train`` writes, with random (non-trivial) adapters and heads;
+    ``layers=None`` selects every layer."""
+    if layers is None:
+        layers = list(range(json.loads((backbone / "config.json").read_text())["num_hidden_layers"]))
+    return make_run(
+        directory, backbone, recipe=recipe, selected=layers, task=task, rational_version=version, seed=seed,
+        max_length=max_length, reduction_factor=16, denominator=(-0.4, 0.8, 0.0, 0.1),
+    )  # fmt: skip
 
 
 def build_exports(root: Path, backbone: Path) -> dict[str, Path]:
