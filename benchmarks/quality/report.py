@@ -177,6 +177,9 @@ best epoch on the 25 % dev split of the N shuffled training examples; reported: 
 
 {not_run or "–"}: these need the GPU machine (no GPU was lent to the session that ran this grid).
 """
+    notes = args.output.parent / "NOTES.md"
+    if notes.is_file():
+        text += "\n" + notes.read_text()
     args.output.write_text(text)
     plot(summary, args.output.parent / "results.png")
     print(text)
