@@ -17,6 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(int(os.environ.get("AA_TEST_THREADS", "1")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_backbone_store(tmp_path_factory: pytest.TempPathFactory):
+    """Exports that use the default backbone store write into a temporary folder, not ~/.cache."""
+    previous = os.environ.get("AA_DEPLOY_HOME")
+    os.environ["AA_DEPLOY_HOME"] = str(tmp_path_factory.mktemp("aa-deploy-home"))
+    yield
+    if previous is None:
+        os.environ.pop("AA_DEPLOY_HOME", None)
+    else:
+        os.environ["AA_DEPLOY_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"), "bert")
