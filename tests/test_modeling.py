@@ -257,3 +257,15 @@ def test_corrupted_folders_get_clear_errors(tmp_path, tiny_backbone_dir) -> None
     weights.unlink()
     with pytest.raises(FileNotFoundError, match="incomplete"):
         AdaptableAdapterModel.from_pretrained(tmp_path / "run")
+
+
+def test_half_precision_checkpoint_is_trained_in_fp32(tmp_path, tiny_backbone_dir) -> None:
+    """transformers 5 keeps a checkpoint's dtype by default; the adapters' backbone must be fp32."""
+    from transformers import AutoModelForSequenceClassification
+
+    half = tmp_path / "half"
+    AutoModelForSequenceClassification.from_pretrained(tiny_backbone_dir).half().save_pretrained(half)
+    model = AdaptableAdapterModel.from_backbone(str(half), AdapterConfig(recipe="search"), task=TASK)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    out = model.train()(**inputs(vocab=100), labels=torch.tensor([0, 1, 0, 1]))
+    out.loss.backward()

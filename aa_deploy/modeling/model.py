@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
@@ -28,6 +29,9 @@ from .adapter import AdapterBlock, BottleneckAdapter
 from .injection import attach_adapter_blocks, encoder_layers, layout_for, output_layer_norms
 from .rational import RationalActivation
 from .switch import GumbelSwitch
+
+
+_DTYPE_KWARG = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
 
 
 class BackboneMismatchError(ValueError):
@@ -64,6 +68,9 @@ def load_sequence_classifier(
     # A backbone folder may carry a head of another size (a model fine-tuned on another task): the head
     # is ours to train, so a size mismatch there is expected, not an error.
     kwargs.setdefault("ignore_mismatched_sizes", True)
+    # transformers 5 loads a checkpoint in its stored dtype by default; adapters train in fp32
+    # (METHOD.md §5) next to an fp32 backbone, also when the checkpoint was saved in fp16/bf16.
+    kwargs.setdefault(_DTYPE_KWARG, torch.float32)
     with _quiet_transformers():
         return AutoModelForSequenceClassification.from_pretrained(
             resolve_backbone_path(name_or_path), **head_kwargs, **kwargs

@@ -1,0 +1,58 @@
+"""Prepare the folder a GPU session carries to the device machine for the large cells of the grid.
+
+    python benchmarks/quality/device_carry.py --glue-dir ../shared/data/glue   # writes .device-carry/
+
+The device machine (see the device tool) reaches nothing and takes at most 64 MiB of carried files, so
+the backbone travels as fp16 safetensors (~44 MiB; the trainer loads it back into fp32 — the weights
+are the fp32 MiniLM rounded to fp16) and only the GLUE tasks the large cells need travel with it.
+The folder is git-ignored and never committed (the GLUE files stay out of the repository). Then, with
+`carry: [".device-carry"]`, one prepared call runs the cells in parallel:
+
+    PYTHONPATH=. python3 benchmarks/quality/grid.py run --glue-dir .device-carry/glue \\
+        --backbone .device-carry/minilm-fp16 --tasks rte,mrpc,stsb,cola --sizes 1000,full \\
+        --jobs 8 --threads 2 --device cuda --results-dir $OUT/results --runs-dir /tmp/runs
+
+and the result JSON files come back under $OUT/results (copy them into benchmarks/quality/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+GLUE_FOLDERS = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--glue-dir", type=Path, default=REPO.parent / "shared" / "data" / "glue")
+    parser.add_argument("--tasks", default="rte,mrpc,stsb,cola")
+    parser.add_argument("--output", type=Path, default=REPO / ".device-carry")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from aa_deploy.backbones import resolve_backbone_path
+
+    source = resolve_backbone_path(None)
+    backbone_dir = args.output / "minilm-fp16"
+    if backbone_dir.exists():
+        shutil.rmtree(backbone_dir)
+    AutoModel.from_pretrained(source, dtype=torch.float16).save_pretrained(backbone_dir)
+    AutoTokenizer.from_pretrained(source).save_pretrained(backbone_dir)
+    for task in args.tasks.split(","):
+        folder = GLUE_FOLDERS[task]
+        target = args.output / "glue" / folder
+        target.mkdir(parents=True, exist_ok=True)
+        for split in ("train.tsv", "dev.tsv"):
+            shutil.copyfile(args.glue_dir / folder / split, target / split)
+    total = sum(p.stat().st_size for p in args.output.rglob("*") if p.is_file())
+    print(f"wrote {args.output} ({total / 2**20:.1f} MiB; the carry limit is 64 MiB with the working tree)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
