@@ -30,7 +30,6 @@ from .injection import attach_adapter_blocks, encoder_layers, layout_for, output
 from .rational import RationalActivation
 from .switch import GumbelSwitch
 
-
 _DTYPE_KWARG = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
 
 
