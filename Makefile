@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	@if [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ] && $(PY) -m pip show -q onnxruntime >/dev/null 2>&1; then \
 		$(PY) -m pip uninstall -y -q onnxruntime; \
 	fi
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
 	@$(PY) -c "import torch, onnxruntime; print('torch', torch.__version__, '| cuda build:', torch.version.cuda, '| onnxruntime', onnxruntime.__version__)"
 	@touch $(STAMP)
 
