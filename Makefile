@@ -18,7 +18,8 @@ export AA_GLUE_DIR
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# Re-install when a top-level package appears or changes shape: the editable install maps packages.
+$(STAMP): pyproject.toml Makefile $(wildcard */__init__.py)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@$(MAKE) --no-print-directory torch-into VENV_PY=$(PY)
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	@if [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ] && $(PY) -m pip show -q onnxruntime >/dev/null 2>&1; then \
 		$(PY) -m pip uninstall -y -q onnxruntime; \
 	fi
-	$(PY) -m pip install --quiet -e ".[test]" --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e ".[test]"
 	@$(PY) -c "import torch, onnxruntime; print('torch', torch.__version__, '| cuda build:', torch.version.cuda, '| onnxruntime', onnxruntime.__version__)"
 	@touch $(STAMP)
 
