@@ -202,6 +202,12 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
                 metrics.task_loads.labels("load", "failed").inc()
                 log.error("task %s failed to load: %s", spec.name, exc.message)
         metrics.tasks_loaded.set(len(state.registry.view.tasks))
+        if config.tasks and not state.registry.view.tasks and config.exit_if_no_task_loads:
+            await batcher.stop(0)
+            raise RuntimeError(
+                "none of the tasks could be loaded (see the errors above); fix the --task folders, or pass "
+                "--start-empty to start without tasks and load them at runtime"
+            )
         state.ready = True
         log.info("serving %d task(s): %s", len(state.registry.view.tasks), ", ".join(sorted(state.registry.view.tasks)))
         try:

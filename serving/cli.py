@@ -85,6 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="runtime loads may only use folders under DIR (repeatable)",
     )
     p.add_argument("--no-hub", action="store_false", dest="allow_hub", default=None, help="never load from the Hub")
+    p.add_argument(
+        "--start-empty",
+        action="store_false",
+        dest="exit_if_no_task_loads",
+        default=None,
+        help="keep running when none of the --task folders loads (load tasks at runtime instead)",
+    )
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--print-config", action="store_true", help="print the effective config (token redacted) and exit")
     p.set_defaults(handler=_run_serve)
@@ -106,6 +113,7 @@ _OVERRIDES = (
     "protect_predict",
     "allowed_roots",
     "allow_hub",
+    "exit_if_no_task_loads",
     "log_level",
 )
 

@@ -99,6 +99,9 @@ class ServerConfig:
     hub_token: str | None = None
     # Shutdown: how long to wait for queued work when stopping.
     drain_timeout_s: float = 30.0
+    # Start-up: when tasks are named and not one of them loads, stop (a typo should not leave an empty
+    # server running); set False to start empty and load tasks at runtime.
+    exit_if_no_task_loads: bool = True
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -38,7 +38,8 @@ def run(config: ServerConfig) -> int:
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = uvicorn.Server(_uvicorn_config(create_app(config), config))
     server.run()
-    return 0
+    # uvicorn returns without raising when the application's start-up fails (e.g. no task loads).
+    return 0 if server.started else 3
 
 
 class BackgroundServer:

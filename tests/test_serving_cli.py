@@ -126,3 +126,15 @@ def test_serve_process_answers_and_stops_cleanly_on_sigterm(serving_exports: dic
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_exits_when_no_named_task_loads(tmp_path) -> None:
+    """A typo in every --task must not leave an empty server running (Triton's default, too)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "not-an-export").mkdir()
+    cmd = [sys.executable, "-m", "aa_deploy.cli", "serve", "--task", f"rte={tmp_path / 'not-an-export'}", "--port", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert "is not an aa-deploy export" in proc.stderr and "--start-empty" in proc.stderr

@@ -499,7 +499,8 @@ def test_protect_predict_requires_the_token(serving_exports: dict[str, Path]) ->
 
 
 def test_server_without_loadable_tasks_is_not_ready() -> None:
-    config = ServerConfig(port=0, tasks=[TaskSpec("gone", "/nonexistent/x")])
+    """With --start-empty, a server whose tasks all failed keeps running (not ready) for runtime loads."""
+    config = ServerConfig(port=0, tasks=[TaskSpec("gone", "/nonexistent/x")], exit_if_no_task_loads=False)
     with BackgroundServer(config) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         r = c.get("/ready")
         assert r.status_code == 503 and r.json()["failed"]["gone"]
