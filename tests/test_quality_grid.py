@@ -1,0 +1,58 @@
+"""The quality-grid harness (benchmarks/quality): runs cells, resumes, renders the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = REPO / "benchmarks" / "quality" / "grid.py"
+REPORT = REPO / "benchmarks" / "quality" / "report.py"
+WORDS = ["the film is superb .", "the story was dull .", "the cast feels warm .", "the script is awful ."]
+
+
+def fake_glue(root: Path) -> Path:
+    """A tiny RTE-shaped folder (the real GLUE files are never copied into tests)."""
+    rte = root / "RTE"
+    rte.mkdir(parents=True)
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    rows = [f"{i}\t{WORDS[i % 4]}\t{WORDS[(i + 1) % 4]}\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(48)]
+    (rte / "train.tsv").write_text(header + "\n".join(rows[:40]) + "\n")
+    (rte / "dev.tsv").write_text(header + "\n".join(rows[40:]) + "\n")
+    return root
+
+
+def run_grid(tmp_path: Path, backbone: Path, glue: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(GRID), "run", "--glue-dir", str(glue), "--tasks", "rte", "--sizes", "24", "--seeds", "42",
+           "--recipes", "standard,search,focused", "--epochs", "1", "--threads", "1", "--backbone", str(backbone),
+           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+
+
+def test_grid_runs_resumes_and_reports(tmp_path, tiny_backbone_dir) -> None:
+    glue = fake_glue(tmp_path / "glue")
+    first = run_grid(tmp_path, tiny_backbone_dir, glue)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "results").glob("*.json"))
+    assert files == ["rte-n24-s42-focused.json", "rte-n24-s42-search.json", "rte-n24-s42-standard.json"]
+    cell = json.loads((tmp_path / "results" / "rte-n24-s42-search.json").read_text())
+    required = {"task", "train_size", "seed", "recipe", "metric", "value", "layers_kept", "trained_params", "adapter_bytes",
+                "wall_time_s", "device", "commit"}
+    assert required <= set(cell) and cell["train_size"] == 24 and cell["metric"] == "accuracy"
+    focused = json.loads((tmp_path / "results" / "rte-n24-s42-focused.json").read_text())
+    # The focused cell trains exactly at the layers its search cell selected.
+    assert focused["selected_layers"] == cell["selected_layers"]
+
+    second = run_grid(tmp_path, tiny_backbone_dir, glue)  # resumes: nothing left to run
+    assert second.returncode == 0 and "3 of 3 cells already finished; 0 to run" in second.stdout
+
+    out = tmp_path / "RESULTS.md"
+    report = subprocess.run([sys.executable, str(REPORT), "--results-dir", str(tmp_path / "results"), "--output", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = out.read_text()
+    assert "| rte | 24 | accuracy |" in text and (tmp_path / "results.png").is_file()
