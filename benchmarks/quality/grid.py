@@ -73,6 +73,24 @@ def transfer_grid(seeds) -> list[Cell]:
     return cells
 
 
+def schedule(cells: list[Cell]) -> list[Cell]:
+    """Run each transfer cell as soon as the cells it is compared with (and its source) are queued
+    before it, so that a partly finished grid already says something about every claim."""
+    plain = [c for c in cells if c.recipe != "focused" or c.source() is None or c.source_task in (None, c.task)
+             and c.source_size in (None, c.train_size)]
+    transfers = [c for c in cells if c not in plain]
+    last = {(c.task, c.train_size): i for i, c in enumerate(plain)}
+    slots: dict[int, list[Cell]] = {}
+    for cell in transfers:
+        after = max(last.get((cell.task, cell.train_size), -1), last.get((cell.source_task, cell.source_size), -1))
+        slots.setdefault(after, []).append(cell)
+    ordered = slots.get(-1, [])
+    for i, cell in enumerate(plain):
+        ordered.append(cell)
+        ordered.extend(slots.get(i, []))
+    return ordered
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
@@ -144,7 +162,7 @@ def command_run(args: argparse.Namespace) -> int:
     sizes = [s if s == "full" else int(s) for s in args.sizes.split(",")]
     cells = standard_grid(args.tasks.split(","), sizes, [int(s) for s in args.seeds.split(",")], args.recipes.split(","))
     if args.transfer:
-        cells += transfer_grid([int(s) for s in args.seeds.split(",")])
+        cells = schedule(cells + transfer_grid([int(s) for s in args.seeds.split(",")]))
     todo = [c for c in cells if not _done(c, args.results_dir)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; {len(todo)} to run", flush=True)
     failures = 0
