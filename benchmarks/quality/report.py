@@ -48,14 +48,41 @@ def is_own_selection(r: dict) -> bool:
     return r["recipe"] != "focused" or (r.get("source_task") in (None, r["task"]) and str(r.get("source_size")) in ("None", str(r["train_size"])))
 
 
-def build_tables(rows: list[dict]) -> tuple[str, dict]:
+def majority_baselines(glue_dir: Path | None) -> dict[str, float]:
+    """The official-dev score of always predicting the training set's most frequent label (a constant
+    for regression): the level a model reaches without reading the text."""
+    if glue_dir is None or not glue_dir.is_dir():
+        return {}
+    import numpy as np
+
+    from aa_deploy.data import load_task
+    from aa_deploy.metrics import task_metrics
+
+    out = {}
+    for task in TASK_ORDER:
+        try:
+            data = load_task(task, glue_dir)
+        except Exception:  # noqa: BLE001 - a missing task just has no baseline column
+            continue
+        labels = np.array([e.label for e in data.test])
+        if data.spec.is_regression:
+            logits = np.full((len(labels), 1), float(np.mean([e.label for e in data.train])))
+        else:
+            counts = np.bincount([int(e.label) for e in data.train], minlength=data.spec.num_labels)
+            logits = np.zeros((len(labels), data.spec.num_labels))
+            logits[:, int(np.argmax(counts))] = 1.0
+        out[task] = task_metrics(data.spec, logits, labels)[data.spec.metric]
+    return out
+
+
+def build_tables(rows: list[dict], baselines: dict[str, float] | None = None) -> tuple[str, dict]:
     grouped: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if is_own_selection(r):
             grouped[(r["task"], r["train_size"])][r["recipe"]].append(r)
     lines = [
-        "| task | N | metric | standard | search (AA) | focused (AA-focused) | layers kept (search) | adapter params focused / standard |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | N | metric | majority baseline | standard | search (AA) | focused (AA-focused) | layers kept (search) | adapter params focused / standard |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     summary: dict = {}
     keys = sorted(grouped, key=lambda k: (_size_key(k[1]), TASK_ORDER.index(k[0]) if k[0] in TASK_ORDER else 99))
@@ -68,7 +95,9 @@ def build_tables(rows: list[dict]) -> tuple[str, dict]:
         foc_params = [c["adapter_params"] for c in cells.get("focused", [])]
         ratio = f"{statistics.fmean(foc_params) / statistics.fmean(std_params):.2f}" if std_params and foc_params else "–"
         layer_txt = f"{statistics.fmean(layers):.1f} / {cells['search'][0]['num_layers']}" if layers else "–"
-        lines.append(f"| {task} | {size} | {metric} | {fmt(vals['standard'])} | {fmt(vals['search'])} | {fmt(vals['focused'])} | {layer_txt} | {ratio} |")
+        base = (baselines or {}).get(task)
+        base_txt = "–" if base is None else f"{100 * base:.1f}"
+        lines.append(f"| {task} | {size} | {metric} | {base_txt} | {fmt(vals['standard'])} | {fmt(vals['search'])} | {fmt(vals['focused'])} | {layer_txt} | {ratio} |")
         summary[(task, size)] = {"vals": vals, "layers": layers, "ratio": ratio}
     return "\n".join(lines), summary
 
@@ -142,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--glue-dir", type=Path, default=Path(os.environ.get("AA_GLUE_DIR", HERE.parents[2] / "shared" / "data" / "glue")),
+                        help="GLUE folder, for the majority-class baseline column (left empty without it)")
     args = parser.parse_args(argv)
     rows = load(args.results_dir)
-    table, summary = build_tables(rows)
+    table, summary = build_tables(rows, majority_baselines(args.glue_dir))
     done = {(r["task"], r["train_size"]) for r in rows}
     not_run = ", ".join(f"{t} N={n}" for t, n in NOT_RUN if (t, n) not in done)
     wall = sum(r["wall_time_s"] for r in rows) / 3600
