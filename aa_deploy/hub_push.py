@@ -217,6 +217,15 @@ def _additions(files: Mapping[str, Path]) -> list[CommitOperationAdd]:
     return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in sorted(files.items())]
 
 
+def _commit_files(
+    api: HfApi, files: Mapping[str, Path], repo_id: str, private: bool, revision: str | None, message: str
+) -> tuple[str, dict[str, int]]:
+    """Send ``files`` (repo path -> local file) in one commit; return its URL and the bytes pushed per file."""
+    sizes = {name: path.stat().st_size for name, path in files.items()}
+    url = _commit(api, _additions(files), repo_id, private=private, revision=revision, commit_message=message)
+    return url, sizes
+
+
 def push_to_hub(
     folder: str | os.PathLike[str],
     repo_id: str,
@@ -255,11 +264,9 @@ def push_to_hub(
         card_source = staging if pruned else source
         write_model_card(card_source, repo_id=full_repo_id, include_onnx=with_onnx, output_dir=staging)
         files.update(_staged_files(staging))
-        sizes = {name: path.stat().st_size for name, path in files.items()}
-        url = _commit(
-            api, _additions(files), full_repo_id, private=private, revision=revision,
-            commit_message=commit_message or f"Upload {source.name} with {_LIBRARY_NAME}",
-        )  # fmt: skip
+        url, sizes = _commit_files(
+            api, files, full_repo_id, private, revision, commit_message or f"Upload {source.name} with {_LIBRARY_NAME}"
+        )
     return PushResult(
         commit_url=url, repo_id=full_repo_id, files=sizes, pruned=pruned, kept_layers=kept,
         source_weights_bytes=(source / WEIGHTS_NAME).stat().st_size if pruned else None,
@@ -284,11 +291,9 @@ def push_model_to_hub(
         staging = Path(tmp)
         kept = _stage_model(model, staging, source=None)
         write_model_card(staging, repo_id=full_repo_id, include_onnx=False)
-        files = _staged_files(staging)
-        sizes = {name: path.stat().st_size for name, path in files.items()}
-        url = _commit(
-            api, _additions(files), full_repo_id, private=private, revision=revision,
-            commit_message=commit_message or f"Upload adapter with {_LIBRARY_NAME}",
+        url, sizes = _commit_files(
+            api, _staged_files(staging), full_repo_id, private, revision,
+            commit_message or f"Upload adapter with {_LIBRARY_NAME}",
         )  # fmt: skip
     return PushResult(
         commit_url=url, repo_id=full_repo_id, files=sizes, pruned=needs_pruning(model.config.to_dict()),
