@@ -159,14 +159,83 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{output} already exists and is not empty: choose another --output or pass --overwrite")
 
 
+@dataclass
+class _Reference:
+    """The trained model's outputs on the validation cases, and everything needed to reproduce them.
+
+    Every later stage (folding, the ONNX graph, the shared layout) is checked against ``logits``.
+    """
+
+    run: RunFolder
+    spec: Any
+    pruned: Any
+    kept: list[int]
+    num_layers: int
+    tokenizer: Any
+    max_length: int
+    input_names: list[str]
+    cases: list[Any]
+    source: str
+    labelled: list[Any] | None
+    logits: Any
+    pruned_diff: float
+    threads: int
+
+
+@dataclass
+class _CompiledGraph:
+    """The validated task graph (after fusions / INT8) and what its validation measured."""
+
+    fp32_graph: Any
+    graph: Any
+    settings: OptimizeSettings
+    post_report: dict[str, Any]
+    folded: Any
+    report: ValidationReport
+    outputs: Any
+    metrics: dict[str, Any] | None
+
+
+@dataclass
+class _SharedLayout:
+    """Where the task graph's backbone tensors went: the store entry and the hard link to it."""
+
+    entry: Any = None
+    shared_names: list[str] = field(default_factory=list)
+    linked: bool | None = None
+
+
 def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, notes: list[str]) -> ExportResult:
-    import onnx
+    reference = _load_reference(run_dir, options)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        compiled = _compile_task_graph(reference, staging, options, notes)
+        if options.standalone:
+            layout = _SharedLayout()
+            _write_graph(compiled.graph, staging / "model.onnx", allow_external=True)
+        else:
+            layout = _write_shared_layout(reference, compiled, staging, options, notes)
+        manifest = _write_folder_files(reference, compiled, layout, staging, options)
+        _publish(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.parent / f"{staging.name}.scratch", ignore_errors=True)
+        raise
+    sizes = folder_report(output, linked=layout.linked)
+    return ExportResult(
+        output=output, manifest=manifest, validation=compiled.report, sizes=sizes, metrics=compiled.metrics
+    )
+
+
+def _load_reference(run_dir: str | os.PathLike, options: ExportOptions) -> _Reference:
+    """Steps 1–3: load the run, compute the reference logits, prune and check pruning is exact."""
     import torch
 
     from aa_deploy.data import TaskSpec
     from aa_deploy.modeling import AdaptableAdapterModel
 
-    from .onnx_export import OPSET, export_bare_backbone, export_task_graph, graph_input_names
+    from .onnx_export import graph_input_names
 
     run = read_run_folder(run_dir)
     try:
@@ -186,127 +255,133 @@ def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, no
     input_names = graph_input_names(model.backbone)
     examples, source, labelled = _validation_examples(run, spec, options)
     cases = build_cases(tokenizer, input_names, examples, max_length)
-    num_inputs = sum(c.batch for c in cases)
-    threads = torch.get_num_threads()
 
-    # Reference: the trained model as loaded, in eval mode.
-    reference = torch_logits(model, cases)
+    logits = torch_logits(model, cases)
     pruned = model.pruned().eval()
-    pruned_diff, _ = compare(reference, torch_logits(pruned, cases), cases)
+    pruned_diff, _ = compare(logits, torch_logits(pruned, cases), cases)
     if not pruned_diff <= PRUNE_ATOL:
         raise ValidationError(
             f"the pruned model differs from the trained model by {pruned_diff:.3g} (> {PRUNE_ATOL}): pruning "
             "must be exact; the run folder is inconsistent or the model is not in eval mode",
             {"pruned_max_abs_diff": pruned_diff},
         )
-    num_layers = int(model.config.num_hidden_layers or 0)
-    del model
+    return _Reference(
+        run=run, spec=spec, pruned=pruned, kept=kept, num_layers=int(model.config.num_hidden_layers or 0),
+        tokenizer=tokenizer, max_length=max_length, input_names=input_names, cases=cases, source=source,
+        labelled=labelled, logits=logits, pruned_diff=pruned_diff, threads=torch.get_num_threads(),
+    )  # fmt: skip
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
-        # The compact artefact: kept adapters (with their rational coefficients) and the head.
-        pruned.save_pretrained(staging)
-        canonicalize_safetensors(staging / WEIGHTS_NAME)
-        folded = fold_rationals(pruned)
-        folded_diff, _ = compare(reference, torch_logits(pruned, cases), cases)
-        if not folded_diff <= PRUNE_ATOL:
-            raise ValidationError(
-                f"folding the rationals changed the outputs by {folded_diff:.3g} (> {PRUNE_ATOL}); please report this bug",
-                {"folded_max_abs_diff": folded_diff},
-            )
 
-        settings = OptimizeSettings(options.optimize, options.quantize)
-        backbone_config = pruned.backbone.config
-        example = example_for_export(cases)
-        logger.info("exporting the task graph (kept layers %s)", kept)
-        fp32_graph = export_task_graph(pruned, example, input_names)
-        graph, post_report = postprocess(fp32_graph, backbone_config, settings)
-        _check_contract(graph, input_names, settings)
-        graph_bytes = graph.SerializeToString() if graph.ByteSize() < _PROTOBUF_LIMIT else None
-        session = ort_session(graph_bytes if graph_bytes is not None else _spill(graph, staging), threads)
-        candidate = ort_logits(session, cases)
-        diff, per_case = compare(reference, candidate, cases)
-        enforced = options.quantize is None
-        report = ValidationReport(
-            max_abs_diff=diff, atol=options.atol, num_inputs=num_inputs, passed=bool(diff <= options.atol),
-            enforced=enforced, inputs_source=source, pruned_max_abs_diff=pruned_diff,
-            folded_max_abs_diff=folded_diff, cases=per_case,
-        )  # fmt: skip
-        if enforced and not report.passed:
-            raise ValidationError(
-                f"ONNX Runtime output differs from PyTorch by {diff:.3g} (> atol {options.atol}); worst case: "
-                f"{max(per_case, key=lambda c: c['max_abs_diff'])}. Nothing was written.",
-                report.to_dict(),
-            )
-        if not report.passed:
-            notes.append(f"INT8 logits differ from fp32 PyTorch by up to {diff:.3g} (not enforced for INT8)")
+def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, notes: list[str]) -> _CompiledGraph:
+    """Steps 4–5: save the compact artefact, fold, export, post-process, check the contract, validate in ORT."""
+    from .onnx_export import export_task_graph
 
-        metrics = _quantization_metrics(
-            labelled, options, spec, tokenizer, input_names, max_length, fp32_graph, backbone_config, session, threads
+    pruned, cases = ref.pruned, ref.cases
+    # The compact artefact: kept adapters (with their rational coefficients) and the head.
+    pruned.save_pretrained(staging)
+    canonicalize_safetensors(staging / WEIGHTS_NAME)
+    folded = fold_rationals(pruned)
+    folded_diff, _ = compare(ref.logits, torch_logits(pruned, cases), cases)
+    if not folded_diff <= PRUNE_ATOL:
+        raise ValidationError(
+            f"folding the rationals changed the outputs by {folded_diff:.3g} (> {PRUNE_ATOL}); please report this bug",
+            {"folded_max_abs_diff": folded_diff},
         )
-        del session
 
-        entry = None
-        shared_names: list[str] = []
-        linked: bool | None = None
-        if options.standalone:
-            _write_graph(graph, staging / "model.onnx", allow_external=True)
-        else:
-            store = BackboneStore(options.backbone_store)
-            key_settings = _store_settings(pruned, input_names, settings, OPSET)
-            key = settings_key(key_settings)
-            entry = store.get(key)
-            if entry is None:
-                logger.info("exporting the bare backbone into the store %s", store.root)
-                bare = export_bare_backbone(pruned, example, input_names)
-                bare, _ = postprocess(bare, backbone_config, settings)
-                entry = store.put(bare, key, key_settings)
-            shared_graph = onnx.ModelProto()
-            shared_graph.CopyFrom(graph)
-            shared_names = share_backbone_tensors(shared_graph, entry)
-            if not shared_names:
-                raise ExportError(
-                    "no tensor of the task graph matched the stored backbone; the store entry "
-                    f"{entry.directory} does not belong to this backbone: delete it and export again"
-                )
-            if len(shared_names) < len(entry.tensors):
-                notes.append(
-                    f"only {len(shared_names)} of the {len(entry.tensors)} stored backbone tensors matched the task "
-                    "graph; the others stay inline in model.onnx (correct, but larger)"
-                )
-            _write_graph(shared_graph, staging / "model.onnx", allow_external=False)
-            linked = link_or_copy(entry.data_path, staging / DATA_NAME)
-            if not linked:
-                notes.append("the backbone file was copied, not hard-linked (different file systems?)")
-            verify_external_data(shared_graph, staging)
-            # The final check: plain ONNX Runtime loads the folder as a user would and reproduces the
-            # validated outputs from the hard-linked backbone file.
-            final = ort_logits(ort_session(staging / "model.onnx", threads), cases)
-            report.shared_max_abs_diff, _ = compare(candidate, final, cases)
-            if not report.shared_max_abs_diff <= SHARED_ATOL:
-                raise ValidationError(
-                    f"the shared-backbone graph differs from the validated graph by {report.shared_max_abs_diff:.3g}",
-                    report.to_dict(),
-                )
+    settings = OptimizeSettings(options.optimize, options.quantize)
+    backbone_config = pruned.backbone.config
+    logger.info("exporting the task graph (kept layers %s)", ref.kept)
+    fp32_graph = export_task_graph(pruned, example_for_export(cases), ref.input_names)
+    graph, post_report = postprocess(fp32_graph, backbone_config, settings)
+    _check_contract(graph, ref.input_names, settings)
+    graph_bytes = graph.SerializeToString() if graph.ByteSize() < _PROTOBUF_LIMIT else None
+    session = ort_session(graph_bytes if graph_bytes is not None else _spill(graph, staging), ref.threads)
+    outputs = ort_logits(session, cases)
+    diff, per_case = compare(ref.logits, outputs, cases)
+    enforced = options.quantize is None
+    report = ValidationReport(
+        max_abs_diff=diff, atol=options.atol, num_inputs=sum(c.batch for c in cases),
+        passed=bool(diff <= options.atol), enforced=enforced, inputs_source=ref.source,
+        pruned_max_abs_diff=ref.pruned_diff, folded_max_abs_diff=folded_diff, cases=per_case,
+    )  # fmt: skip
+    if enforced and not report.passed:
+        raise ValidationError(
+            f"ONNX Runtime output differs from PyTorch by {diff:.3g} (> atol {options.atol}); worst case: "
+            f"{max(per_case, key=lambda c: c['max_abs_diff'])}. Nothing was written.",
+            report.to_dict(),
+        )
+    if not report.passed:
+        notes.append(f"INT8 logits differ from fp32 PyTorch by up to {diff:.3g} (not enforced for INT8)")
+    metrics = _quantization_metrics(
+        ref.labelled, options, ref.spec, ref.tokenizer, ref.input_names, ref.max_length, fp32_graph,
+        backbone_config, session, ref.threads,
+    )  # fmt: skip
+    return _CompiledGraph(
+        fp32_graph=fp32_graph, graph=graph, settings=settings, post_report=post_report, folded=folded,
+        report=report, outputs=outputs, metrics=metrics,
+    )  # fmt: skip
 
-        _write_config(pruned.backbone, staging)
-        tokenizer.save_pretrained(str(staging))
-        if not (staging / "tokenizer.json").is_file():
-            raise ExportError("the tokenizer did not write tokenizer.json; a fast tokenizer is required")
-        manifest = _manifest(
-            run, spec, options, settings, input_names, max_length, tokenizer, kept, num_layers, pruned, entry,
-            shared_names, linked, report, post_report, folded, metrics, graph,
-        )  # fmt: skip
-        _copy_run_files_for_card(run.directory, staging)
-        sizes = _write_manifest(staging, manifest, linked, on_write=lambda: _write_card(staging))
-        _publish(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(staging.parent / f"{staging.name}.scratch", ignore_errors=True)
-        raise
-    sizes = folder_report(output, linked=linked)
-    return ExportResult(output=output, manifest=manifest, validation=report, sizes=sizes, metrics=metrics)
+
+def _write_shared_layout(
+    ref: _Reference, compiled: _CompiledGraph, staging: Path, options: ExportOptions, notes: list[str]
+) -> _SharedLayout:
+    """Step 6: point the task graph's backbone tensors at the store copy and hard-link it into the folder."""
+    import onnx
+
+    from .onnx_export import OPSET, export_bare_backbone
+
+    store = BackboneStore(options.backbone_store)
+    key_settings = _store_settings(ref.pruned, ref.input_names, compiled.settings, OPSET)
+    key = settings_key(key_settings)
+    entry = store.get(key)
+    if entry is None:
+        logger.info("exporting the bare backbone into the store %s", store.root)
+        bare = export_bare_backbone(ref.pruned, example_for_export(ref.cases), ref.input_names)
+        bare, _ = postprocess(bare, ref.pruned.backbone.config, compiled.settings)
+        entry = store.put(bare, key, key_settings)
+    shared_graph = onnx.ModelProto()
+    shared_graph.CopyFrom(compiled.graph)
+    shared_names = share_backbone_tensors(shared_graph, entry)
+    if not shared_names:
+        raise ExportError(
+            "no tensor of the task graph matched the stored backbone; the store entry "
+            f"{entry.directory} does not belong to this backbone: delete it and export again"
+        )
+    if len(shared_names) < len(entry.tensors):
+        notes.append(
+            f"only {len(shared_names)} of the {len(entry.tensors)} stored backbone tensors matched the task "
+            "graph; the others stay inline in model.onnx (correct, but larger)"
+        )
+    _write_graph(shared_graph, staging / "model.onnx", allow_external=False)
+    linked = link_or_copy(entry.data_path, staging / DATA_NAME)
+    if not linked:
+        notes.append("the backbone file was copied, not hard-linked (different file systems?)")
+    verify_external_data(shared_graph, staging)
+    # The final check: plain ONNX Runtime loads the folder as a user would and reproduces the
+    # validated outputs from the hard-linked backbone file.
+    final = ort_logits(ort_session(staging / "model.onnx", ref.threads), ref.cases)
+    report = compiled.report
+    report.shared_max_abs_diff, _ = compare(compiled.outputs, final, ref.cases)
+    if not report.shared_max_abs_diff <= SHARED_ATOL:
+        raise ValidationError(
+            f"the shared-backbone graph differs from the validated graph by {report.shared_max_abs_diff:.3g}",
+            report.to_dict(),
+        )
+    return _SharedLayout(entry=entry, shared_names=shared_names, linked=linked)
+
+
+def _write_folder_files(
+    ref: _Reference, compiled: _CompiledGraph, layout: _SharedLayout, staging: Path, options: ExportOptions
+) -> dict[str, Any]:
+    """Step 7: config, tokenizer, manifest (with sizes), model card. Returns the manifest."""
+    _write_config(ref.pruned.backbone, staging)
+    ref.tokenizer.save_pretrained(str(staging))
+    if not (staging / "tokenizer.json").is_file():
+        raise ExportError("the tokenizer did not write tokenizer.json; a fast tokenizer is required")
+    manifest = _manifest(ref, compiled, layout, options)
+    _copy_run_files_for_card(ref.run.directory, staging)
+    _write_manifest(staging, manifest, layout.linked, on_write=lambda: _write_card(staging))
+    return manifest
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -475,11 +550,9 @@ def _write_config(backbone: Any, staging: Path) -> None:
 
 
 def _manifest(
-    run: RunFolder, spec: Any, options: ExportOptions, settings: OptimizeSettings, input_names: list[str],
-    max_length: int, tokenizer: Any, kept: list[int], num_layers: int, pruned: Any, entry: Any,
-    shared_names: list[str], linked: bool | None, report: ValidationReport, post_report: dict[str, Any],
-    folded: dict[int, Any], metrics: dict[str, Any] | None, graph: Any,
-) -> dict[str, Any]:  # fmt: skip
+    ref: _Reference, compiled: _CompiledGraph, layout: _SharedLayout, options: ExportOptions
+) -> dict[str, Any]:
+    """The folder's manifest: the server contract first, then informational keys."""
     import onnx
     import onnxruntime
     import torch
@@ -489,21 +562,21 @@ def _manifest(
 
     from .onnx_export import OPSET
 
-    config = pruned.config
+    spec, config, entry, report = ref.spec, ref.pruned.config, layout.entry, compiled.report
     name = options.task_name or spec.name
-    trained = run.metrics or {}
+    trained = ref.run.metrics or {}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "task": {"name": name, "metric": spec.metric, "label_names": spec.label_names, "is_pair": spec.is_pair},
         "num_labels": spec.num_labels,
         "problem_type": "regression" if spec.is_regression else "single_label_classification",
-        "inputs": list(input_names),
+        "inputs": list(ref.input_names),
         "outputs": ["logits"],
-        "max_length": max_length,
-        "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-        "kept_layers": list(kept),
-        "num_layers": num_layers,
+        "max_length": ref.max_length,
+        "pad_token_id": int(ref.tokenizer.pad_token_id if ref.tokenizer.pad_token_id is not None else 0),
+        "kept_layers": list(ref.kept),
+        "num_layers": ref.num_layers,
         "base_model": {
             "name_or_path": config.base_model_name_or_path,
             "model_type": config.base_model_type,
@@ -516,13 +589,13 @@ def _manifest(
         else {
             "file": DATA_NAME,
             "sha256": entry.sha256,
-            "tensors": shared_names,
+            "tensors": layout.shared_names,
             "bytes": entry.data_bytes,
-            "linked": linked,
+            "linked": layout.linked,
             "store_object": entry.directory.name,
         },
-        "optimized": settings.optimize,
-        "quantization": settings.quantize,
+        "optimized": compiled.settings.optimize,
+        "quantization": compiled.settings.quantize,
         "validation": report.to_dict(),
         "sizes": {},  # filled in by _write_manifest
         # ---- informational keys (not part of the server contract)
@@ -531,19 +604,19 @@ def _manifest(
             "kind": "rational" if config.uses_rational else "relu",
             "rational_version": config.rational_version,
             "bottleneck": config.bottleneck_size(int(config.hidden_size or 0)) if config.hidden_size else None,
-            "folded_rationals": {str(k): v.to_dict() for k, v in folded.items()},
+            "folded_rationals": {str(k): v.to_dict() for k, v in compiled.folded.items()},
         },  # fmt: skip
         "graph": {
             "opset": OPSET,
-            "domains": sorted({d or "ai.onnx" for d in (n.domain for n in graph.graph.node)}),
-            "fused_operators": post_report.get("fused_operators", {}),
-            "quantization": post_report.get("quantization"),
+            "domains": sorted({d or "ai.onnx" for d in (n.domain for n in compiled.graph.graph.node)}),
+            "fused_operators": compiled.post_report.get("fused_operators", {}),
+            "quantization": compiled.post_report.get("quantization"),
         },  # fmt: skip
         "metrics": {
             "metric": spec.metric,
             "trained_dev_split": trained.get("value"),
             "trained_test": trained.get("test_value"),
-            "quantization": metrics,
+            "quantization": compiled.metrics,
         },
         "export_options": {
             k: v for k, v in options.to_dict().items() if k not in ("backbone_store", "data_dir", "overwrite")
