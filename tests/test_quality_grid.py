@@ -25,10 +25,10 @@ def fake_glue(root: Path) -> Path:
     return root
 
 
-def run_grid(tmp_path: Path, backbone: Path, glue: Path) -> subprocess.CompletedProcess:
+def run_grid(tmp_path: Path, backbone: Path, glue: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(GRID), "run", "--glue-dir", str(glue), "--tasks", "rte", "--sizes", "24", "--seeds", "42",
            "--recipes", "standard,search,focused", "--epochs", "1", "--threads", "1", "--backbone", str(backbone),
-           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
 
@@ -56,3 +56,31 @@ def test_grid_runs_resumes_and_reports(tmp_path, tiny_backbone_dir) -> None:
     assert report.returncode == 0, report.stderr[-2000:]
     text = out.read_text()
     assert "| rte | 24 | accuracy |" in text and (tmp_path / "results.png").is_file()
+
+
+def test_learning_rate_variant_is_kept_apart_from_the_protocol(tmp_path, tiny_backbone_dir) -> None:
+    glue = fake_glue(tmp_path / "glue")
+    assert run_grid(tmp_path, tiny_backbone_dir, glue, "--recipes", "standard").returncode == 0
+    variant = run_grid(tmp_path, tiny_backbone_dir, glue, "--recipes", "standard", "--learning-rate", "1e-3")
+    assert variant.returncode == 0, variant.stdout[-2000:] + variant.stderr[-2000:]
+    cell = json.loads((tmp_path / "results" / "rte-n24-s42-standard-lr0.001.json").read_text())
+    assert cell["learning_rate"] == 0.001
+    # The variant really trained at that rate (the run folder records its training arguments).
+    training = json.loads((tmp_path / "runs" / "rte-n24-s42-standard-lr0.001" / "training_config.json").read_text())
+    assert training["learning_rate"] == 0.001
+    protocol = json.loads((tmp_path / "results" / "rte-n24-s42-standard.json").read_text())
+    assert protocol["learning_rate"] is None
+
+    out = tmp_path / "RESULTS.md"
+    report = subprocess.run([sys.executable, str(REPORT), "--results-dir", str(tmp_path / "results"), "--output", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    main, _, sensitivity = out.read_text().partition("## Off-protocol sensitivity: adapters + head at learning rate 0.001")
+    assert sensitivity, "the variant must get its own section"
+    # One protocol cell in the main table, one variant cell in its section, with the protocol value beside it.
+    assert main.count("| rte | 24 | accuracy |") == 1 and sensitivity.count("| rte | 24 | accuracy |") == 1
+    expected = f"{100 * protocol['value']:.1f} ± 0.0 (n=1) |"
+    assert sensitivity.split("| rte | 24 | accuracy |")[1].splitlines()[0].rstrip().endswith(expected)
+
+    refused = run_grid(tmp_path, tiny_backbone_dir, glue, "--learning-rate", "1e-3", "--transfer")
+    assert refused.returncode == 2 and "--transfer belongs to the protocol grid" in refused.stderr
