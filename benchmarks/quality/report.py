@@ -64,7 +64,7 @@ def _with_protocol_column(table: str, summary: dict, protocol_summary: dict) -> 
     lines = table.splitlines()
     keys = list(summary)
     out = [lines[0] + " standard at 1e-4 (protocol) |", lines[1] + "---|"]
-    for key, line in zip(keys, lines[2:]):
+    for key, line in zip(keys, lines[2:], strict=True):
         ref = protocol_summary.get(key, {}).get("vals", {}).get("standard", [])
         out.append(line + f" {fmt(ref)} |")
     return "\n".join(out)
