@@ -82,5 +82,22 @@ def test_learning_rate_variant_is_kept_apart_from_the_protocol(tmp_path, tiny_ba
     expected = f"{100 * protocol['value']:.1f} ± 0.0 (n=1) |"
     assert sensitivity.split("| rte | 24 | accuracy |")[1].splitlines()[0].rstrip().endswith(expected)
 
-    refused = run_grid(tmp_path, tiny_backbone_dir, glue, "--learning-rate", "1e-3", "--transfer")
-    assert refused.returncode == 2 and "--transfer belongs to the protocol grid" in refused.stderr
+
+
+def test_transfer_cells_of_a_variant_reuse_that_variants_selections() -> None:
+    sys.path.insert(0, str(GRID.parent))
+    try:
+        import grid
+    finally:
+        sys.path.remove(str(GRID.parent))
+    cells = grid.transfer_grid([42], learning_rate=1e-3)
+    assert [c.cell_id for c in cells] == [
+        "rte-n300-s42-focused-from-mrpc-n300-lr0.001",
+        "rte-n300-s42-focused-from-rte-n100-lr0.001",
+        "mrpc-n300-s42-focused-from-mrpc-n100-lr0.001",
+    ]
+    # A variant's focused cell trains on the selection its own variant's search found, never the protocol's.
+    assert [c.source().cell_id for c in cells] == [
+        "mrpc-n300-s42-search-lr0.001", "rte-n100-s42-search-lr0.001", "mrpc-n100-s42-search-lr0.001",
+    ]
+    assert grid.transfer_grid([42])[0].source().cell_id == "mrpc-n300-s42-search"

@@ -74,13 +74,12 @@ def standard_grid(tasks, sizes, seeds, recipes, learning_rate: float | None = No
     return cells
 
 
-def transfer_grid(seeds) -> list[Cell]:
+def transfer_grid(seeds, learning_rate: float | None = None) -> list[Cell]:
     """METHOD.md §6 claim (c): selections reused across tasks and data sizes."""
     cells = []
     for seed in seeds:
-        cells.append(Cell("rte", 300, seed, "focused", "mrpc", 300))
-        cells.append(Cell("rte", 300, seed, "focused", "rte", 100))
-        cells.append(Cell("mrpc", 300, seed, "focused", "mrpc", 100))
+        for task, source_task, source_size in (("rte", "mrpc", 300), ("rte", "rte", 100), ("mrpc", "mrpc", 100)):
+            cells.append(Cell(task, 300, seed, "focused", source_task, source_size, learning_rate=learning_rate))
     return cells
 
 
@@ -176,10 +175,7 @@ def command_run(args: argparse.Namespace) -> int:
     cells = standard_grid(args.tasks.split(","), sizes, [int(s) for s in args.seeds.split(",")], args.recipes.split(","),
                           args.learning_rate)
     if args.transfer:
-        if args.learning_rate is not None:
-            print("--transfer belongs to the protocol grid; leave out --learning-rate to run it", file=sys.stderr)
-            return 2
-        cells = schedule(cells + transfer_grid([int(s) for s in args.seeds.split(",")]))
+        cells = schedule(cells + transfer_grid([int(s) for s in args.seeds.split(",")], args.learning_rate))
     todo = [c for c in cells if not _done(c, args.results_dir)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; {len(todo)} to run", flush=True)
     failures = 0

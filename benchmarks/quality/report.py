@@ -56,6 +56,10 @@ Reproduce: `python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue
 {_with_protocol_column(table, summary, protocol_summary)}
 
 {claims(summary)}
+
+Transfer of the selected architecture at this learning rate (selections found at this rate too):
+
+{transfer_table(rows)}
 """)
     return "\n".join(out)
 
