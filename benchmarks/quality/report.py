@@ -51,17 +51,30 @@ Everything else as above (switch 0.05, rationals 0.01, 20 epochs, best epoch on 
 fixed before any of these cells ran, from the demo's default, to test the reading that the protocol's 1e-4 leaves
 the adapters untrained at these sizes; it was not chosen on the official dev set, and these cells do not enter
 the protocol table or its claims. Protocol column for reference: the standard adapter at 1e-4.
-Reproduce: `python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --learning-rate {lr:g} --tasks ... --sizes ...`.
+Reproduce (resumable): {_variant_commands(rows, lr)}.
 
 {_with_protocol_column(table, summary, protocol_summary)}
 
 {claims(summary)}
-
-Transfer of the selected architecture at this learning rate (selections found at this rate too):
-
-{transfer_table(rows)}
 """)
+        if any(not is_own_selection(r) for r in rows):
+            out.append(f"Transfer of the selected architecture at this rate (selections found at this rate too):\n\n"
+                       f"{transfer_table(rows)}\n")
     return "\n".join(out)
+
+
+def _variant_commands(rows: list[dict], lr: float) -> str:
+    """One grid command per training size, naming exactly the tasks that ran at that size."""
+    by_size: dict = defaultdict(set)
+    for r in rows:
+        if is_own_selection(r):
+            by_size[r["train_size"]].add(r["task"])
+    commands = []
+    for size in sorted(by_size, key=_size_key):
+        tasks = ",".join(t for t in TASK_ORDER if t in by_size[size])
+        commands.append(f"`python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --learning-rate {lr:g} "
+                        f"--tasks {tasks} --sizes {size}`")
+    return "; ".join(commands)
 
 
 def _with_protocol_column(table: str, summary: dict, protocol_summary: dict) -> str:
