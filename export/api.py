@@ -175,6 +175,7 @@ class _Reference:
     max_length: int
     input_names: list[str]
     cases: list[Any]
+    example: Any  # the inputs the exporter traces (task graph and bare backbone alike)
     source: str
     labelled: list[Any] | None
     logits: Any
@@ -186,7 +187,6 @@ class _Reference:
 class _CompiledGraph:
     """The validated task graph (after fusions / INT8) and what its validation measured."""
 
-    fp32_graph: Any
     graph: Any
     settings: OptimizeSettings
     post_report: dict[str, Any]
@@ -267,7 +267,8 @@ def _load_reference(run_dir: str | os.PathLike, options: ExportOptions) -> _Refe
         )
     return _Reference(
         run=run, spec=spec, pruned=pruned, kept=kept, num_layers=int(model.config.num_hidden_layers or 0),
-        tokenizer=tokenizer, max_length=max_length, input_names=input_names, cases=cases, source=source,
+        tokenizer=tokenizer, max_length=max_length, input_names=input_names, cases=cases,
+        example=example_for_export(cases), source=source,
         labelled=labelled, logits=logits, pruned_diff=pruned_diff, threads=torch.get_num_threads(),
     )  # fmt: skip
 
@@ -291,7 +292,7 @@ def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, 
     settings = OptimizeSettings(options.optimize, options.quantize)
     backbone_config = pruned.backbone.config
     logger.info("exporting the task graph (kept layers %s)", ref.kept)
-    fp32_graph = export_task_graph(pruned, example_for_export(cases), ref.input_names)
+    fp32_graph = export_task_graph(pruned, ref.example, ref.input_names)
     graph, post_report = postprocess(fp32_graph, backbone_config, settings)
     _check_contract(graph, ref.input_names, settings)
     graph_bytes = graph.SerializeToString() if graph.ByteSize() < _PROTOBUF_LIMIT else None
@@ -317,7 +318,7 @@ def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, 
         backbone_config, session, ref.threads,
     )  # fmt: skip
     return _CompiledGraph(
-        fp32_graph=fp32_graph, graph=graph, settings=settings, post_report=post_report, folded=folded,
+        graph=graph, settings=settings, post_report=post_report, folded=folded,
         report=report, outputs=outputs, metrics=metrics,
     )  # fmt: skip
 
@@ -336,7 +337,7 @@ def _write_shared_layout(
     entry = store.get(key)
     if entry is None:
         logger.info("exporting the bare backbone into the store %s", store.root)
-        bare = export_bare_backbone(ref.pruned, example_for_export(ref.cases), ref.input_names)
+        bare = export_bare_backbone(ref.pruned, ref.example, ref.input_names)
         bare, _ = postprocess(bare, ref.pruned.backbone.config, compiled.settings)
         entry = store.put(bare, key, key_settings)
     shared_graph = onnx.ModelProto()

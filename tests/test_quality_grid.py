@@ -83,7 +83,6 @@ def test_learning_rate_variant_is_kept_apart_from_the_protocol(tmp_path, tiny_ba
     assert sensitivity.split("| rte | 24 | accuracy |")[1].splitlines()[0].rstrip().endswith(expected)
 
 
-
 def test_transfer_cells_of_a_variant_reuse_that_variants_selections() -> None:
     sys.path.insert(0, str(GRID.parent))
     try:

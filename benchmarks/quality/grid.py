@@ -172,10 +172,10 @@ def _source_ready(cell: Cell, runs_dir: Path) -> bool:
 
 def command_run(args: argparse.Namespace) -> int:
     sizes = [s if s == "full" else int(s) for s in args.sizes.split(",")]
-    cells = standard_grid(args.tasks.split(","), sizes, [int(s) for s in args.seeds.split(",")], args.recipes.split(","),
-                          args.learning_rate)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cells = standard_grid(args.tasks.split(","), sizes, seeds, args.recipes.split(","), args.learning_rate)
     if args.transfer:
-        cells = schedule(cells + transfer_grid([int(s) for s in args.seeds.split(",")], args.learning_rate))
+        cells = schedule(cells + transfer_grid(seeds, args.learning_rate))
     todo = [c for c in cells if not _done(c, args.results_dir)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; {len(todo)} to run", flush=True)
     failures = 0

@@ -31,10 +31,12 @@ def split_variants(rows: list[dict]) -> tuple[list[dict], dict[float, list[dict]
 
     Variants are kept apart so that they can never leak into the protocol table or its claims.
     """
-    protocol = [r for r in rows if r.get("learning_rate") is None]
+    protocol: list[dict] = []
     variants: dict[float, list[dict]] = defaultdict(list)
     for r in rows:
-        if r.get("learning_rate") is not None:
+        if r.get("learning_rate") is None:
+            protocol.append(r)
+        else:
             variants[float(r["learning_rate"])].append(r)
     return protocol, dict(sorted(variants.items()))
 
@@ -44,7 +46,7 @@ def variant_sections(variants: dict[float, list[dict]], protocol_summary: dict, 
         return ""
     out = []
     for lr, rows in variants.items():
-        table, summary = build_tables(rows, baselines)
+        table, summary = build_tables(rows, baselines, protocol_summary)
         out.append(f"""## Off-protocol sensitivity: adapters + head at learning rate {lr:g}
 
 Everything else as above (switch 0.05, rationals 0.01, 20 epochs, best epoch on the 25 % split). This rate was
@@ -53,7 +55,7 @@ the adapters untrained at these sizes; it was not chosen on the official dev set
 the protocol table or its claims. Protocol column for reference: the standard adapter at 1e-4.
 Reproduce (resumable): {_variant_commands(rows, lr)}.
 
-{_with_protocol_column(table, summary, protocol_summary)}
+{table}
 
 {claims(summary)}
 """)
@@ -75,16 +77,6 @@ def _variant_commands(rows: list[dict], lr: float) -> str:
         commands.append(f"`python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --learning-rate {lr:g} "
                         f"--tasks {tasks} --sizes {size}`")
     return "; ".join(commands)
-
-
-def _with_protocol_column(table: str, summary: dict, protocol_summary: dict) -> str:
-    lines = table.splitlines()
-    keys = list(summary)
-    out = [lines[0] + " standard at 1e-4 (protocol) |", lines[1] + "---|"]
-    for key, line in zip(keys, lines[2:], strict=True):
-        ref = protocol_summary.get(key, {}).get("vals", {}).get("standard", [])
-        out.append(line + f" {fmt(ref)} |")
-    return "\n".join(out)
 
 
 def _size_key(n) -> tuple[int, int]:
@@ -136,14 +128,20 @@ def majority_baselines(glue_dir: Path | None) -> dict[str, float]:
     return out
 
 
-def build_tables(rows: list[dict], baselines: dict[str, float] | None = None) -> tuple[str, dict]:
+def build_tables(
+    rows: list[dict], baselines: dict[str, float] | None = None, protocol_summary: dict | None = None
+) -> tuple[str, dict]:
+    """The per-(task, N) table and its summary. With ``protocol_summary`` (a variant's table) a last
+    column shows the protocol's standard adapter for the same setting."""
     grouped: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if is_own_selection(r):
             grouped[(r["task"], r["train_size"])][r["recipe"]].append(r)
+    extra = protocol_summary is not None
     lines = [
-        "| task | N | metric | majority baseline | standard | search (AA) | focused (AA-focused) | layers kept (search) | adapter params focused / standard |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | N | metric | majority baseline | standard | search (AA) | focused (AA-focused) | layers kept (search) | adapter params focused / standard |"
+        + (" standard at 1e-4 (protocol) |" if extra else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if extra else ""),
     ]
     summary: dict = {}
     keys = sorted(grouped, key=lambda k: (_size_key(k[1]), TASK_ORDER.index(k[0]) if k[0] in TASK_ORDER else 99))
@@ -158,7 +156,10 @@ def build_tables(rows: list[dict], baselines: dict[str, float] | None = None) ->
         layer_txt = f"{statistics.fmean(layers):.1f} / {cells['search'][0]['num_layers']}" if layers else "–"
         base = (baselines or {}).get(task)
         base_txt = "–" if base is None else f"{100 * base:.1f}"
-        lines.append(f"| {task} | {size} | {metric} | {base_txt} | {fmt(vals['standard'])} | {fmt(vals['search'])} | {fmt(vals['focused'])} | {layer_txt} | {ratio} |")
+        line = f"| {task} | {size} | {metric} | {base_txt} | {fmt(vals['standard'])} | {fmt(vals['search'])} | {fmt(vals['focused'])} | {layer_txt} | {ratio} |"
+        if extra:
+            line += f" {fmt(protocol_summary.get((task, size), {}).get('vals', {}).get('standard', []))} |"
+        lines.append(line)
         summary[(task, size)] = {"vals": vals, "layers": layers, "ratio": ratio}
     return "\n".join(lines), summary
 
