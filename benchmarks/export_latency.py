@@ -94,7 +94,7 @@ def _reselect(run: Path, layers: list[int], work: Path) -> Path:
 
 
 def _inputs(tokenizer: Any, names: list[str], batch: int, seq: int, glue_dir: str | None) -> dict[str, np.ndarray]:
-    from export.validation import BUILTIN_SENTENCES
+    from aa_deploy.export.validation import BUILTIN_SENTENCES
 
     pairs: list[tuple[str, str]]
     if glue_dir:
@@ -141,7 +141,7 @@ def main() -> int:
 
     from aa_deploy.backbones import resolve_backbone_path
     from aa_deploy.modeling import AdaptableAdapterModel
-    from export import export_run
+    from aa_deploy.export import export_run
 
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="aa-export-latency-"))

@@ -68,7 +68,7 @@ def build_exports(workdir: Path) -> dict[str, Path]:
     from serving_helpers import SST, TOPIC, make_run_folder
 
     from aa_deploy.backbones import resolve_backbone_path
-    from export import export_run
+    from aa_deploy.export import export_run
 
     backbone = Path(resolve_backbone_path(None))
     specs = {
@@ -137,7 +137,7 @@ def memory_child(kind: str, n: int, workdir: Path, threads: int) -> None:
     if kind == "separate":
         import onnxruntime as ort
 
-        from serving.tokenization import TaskTokenizer, pad_rows
+        from aa_deploy.serving.tokenization import TaskTokenizer, pad_rows
 
         sessions = []
         for folder in folders.values():
@@ -152,9 +152,9 @@ def memory_child(kind: str, n: int, workdir: Path, threads: int) -> None:
             session.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}})
             sessions.append(session)
     else:
-        from serving.config import ServerConfig
-        from serving.engine import WorkItem, execute
-        from serving.registry import TaskRegistry
+        from aa_deploy.serving.config import ServerConfig
+        from aa_deploy.serving.engine import WorkItem, execute
+        from aa_deploy.serving.registry import TaskRegistry
 
         engine, prepacking = {
             "multitask": ("multitask", True),
@@ -216,7 +216,7 @@ def measure_memory(workdir: Path, threads: int, counts: list[int]) -> list[dict[
 def _items(
     registry: Any, names: list[str], singles: list[str], pairs: list[tuple[str, str]], rows: int, rng: random.Random
 ):
-    from serving.engine import WorkItem
+    from aa_deploy.serving.engine import WorkItem
 
     items = []
     for i in range(rows):
@@ -244,9 +244,9 @@ def measure_engine(exports: dict[str, Path], threads: int, rounds: int, workdir:
     """Engine-level comparisons, interleaved so that background load hits both sides alike."""
     import onnxruntime as ort
 
-    from serving.config import ServerConfig
-    from serving.engine import execute, pad_feeds
-    from serving.registry import TaskRegistry
+    from aa_deploy.serving.config import ServerConfig
+    from aa_deploy.serving.engine import execute, pad_feeds
+    from aa_deploy.serving.registry import TaskRegistry
 
     singles, pairs = load_texts()
     multi = TaskRegistry(ServerConfig(engine="multitask", intra_op_threads=threads))
@@ -266,7 +266,7 @@ def measure_engine(exports: dict[str, Path], threads: int, rounds: int, workdir:
     one = [_items(multi, ["sst"], singles, pairs, 1, random.Random(100 + i)) for i in range(8)]
 
     def rebind(batches, registry):
-        from serving.engine import WorkItem
+        from aa_deploy.serving.engine import WorkItem
 
         return [
             [WorkItem(it.encoded, tuple(registry.view.get(t.name).target for t in it.targets)) for it in b]
@@ -341,9 +341,9 @@ def measure_engine(exports: dict[str, Path], threads: int, rounds: int, workdir:
 
 def measure_prefix(folders: dict[str, Path], threads: int, rounds: int, singles: list[str]) -> dict[str, Any]:
     """One multi-task call (all ``folders`` on the same 8 texts), with and without prefix sharing."""
-    from serving.config import ServerConfig
-    from serving.engine import WorkItem, execute
-    from serving.registry import TaskRegistry
+    from aa_deploy.serving.config import ServerConfig
+    from aa_deploy.serving.engine import WorkItem, execute
+    from aa_deploy.serving.registry import TaskRegistry
 
     regs = {}
     for sharing in (True, False):
@@ -484,8 +484,8 @@ class RawEngine:
     and batch size as the server saw)."""
 
     def __init__(self, exports: dict[str, Path], threads: int) -> None:
-        from serving.config import ServerConfig
-        from serving.registry import TaskRegistry
+        from aa_deploy.serving.config import ServerConfig
+        from aa_deploy.serving.registry import TaskRegistry
 
         self.singles, self.pairs = load_texts()
         self.registry = TaskRegistry(ServerConfig(intra_op_threads=threads))
@@ -493,7 +493,7 @@ class RawEngine:
             self.registry.load(name, str(exports[name]))
 
     def rows_per_s(self, batch_rows: float, mixed: bool, repeat: int = 2) -> float:
-        from serving.engine import execute
+        from aa_deploy.serving.engine import execute
 
         size = max(1, int(round(batch_rows)))
         names = list(BASE_TASKS) if mixed else ["sst"]

@@ -31,7 +31,7 @@ __all__ = sorted(_LAZY)
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'export' has no attribute {name!r}")
+        raise AttributeError(f"module 'aa_deploy.export' has no attribute {name!r}")
     from importlib import import_module
 
     return getattr(import_module(f".{module}", __name__), name)

@@ -49,7 +49,7 @@ def make_run_folder(
 
 def build_exports(root: Path, backbone: Path) -> dict[str, Path]:
     """Every run of RUNS exported in shared mode (one backbone store), plus standalone and optimised sst."""
-    from export import export_run
+    from aa_deploy.export import export_run
 
     store = root / "store"
     out: dict[str, Path] = {}

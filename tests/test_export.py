@@ -19,11 +19,11 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from aa_deploy.modeling import AdaptableAdapterModel
-from export import export_run
-from export.backbone_store import DATA_NAME
-from export.errors import RunFolderError, ValidationError
-from export.manifest import MANIFEST_NAME, REQUIRED_KEYS, read_manifest
-from export.size_report import fleet_report
+from aa_deploy.export import export_run
+from aa_deploy.export.backbone_store import DATA_NAME
+from aa_deploy.export.errors import RunFolderError, ValidationError
+from aa_deploy.export.manifest import MANIFEST_NAME, REQUIRED_KEYS, read_manifest
+from aa_deploy.export.size_report import fleet_report
 
 SST2 = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
 STSB = {"name": "stsb", "metric": "spearman", "label_names": None, "is_pair": True}
@@ -218,7 +218,7 @@ def test_copy_fallback_when_hard_links_fail(
     def no_link(src: object, dst: object) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr("export.backbone_store.os.link", no_link)
+    monkeypatch.setattr("aa_deploy.export.backbone_store.os.link", no_link)
     with pytest.warns(UserWarning, match="copied it instead"):
         result = export_run(bert_run, tmp_path / "out", backbone_store=store)
     assert result.manifest["backbone_data"]["linked"] is False and result.warnings
@@ -399,7 +399,7 @@ def test_cli_export(tmp_path: Path, bert_run: Path, store: Path, capsys: pytest.
 
 
 def test_store_location_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from export.backbone_store import default_store_path
+    from aa_deploy.export.backbone_store import default_store_path
 
     monkeypatch.setenv("AA_DEPLOY_HOME", str(tmp_path / "home"))
     assert default_store_path() == tmp_path / "home" / "backbones"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from aa_deploy.modeling.rational import RATIONAL_INITS, RationalActivation
-from export.folding import FoldedRational, FoldedRationalSpec, rational_reference
+from aa_deploy.export.folding import FoldedRational, FoldedRationalSpec, rational_reference
 
 X = torch.linspace(-6.0, 6.0, 2001, dtype=torch.float32).reshape(1, -1)
 

@@ -12,10 +12,10 @@ import pytest
 from _export_helpers import make_run
 
 from aa_deploy.backbones import resolve_backbone_path
-from export import export_run
-from export.backbone_store import DATA_NAME
-from export.manifest import read_manifest
-from export.size_report import fleet_report
+from aa_deploy.export import export_run
+from aa_deploy.export.backbone_store import DATA_NAME
+from aa_deploy.export.manifest import read_manifest
+from aa_deploy.export.size_report import fleet_report
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from aa_deploy.cli import build_parser
-from serving.cli import build_config
+from aa_deploy.serving.cli import build_config
 
 REPO = Path(__file__).resolve().parents[1]
 

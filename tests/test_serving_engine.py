@@ -15,13 +15,13 @@ import pytest
 from fake_hub import FakeHub, fake_hub_fixture, hub_client_fixture  # noqa: F401
 from serving_helpers import PAIRS, TEXTS, Reference
 
-from serving.batcher import BatcherSettings, DynamicBatcher
-from serving.config import ServerConfig, TaskSpec, validate_task_name
-from serving.engine import MergedRunner, SoloRunner, WorkItem, execute
-from serving.errors import Overloaded, ShuttingDown, TaskExists, TaskLoadError, TaskNotFound
-from serving.manifest import ExportManifest, ManifestError
-from serving.registry import TaskRegistry
-from serving.tokenization import TaskTokenizer
+from aa_deploy.serving.batcher import BatcherSettings, DynamicBatcher
+from aa_deploy.serving.config import ServerConfig, TaskSpec, validate_task_name
+from aa_deploy.serving.engine import MergedRunner, SoloRunner, WorkItem, execute
+from aa_deploy.serving.errors import Overloaded, ShuttingDown, TaskExists, TaskLoadError, TaskNotFound
+from aa_deploy.serving.manifest import ExportManifest, ManifestError
+from aa_deploy.serving.registry import TaskRegistry
+from aa_deploy.serving.tokenization import TaskTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -314,11 +314,11 @@ def test_batcher_batches_refuses_overload_and_drains(serving_exports: dict[str, 
 def test_serving_runtime_never_imports_torch(serving_exports: dict[str, Path]) -> None:
     code = f"""
 import sys
-from serving.app import create_app
-from serving.cli import register
-from serving.config import ServerConfig
-from serving.registry import TaskRegistry
-from serving.engine import WorkItem, execute
+from aa_deploy.serving.app import create_app
+from aa_deploy.serving.cli import register
+from aa_deploy.serving.config import ServerConfig
+from aa_deploy.serving.registry import TaskRegistry
+from aa_deploy.serving.engine import WorkItem, execute
 r = TaskRegistry(ServerConfig(intra_op_threads=1))
 r.load("rte", {str(serving_exports["rte"])!r})
 e = r.view.get("rte")
@@ -333,7 +333,7 @@ print("ok")
 
 
 def test_length_sorted_runs_trim_padding_without_changing_answers(serving_exports: dict[str, Path]) -> None:
-    from serving.engine import plan_runs
+    from aa_deploy.serving.engine import plan_runs
 
     lengths = np.array([5, 40, 6, 38, 7, 12])
     runs = plan_runs(lengths, max_rows=16, split_cost=32)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from serving_helpers import PAIRS, TEXTS, Reference
 
-from serving.config import ServerConfig, TaskSpec
-from serving.server import BackgroundServer
+from aa_deploy.serving.config import ServerConfig, TaskSpec
+from aa_deploy.serving.server import BackgroundServer
 
 TOKEN = "t0ken-for-tests"
 SERVED = ("sst", "rte", "stsb", "topic", "late", "sst_standalone")
@@ -517,7 +517,7 @@ def test_real_minilm_tasks_served_exactly(tmp_path: Path) -> None:
     from serving_helpers import RTE, SST, make_run_folder
 
     from aa_deploy.backbones import resolve_backbone_path
-    from export import export_run
+    from aa_deploy.export import export_run
 
     backbone = Path(resolve_backbone_path(None))
     folders = {}
