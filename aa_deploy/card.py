@@ -26,20 +26,29 @@ from typing import Any, TypeVar
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .config import CONFIG_NAME, WEIGHTS_NAME
+from .contract.layout import (
+    ADAPTER_KEY,
+    BACKBONE_DATA_NAME,
+    CARD_NAME,
+    CONFIG_NAME,
+    GRAPH_NAME,
+    LIBRARY_NAME,
+    MANIFEST_NAME,
+    METRICS_NAME,
+    PICTURE_NAME,
+    RATIONAL_DENOMINATOR,
+    RATIONAL_NUMERATOR,
+    SELECTION_NAME,
+    SWITCH_LOGITS,
+    TRAINING_CONFIG_NAME,
+    WEIGHTS_NAME,
+    adapter_key,
+)
+from .contract.rules import adapterdrop_keeps_layer, kept_by_switches, switch_adapter_probability, uses_rational
 from .fileio import atomic_write_text, atomic_write_with
 
 __all__ = ["CARD_NAME", "PICTURE_NAME", "build_model_card", "write_model_card"]
 
-CARD_NAME = "README.md"
-PICTURE_NAME = "activations.png"  # the name `aa-deploy train` gives the same picture: a run folder's is reused
-MANIFEST_NAME = "aa_export.json"
-SELECTION_NAME = "selection.json"
-METRICS_NAME = "metrics.json"
-TRAINING_CONFIG_NAME = "training_config.json"
-ONNX_NAME = "model.onnx"
-ONNX_DATA_NAME = "backbone.onnx_data"
-LIBRARY_NAME = "aa-deploy"
 PLACEHOLDER_REPO = "ORG/NAME"
 
 # The GLUE tasks aa-deploy trains, with their config names in the Hub's GLUE dataset. Kept here instead of
@@ -58,7 +67,6 @@ _HUB_METRICS = {
     "pearson": ("pearsonr", "Pearson correlation"),
 }
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-_LAYER_KEY = re.compile(r"adapter_layers\.(\d+)\.(.+)")
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -122,7 +130,7 @@ class _Artefact:
 
     @property
     def uses_rational(self) -> bool:
-        return self.recipe in ("search", "focused")
+        return uses_rational(self.recipe)
 
     @property
     def base_model(self) -> str | None:
@@ -146,7 +154,7 @@ class _Artefact:
     def adapter_layers_in_file(self) -> list[int]:
         if self.tensors is None:
             return []
-        return sorted({int(m.group(1)) for name in self.tensors.shapes if (m := _LAYER_KEY.fullmatch(name))})
+        return sorted({int(m.group(1)) for name in self.tensors.shapes if (m := ADAPTER_KEY.fullmatch(name))})
 
     def kept_layers(self) -> list[int]:
         """The layers whose adapters run at inference, from the most to the least authoritative source."""
@@ -156,11 +164,11 @@ class _Artefact:
         if self.config.get("pruned") and isinstance(self.config.get("selected_layers"), list):
             return sorted(int(i) for i in self.config["selected_layers"])
         if self.tensors is not None and self.tensors.switch_logits:
-            return sorted(i for i, logits in self.tensors.switch_logits.items() if logits[1] > logits[0])
+            return kept_by_switches(self.tensors.switch_logits)
         layers = self.adapter_layers_in_file()
         if self.recipe == "adapterdrop":
             dropped = int(self.config.get("adapterdrop_eval_layers") or 0)
-            layers = [i for i in layers if i >= dropped]
+            layers = [i for i in layers if adapterdrop_keeps_layer(i, dropped)]
         return layers
 
     def has_learned_switches(self) -> bool:
@@ -182,8 +190,7 @@ class _Artefact:
         probabilities = [1.0 if i in kept else 0.0 for i in range(n)]
         for i, logits in (self.tensors.switch_logits if self.tensors else {}).items():
             if 0 <= i < n:
-                skip, adapter = logits[0], logits[1]
-                probabilities[i] = 1.0 / (1.0 + math.exp(skip - adapter))
+                probabilities[i] = switch_adapter_probability(logits)
         return probabilities
 
 
@@ -213,15 +220,15 @@ def _read_tensors(path: Path) -> _Tensors | None:
                 shapes[name] = (list(piece.get_shape()), str(piece.get_dtype()))
             tensors = _Tensors(file_bytes=path.stat().st_size, shapes=shapes)
             for name in shapes:
-                match = _LAYER_KEY.fullmatch(name)
+                match = ADAPTER_KEY.fullmatch(name)
                 if match is None:
                     continue
                 layer, rest = int(match.group(1)), match.group(2)
-                if rest == "switch.logits":
+                if rest == SWITCH_LOGITS:
                     tensors.switch_logits[layer] = [float(v) for v in f.get_tensor(name).reshape(-1)]
-                elif rest == "adapter.activation.numerator":
+                elif rest == RATIONAL_NUMERATOR:
                     numerator = [float(v) for v in f.get_tensor(name).reshape(-1)]
-                    denominator_name = f"adapter_layers.{layer}.adapter.activation.denominator"
+                    denominator_name = adapter_key(layer, RATIONAL_DENOMINATOR)
                     if denominator_name in shapes:
                         denominator = [float(v) for v in f.get_tensor(denominator_name).reshape(-1)]
                         tensors.rationals[layer] = (numerator, denominator)
@@ -246,7 +253,7 @@ def _read_artefact(folder: Path) -> _Artefact:
         metrics=_read_json(folder / METRICS_NAME),
         training=_read_json(folder / TRAINING_CONFIG_NAME),
         tensors=_read_tensors(folder / WEIGHTS_NAME),
-        has_onnx=(folder / ONNX_NAME).is_file(),
+        has_onnx=(folder / GRAPH_NAME).is_file(),
     )
 
 
@@ -321,7 +328,7 @@ def _sizes(art: _Artefact, kept: Sequence[int]) -> _Sizes | None:
     hidden = art.config.get("hidden_size")
     bottleneck = None
     for name, (shape, _) in tensors.shapes.items():
-        match = _LAYER_KEY.fullmatch(name)
+        match = ADAPTER_KEY.fullmatch(name)
         if match and match.group(2) == "adapter.down.weight" and len(shape) == 2:
             bottleneck, hidden = shape[0], hidden or shape[1]
             break
@@ -333,10 +340,10 @@ def _sizes(art: _Artefact, kept: Sequence[int]) -> _Sizes | None:
     head = [n for n in tensors.shapes if n.startswith("backbone.")]
     deployed = list(head)
     for name in tensors.shapes:
-        match = _LAYER_KEY.fullmatch(name)
+        match = ADAPTER_KEY.fullmatch(name)
         if match and int(match.group(1)) in kept_set and not match.group(2).startswith("switch."):
             deployed.append(name)
-    adapter_dtypes = [dtype for name, (_, dtype) in tensors.shapes.items() if _LAYER_KEY.fullmatch(name)]
+    adapter_dtypes = [dtype for name, (_, dtype) in tensors.shapes.items() if ADAPTER_KEY.fullmatch(name)]
     return _Sizes(
         num_layers=art.num_layers,
         kept=len(kept_set),
@@ -561,11 +568,11 @@ def _onnx_section(art: _Artefact, include_onnx: bool) -> list[str]:
     lines = ["## ONNX export", ""]
     if mode == "shared":
         lines.append(
-            f"Exported in shared mode: the backbone's tensors live in `{ONNX_DATA_NAME}`, one copy on disk and in "
+            f"Exported in shared mode: the backbone's tensors live in `{BACKBONE_DATA_NAME}`, one copy on disk and in "
             "memory for every task exported against the same backbone."
         )
     elif mode == "standalone":
-        lines.append(f"Exported standalone: `{ONNX_NAME}` is self-contained.")
+        lines.append(f"Exported standalone: `{GRAPH_NAME}` is self-contained.")
     optimized = "yes" if manifest.get("optimized") else "no"
     lines += [
         "",
@@ -591,11 +598,11 @@ def _onnx_section(art: _Artefact, include_onnx: bool) -> list[str]:
         ]
     lines.append("")
     if include_onnx:
-        extra = f" and `{ONNX_DATA_NAME}` beside it" if mode == "shared" else ""
-        lines.append(f"This artefact includes `{ONNX_NAME}`{extra}; ONNX Runtime loads it directly.")
+        extra = f" and `{BACKBONE_DATA_NAME}` beside it" if mode == "shared" else ""
+        lines.append(f"This artefact includes `{GRAPH_NAME}`{extra}; ONNX Runtime loads it directly.")
     else:
         lines.append(
-            f"This artefact holds only the compact adapter, not `{ONNX_NAME}`: compile it locally with "
+            f"This artefact holds only the compact adapter, not `{GRAPH_NAME}`: compile it locally with "
             "`aa-deploy export` (below)."
         )
     return lines + [""]

@@ -8,12 +8,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from .contract.layout import CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME
+from .contract.rules import uses_rational
 from .fileio import atomic_write_text
 
 Recipe = Literal["standard", "search", "focused", "adapterdrop"]
 RECIPES: tuple[str, ...] = ("standard", "search", "focused", "adapterdrop")
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -53,7 +53,7 @@ class AdapterConfig:
     base_model_weights_fingerprint: str | None = None
     task: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
-    library: str = "aa-deploy"
+    library: str = LIBRARY_NAME
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,7 +71,7 @@ class AdapterConfig:
 
     @property
     def uses_rational(self) -> bool:
-        return self.recipe in ("search", "focused")
+        return uses_rational(self.recipe)
 
     @property
     def uses_switch(self) -> bool:

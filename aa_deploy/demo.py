@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .contract.layout import MANIFEST_NAME, METRICS_NAME
+
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 EXAMPLES = ["what a superb film , the cast is wonderful .", "i found the script tedious and left early ."]
 
@@ -65,7 +67,7 @@ def run_demo(output: Path, epochs: int, backbone: str | None) -> int:
     if backbone:
         train_cmd += ["--backbone", backbone]
     _step("1/4 train adaptable adapters (search recipe)", train_cmd)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / METRICS_NAME).read_text())
     _step("2/4 compile: prune, fold, export ONNX, validate", [*exe, "export", str(run_dir), "--output", str(export_dir), "--task-name", "sentiment", "--overwrite"])
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -88,7 +90,7 @@ def run_demo(output: Path, epochs: int, backbone: str | None) -> int:
     print("\nPredictions:")
     for text, label in zip(EXAMPLES, labels, strict=True):
         print(f"  {label:>9}  ←  {text}")
-    manifest = json.loads((export_dir / "aa_export.json").read_text())
+    manifest = json.loads((export_dir / MANIFEST_NAME).read_text())
     sizes = manifest.get("sizes", {})
     print(
         f"\nSummary: test {metrics['metric']} {metrics['test_value']:.3f}; kept layers {metrics['selected_layers']} "

@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -37,6 +36,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
+from huggingface_hub.utils import httpx as hub_http  # the HTTP client huggingface_hub itself uses
+
+from .contract.layout import LIBRARY_NAME
 
 __all__ = [
     "EmptyFolderError",
@@ -57,7 +59,6 @@ __all__ = [
 
 Patterns = str | Sequence[str] | None
 
-_LIBRARY_NAME = "aa-deploy"
 _NO_TOKEN_MESSAGE = "no Hugging Face token found: run `hf auth login` or set HF_TOKEN"
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
@@ -185,7 +186,7 @@ def _require_token(token: str | bool | None) -> str:
 
 def _api(token: str | bool | None) -> HfApi:
     """A fresh client per call: the library's module-level ``HfApi`` froze its endpoint at import."""
-    return HfApi(endpoint=_endpoint(), token=token, library_name=_LIBRARY_NAME)
+    return HfApi(endpoint=_endpoint(), token=token, library_name=LIBRARY_NAME)
 
 
 def _rev_label(revision: str | None) -> str:
@@ -243,7 +244,7 @@ def _push_errors(repo_id: str, revision: str | None) -> Iterator[None]:
             f"pushing {where} failed (HTTP {status}): {err.server_message or err}. "
             "Nothing was committed; re-run to retry"
         ) from err
-    except httpx2.HTTPError as err:
+    except hub_http.HTTPError as err:
         raise HubUploadError(
             f"pushing {where} failed ({type(err).__name__}: {err}); check the network and HF_ENDPOINT="
             f"{_endpoint()}. Commits are atomic and re-running is safe: unchanged files make no new commit"
@@ -307,7 +308,7 @@ def push_folder_to_hub(
     if _offline_requested():
         raise HubOfflineError(f"cannot push {repo_id}: offline mode is on; unset HF_HUB_OFFLINE")
     api = _api(_require_token(token))
-    message = commit_message or f"Upload {folder_path.name} with {_LIBRARY_NAME}"
+    message = commit_message or f"Upload {folder_path.name} with {LIBRARY_NAME}"
     return _commit(api, additions, repo_id, private=private, revision=revision, commit_message=message)
 
 
@@ -386,7 +387,7 @@ def _download_errors(repo_id: str, revision: str | None, offline: bool) -> Itera
         raise HubDownloadError(
             f"downloading {where} failed (HTTP {status}): {err.server_message or err}; re-run to retry"
         ) from err
-    except (httpx2.HTTPError, OSError) as err:
+    except (hub_http.HTTPError, OSError) as err:
         raise HubDownloadError(
             f"downloading {where} was interrupted ({type(err).__name__}: {err}); no partial file was kept, "
             "re-run to resume"
@@ -429,6 +430,6 @@ def resolve_pretrained_path(
             allow_patterns=patterns,
             local_files_only=offline,
             endpoint=_endpoint(),
-            library_name=_LIBRARY_NAME,
+            library_name=LIBRARY_NAME,
         )
     return _check_artifact(Path(snapshot), required_file, f"repo {name}" + (f"@{revision}" if revision else ""))

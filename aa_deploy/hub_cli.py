@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .hub_push import ONNX_DATA_NAME, ONNX_GRAPH_NAME, push_to_hub
+    from .contract.layout import BACKBONE_DATA_NAME, GRAPH_NAME, WEIGHTS_NAME
+    from .hub_push import push_to_hub
 
     result = push_to_hub(
         args.folder,
@@ -57,15 +58,15 @@ def _run_push(args: argparse.Namespace) -> int:
     if result.pruned:
         layers = ", ".join(str(i) for i in result.kept_layers or ()) or "none"
         print(
-            f"pruned the run to its kept layers ({layers}): adapter_model.safetensors "
-            f"{result.source_weights_bytes:,} -> {result.files['adapter_model.safetensors']:,} bytes"
+            f"pruned the run to its kept layers ({layers}): {WEIGHTS_NAME} "
+            f"{result.source_weights_bytes:,} -> {result.files[WEIGHTS_NAME]:,} bytes"
         )
     if result.onnx_data_bytes:
         print(
-            f"{ONNX_DATA_NAME} adds {result.onnx_data_bytes:,} bytes: the shared-mode {ONNX_GRAPH_NAME} "
+            f"{BACKBONE_DATA_NAME} adds {result.onnx_data_bytes:,} bytes: the shared-mode {GRAPH_NAME} "
             "keeps the backbone's tensors there, and ONNX Runtime needs it beside the graph"
         )
-    elif not args.with_onnx and (Path(args.folder).expanduser() / ONNX_GRAPH_NAME).is_file():
-        print(f"{ONNX_GRAPH_NAME} was left out (pass --with-onnx to push it too)")
+    elif not args.with_onnx and (Path(args.folder).expanduser() / GRAPH_NAME).is_file():
+        print(f"{GRAPH_NAME} was left out (pass --with-onnx to push it too)")
     print(result.commit_url)
     return 0

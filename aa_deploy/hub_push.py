@@ -19,9 +19,20 @@ from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from .config import CONFIG_NAME, WEIGHTS_NAME
+from .contract.families import TOKENIZER_FILES
+from .contract.layout import (
+    BACKBONE_DATA_NAME,
+    CONFIG_NAME,
+    GRAPH_NAME,
+    LIBRARY_NAME,
+    MANIFEST_NAME,
+    METRICS_NAME,
+    MODEL_CONFIG_NAME,
+    PICTURE_NAME,
+    SELECTION_NAME,
+    WEIGHTS_NAME,
+)
 from .hub import (
-    _LIBRARY_NAME,
     HubError,
     HubOfflineError,
     LocalFolderNotFoundError,
@@ -35,8 +46,6 @@ from .hub import (
 )
 
 __all__ = [
-    "ONNX_DATA_NAME",
-    "ONNX_GRAPH_NAME",
     "IncompleteArtifactError",
     "PushResult",
     "needs_pruning",
@@ -51,19 +60,8 @@ __all__ = [
 # records that explain them and a fresh model card. Generated files (pruned weights, card, picture)
 # are written to a temporary staging folder that is always removed; the source folder is only read.
 
-ONNX_GRAPH_NAME = "model.onnx"
-ONNX_DATA_NAME = "backbone.onnx_data"
-_MANIFEST_NAME = "aa_export.json"
-_SELECTION_NAME = "selection.json"
-_METRICS_NAME = "metrics.json"
-_PICTURE_NAME = "activations.png"
 # Records pushed as they are when present (training_config.json stays local: it holds local paths).
-_RECORD_FILES = (_SELECTION_NAME, _METRICS_NAME, _MANIFEST_NAME, "config.json")
-# What ``tokenizer.save_pretrained`` writes for the supported encoder families.
-_TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "spm.model",
-)  # fmt: skip
+_RECORD_FILES = (SELECTION_NAME, METRICS_NAME, MANIFEST_NAME, MODEL_CONFIG_NAME)
 
 
 class IncompleteArtifactError(HubError, FileNotFoundError):
@@ -87,7 +85,7 @@ class PushResult:
 
     @property
     def onnx_data_bytes(self) -> int:
-        return self.files.get(ONNX_DATA_NAME, 0)
+        return self.files.get(BACKBONE_DATA_NAME, 0)
 
 
 def needs_pruning(config: Mapping[str, Any]) -> bool:
@@ -114,7 +112,7 @@ def _read_adapter_config(folder: Path) -> dict[str, Any]:
 
 def _onnx_mode(folder: Path) -> str | None:
     try:
-        manifest = json.loads((folder / _MANIFEST_NAME).read_text(encoding="utf-8"))
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return manifest.get("mode") if isinstance(manifest, dict) else None
@@ -132,26 +130,26 @@ def _artifact_files(folder: Path, with_onnx: bool) -> dict[str, Path]:
             f"{folder} has {CONFIG_NAME} but no {WEIGHTS_NAME}: the folder is incomplete; re-run the training "
             "or export that wrote it"
         )
-    names = (CONFIG_NAME, WEIGHTS_NAME, *_RECORD_FILES, *_TOKENIZER_FILES)
+    names = (CONFIG_NAME, WEIGHTS_NAME, *_RECORD_FILES, *TOKENIZER_FILES)
     files = {name: folder / name for name in names if (folder / name).is_file()}
     if not with_onnx:
         return files
-    graph = folder / ONNX_GRAPH_NAME
+    graph = folder / GRAPH_NAME
     if not graph.is_file():
         raise IncompleteArtifactError(
-            f"--with-onnx: {folder} has no {ONNX_GRAPH_NAME}, so it is not an export folder; run "
+            f"--with-onnx: {folder} has no {GRAPH_NAME}, so it is not an export folder; run "
             f"`aa-deploy export {folder} --output OUT` and push OUT"
         )
-    files[ONNX_GRAPH_NAME] = graph
+    files[GRAPH_NAME] = graph
     mode = _onnx_mode(folder)
-    data = folder / ONNX_DATA_NAME
+    data = folder / BACKBONE_DATA_NAME
     if mode == "shared" and not data.is_file():
         raise IncompleteArtifactError(
-            f"{folder} is a shared-mode export but {ONNX_DATA_NAME} is missing, and ONNX Runtime needs it beside "
-            f"{ONNX_GRAPH_NAME}; re-run `aa-deploy export` (or export with --standalone)"
+            f"{folder} is a shared-mode export but {BACKBONE_DATA_NAME} is missing, and ONNX Runtime needs it beside "
+            f"{GRAPH_NAME}; re-run `aa-deploy export` (or export with --standalone)"
         )
     if mode == "shared" or (mode is None and data.is_file()):
-        files[ONNX_DATA_NAME] = data
+        files[BACKBONE_DATA_NAME] = data
     return files
 
 
@@ -196,14 +194,14 @@ def _stage_model(model: Any, staging: Path, source: Path | None) -> tuple[int, .
 
     compact = model.pruned() if needs_pruning(model.config.to_dict()) else model
     compact.save_pretrained(staging)
-    for name in (_SELECTION_NAME, _METRICS_NAME, _PICTURE_NAME):
+    for name in (SELECTION_NAME, METRICS_NAME, PICTURE_NAME):
         if source is not None and (source / name).is_file():
             shutil.copyfile(source / name, staging / name)
-    if not (staging / _SELECTION_NAME).is_file():
-        atomic_write_json(staging / _SELECTION_NAME, model.selection())
-    if not (staging / _PICTURE_NAME).is_file():
+    if not (staging / SELECTION_NAME).is_file():
+        atomic_write_json(staging / SELECTION_NAME, model.selection())
+    if not (staging / PICTURE_NAME).is_file():
         try:
-            _plot_all_layers(model, staging / _PICTURE_NAME)
+            _plot_all_layers(model, staging / PICTURE_NAME)
         except Exception as err:  # noqa: BLE001 - the card draws the kept layers instead
             logging.getLogger(__name__).warning("no all-layer picture for the card (%s)", err)
     return tuple(compact.kept_layers())
@@ -265,7 +263,7 @@ def push_to_hub(
         write_model_card(card_source, repo_id=full_repo_id, include_onnx=with_onnx, output_dir=staging)
         files.update(_staged_files(staging))
         url, sizes = _commit_files(
-            api, files, full_repo_id, private, revision, commit_message or f"Upload {source.name} with {_LIBRARY_NAME}"
+            api, files, full_repo_id, private, revision, commit_message or f"Upload {source.name} with {LIBRARY_NAME}"
         )
     return PushResult(
         commit_url=url, repo_id=full_repo_id, files=sizes, pruned=pruned, kept_layers=kept,
@@ -293,7 +291,7 @@ def push_model_to_hub(
         write_model_card(staging, repo_id=full_repo_id, include_onnx=False)
         url, sizes = _commit_files(
             api, _staged_files(staging), full_repo_id, private, revision,
-            commit_message or f"Upload adapter with {_LIBRARY_NAME}",
+            commit_message or f"Upload adapter with {LIBRARY_NAME}",
         )  # fmt: skip
     return PushResult(
         commit_url=url, repo_id=full_repo_id, files=sizes, pruned=needs_pruning(model.config.to_dict()),

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 if TYPE_CHECKING:  # only for annotations; data.examples imports this module at run time
-    from aa_deploy.data.examples import TaskSpec
+    from aa_deploy.data.examples import TaskDefinition
 
 CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews_correlation")
 REGRESSION_METRICS: tuple[str, ...] = ("spearman", "pearson")
@@ -155,7 +155,7 @@ def compute_metric(name: str, predictions: np.ndarray, references: np.ndarray) -
     return _metric_function(name)(predictions, references)
 
 
-def task_metrics(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def task_metrics(spec: TaskDefinition, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Score raw model outputs for a task: the primary metric first, then useful extras.
 
     The primary metric is stored under its own name (``spec.metric``) so callers can pick

@@ -1,8 +1,8 @@
 """The compiler: prune deselected adapters, fold rationals into constants, export validated per-task ONNX.
 
 ``export_run(run_dir, output, ...)`` is the entry point (``aa-deploy export`` on the command line).
-The package imports torch lazily: ``aa-deploy --help`` and the torch-free server can import
-``export.manifest`` (standard library only) without paying for it.
+The package imports torch lazily, so ``aa-deploy --help`` does not pay for it. The manifest and the
+folder layout are not the compiler's: they live in the torch-free :mod:`aa_deploy.contract`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ _LAZY = {
     "RunFolderError": "errors",
     "ValidationError": "errors",
     "GraphCheckError": "errors",
-    "read_manifest": "manifest",
-    "MANIFEST_NAME": "manifest",
 }
 
 __all__ = sorted(_LAZY)

@@ -34,11 +34,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aa_deploy.config import WEIGHTS_NAME
+from aa_deploy.contract.families import family_for
+from aa_deploy.contract.layout import (
+    BACKBONE_DATA_NAME,
+    GRAPH_NAME,
+    GRAPH_OUTPUT,
+    MODEL_CONFIG_NAME,
+    RUN_FILES_FOR_CARD,
+    TOKENIZER_NAME,
+    WEIGHTS_NAME,
+)
+from aa_deploy.contract.manifest import backbone_data_entry, build_manifest, manifest_json, write_manifest
 from aa_deploy.fileio import atomic_write_bytes, atomic_write_text, atomic_write_with, replace_folder
 
 from .backbone_store import (
-    DATA_NAME,
     BackboneStore,
     link_or_copy,
     settings_key,
@@ -47,8 +56,7 @@ from .backbone_store import (
 )
 from .errors import ExportError, GraphCheckError, RunFolderError, ValidationError
 from .folding import fold_rationals
-from .graph import check_domains, check_no_switch, io_signature
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, manifest_json
+from .onnx_protos import check_domains, check_no_switch, io_signature
 from .optimize import OptimizeSettings, postprocess
 from .run_folder import RunFolder, check_selection, read_run_folder
 from .size_report import SizeReport, folder_report
@@ -213,7 +221,7 @@ def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, no
         compiled = _compile_task_graph(reference, staging, options, notes)
         if options.standalone:
             layout = _SharedLayout()
-            _write_graph(compiled.graph, staging / "model.onnx", allow_external=True)
+            _write_graph(compiled.graph, staging / GRAPH_NAME, allow_external=True)
         else:
             layout = _write_shared_layout(reference, compiled, staging, options, notes)
         manifest = _write_folder_files(reference, compiled, layout, staging, options)
@@ -232,14 +240,14 @@ def _load_reference(run_dir: str | os.PathLike, options: ExportOptions) -> _Refe
     """Steps 1–3: load the run, compute the reference logits, prune and check pruning is exact."""
     import torch
 
-    from aa_deploy.data import TaskSpec
+    from aa_deploy.data import TaskDefinition
     from aa_deploy.modeling import AdaptableAdapterModel
 
     from .onnx_export import graph_input_names
 
     run = read_run_folder(run_dir)
     try:
-        spec = TaskSpec.from_dict(run.config.task or {})
+        spec = TaskDefinition.from_dict(run.config.task or {})
     except ValueError as exc:
         raise RunFolderError(f"{run.directory}: the task recorded in adapter_config.json is invalid ({exc})") from exc
     logger.info("loading %s onto %s", run.directory, run.config.base_model_name_or_path)
@@ -351,16 +359,16 @@ def _write_shared_layout(
     if len(shared_names) < len(entry.tensors):
         notes.append(
             f"only {len(shared_names)} of the {len(entry.tensors)} stored backbone tensors matched the task "
-            "graph; the others stay inline in model.onnx (correct, but larger)"
+            f"graph; the others stay inline in {GRAPH_NAME} (correct, but larger)"
         )
-    _write_graph(shared_graph, staging / "model.onnx", allow_external=False)
-    linked = link_or_copy(entry.data_path, staging / DATA_NAME)
+    _write_graph(shared_graph, staging / GRAPH_NAME, allow_external=False)
+    linked = link_or_copy(entry.data_path, staging / BACKBONE_DATA_NAME)
     if not linked:
         notes.append("the backbone file was copied, not hard-linked (different file systems?)")
     verify_external_data(shared_graph, staging)
     # The final check: plain ONNX Runtime loads the folder as a user would and reproduces the
     # validated outputs from the hard-linked backbone file.
-    final = ort_logits(ort_session(staging / "model.onnx", ref.threads), ref.cases)
+    final = ort_logits(ort_session(staging / GRAPH_NAME, ref.threads), ref.cases)
     report = compiled.report
     report.shared_max_abs_diff, _ = compare(compiled.outputs, final, ref.cases)
     if not report.shared_max_abs_diff <= SHARED_ATOL:
@@ -377,8 +385,8 @@ def _write_folder_files(
     """Step 7: config, tokenizer, manifest (with sizes), model card. Returns the manifest."""
     _write_config(ref.pruned.backbone, staging)
     ref.tokenizer.save_pretrained(str(staging))
-    if not (staging / "tokenizer.json").is_file():
-        raise ExportError("the tokenizer did not write tokenizer.json; a fast tokenizer is required")
+    if not (staging / TOKENIZER_NAME).is_file():
+        raise ExportError(f"the tokenizer did not write {TOKENIZER_NAME}; a fast tokenizer is required")
     manifest = _manifest(ref, compiled, layout, options)
     _copy_run_files_for_card(ref.run.directory, staging)
     _write_manifest(staging, manifest, layout.linked, on_write=lambda: _write_card(staging))
@@ -407,9 +415,10 @@ def _max_length(run: RunFolder, config: Any, tokenizer: Any) -> int:
     """The training max length, capped by what the backbone's position embeddings allow."""
     requested = int((run.training or {}).get("max_length") or 128)
     limits = [requested]
-    positions = getattr(config, "max_position_embeddings", None)
+    family = family_for(config.model_type)
+    positions = getattr(config, family.positions_key, None)
     if positions:
-        if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        if family.positions_after_padding:
             positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1  # positions start after padding_idx
         limits.append(int(positions))
     model_max = getattr(tokenizer, "model_max_length", None)
@@ -464,8 +473,8 @@ def _check_contract(graph: Any, input_names: list[str], settings: OptimizeSettin
     if names != input_names:
         raise GraphCheckError(f"graph inputs are {names}, expected {input_names}")
     outputs = signature["outputs"]
-    if [o["name"] for o in outputs] != ["logits"] or outputs[0]["elem_type"] != "FLOAT":
-        raise GraphCheckError(f"graph outputs are {outputs}, expected one float32 'logits'")
+    if [o["name"] for o in outputs] != [GRAPH_OUTPUT] or outputs[0]["elem_type"] != "FLOAT":
+        raise GraphCheckError(f"graph outputs are {outputs}, expected one float32 {GRAPH_OUTPUT!r}")
     for value in signature["inputs"]:
         if (
             value["elem_type"] != "INT64"
@@ -479,7 +488,7 @@ def _spill(graph: Any, staging: Path) -> Path:
     """Write a >2 GiB graph to a scratch folder so that ONNX Runtime can load it."""
     scratch = staging.parent / f"{staging.name}.scratch"
     scratch.mkdir(exist_ok=True)
-    path = scratch / "model.onnx"
+    path = scratch / GRAPH_NAME
     _write_graph(graph, path, allow_external=True)
     return path
 
@@ -547,13 +556,13 @@ def _write_config(backbone: Any, staging: Path) -> None:
     """config.json as transformers/Optimum read it: the sequence classifier with the task's labels."""
     config = copy.deepcopy(backbone.config)
     config.architectures = [type(backbone).__name__]
-    atomic_write_text(staging / "config.json", config.to_json_string(use_diff=True))
+    atomic_write_text(staging / MODEL_CONFIG_NAME, config.to_json_string(use_diff=True))
 
 
 def _manifest(
     ref: _Reference, compiled: _CompiledGraph, layout: _SharedLayout, options: ExportOptions
 ) -> dict[str, Any]:
-    """The folder's manifest: the server contract first, then informational keys."""
+    """The folder's manifest (aa_deploy.contract.manifest owns its keys): the values, gathered here."""
     import onnx
     import onnxruntime
     import torch
@@ -566,40 +575,13 @@ def _manifest(
     spec, config, entry, report = ref.spec, ref.pruned.config, layout.entry, compiled.report
     name = options.task_name or spec.name
     trained = ref.run.metrics or {}
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "task": {"name": name, "metric": spec.metric, "label_names": spec.label_names, "is_pair": spec.is_pair},
-        "num_labels": spec.num_labels,
-        "problem_type": "regression" if spec.is_regression else "single_label_classification",
-        "inputs": list(ref.input_names),
-        "outputs": ["logits"],
-        "max_length": ref.max_length,
-        "pad_token_id": int(ref.tokenizer.pad_token_id if ref.tokenizer.pad_token_id is not None else 0),
-        "kept_layers": list(ref.kept),
-        "num_layers": ref.num_layers,
-        "base_model": {
-            "name_or_path": config.base_model_name_or_path,
-            "model_type": config.base_model_type,
-            "config_fingerprint": config.base_model_config_fingerprint,
-            "weights_fingerprint": config.base_model_weights_fingerprint,
-        },
-        "mode": "standalone" if options.standalone else "shared",
-        "backbone_data": None
-        if entry is None
-        else {
-            "file": DATA_NAME,
-            "sha256": entry.sha256,
-            "tensors": layout.shared_names,
-            "bytes": entry.data_bytes,
-            "linked": layout.linked,
-            "store_object": entry.directory.name,
-        },
-        "optimized": compiled.settings.optimize,
-        "quantization": compiled.settings.quantize,
-        "validation": report.to_dict(),
-        "sizes": {},  # filled in by _write_manifest
-        # ---- informational keys (not part of the server contract)
+    backbone_data = None
+    if entry is not None:
+        backbone_data = backbone_data_entry(
+            sha256=entry.sha256, tensors=layout.shared_names, size=entry.data_bytes, linked=layout.linked,
+            store_object=entry.directory.name,
+        )  # fmt: skip
+    informational = {
         "recipe": config.recipe,
         "adapter": {
             "kind": "rational" if config.uses_rational else "relu",
@@ -630,6 +612,27 @@ def _manifest(
             "onnxruntime": onnxruntime.__version__,
         },  # fmt: skip
     }
+    return build_manifest(
+        task={"name": name, "metric": spec.metric, "label_names": spec.label_names, "is_pair": spec.is_pair},
+        num_labels=spec.num_labels,
+        is_regression=spec.is_regression,
+        inputs=list(ref.input_names),
+        max_length=ref.max_length,
+        pad_token_id=int(ref.tokenizer.pad_token_id if ref.tokenizer.pad_token_id is not None else 0),
+        kept_layers=list(ref.kept),
+        num_layers=ref.num_layers,
+        base_model={
+            "name_or_path": config.base_model_name_or_path,
+            "model_type": config.base_model_type,
+            "config_fingerprint": config.base_model_config_fingerprint,
+            "weights_fingerprint": config.base_model_weights_fingerprint,
+        },
+        backbone_data=backbone_data,
+        optimized=compiled.settings.optimize,
+        quantization=compiled.settings.quantize,
+        validation=report.to_dict(),
+        informational=informational,
+    )
 
 
 def _write_manifest(
@@ -637,7 +640,6 @@ def _write_manifest(
 ) -> SizeReport:
     """Write the manifest with the folder's sizes, which include the manifest itself and the model card
     (``on_write``, which quotes the sizes): iterate to a fixpoint."""
-    path = staging / MANIFEST_NAME
     text = ""
     sizes = folder_report(staging, linked=linked)
     for _ in range(6):
@@ -645,8 +647,7 @@ def _write_manifest(
         new_text = manifest_json(manifest)
         if new_text == text:
             break
-        text = new_text
-        atomic_write_text(path, text)
+        text = write_manifest(staging, manifest)
         if on_write is not None:
             on_write()
         sizes = folder_report(staging, linked=linked)
@@ -670,13 +671,10 @@ def canonicalize_safetensors(path: Path) -> None:
     atomic_write_with(path, lambda tmp: tmp.write_bytes(struct.pack("<Q", len(text)) + text + body))
 
 
-# What the run learned, carried into the export so the folder describes itself (and the card can
-# reuse the picture instead of drawing it again).
-_RUN_FILES_FOR_CARD = ("selection.json", "metrics.json", "activations.png")
-
-
 def _copy_run_files_for_card(run_directory: Path, staging: Path) -> None:
-    for name in _RUN_FILES_FOR_CARD:
+    """What the run learned, carried into the export so the folder describes itself (and the card can
+    reuse the picture instead of drawing it again)."""
+    for name in RUN_FILES_FOR_CARD:
         source = run_directory / name
         if source.is_file():
             shutil.copyfile(source, staging / name)

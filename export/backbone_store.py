@@ -35,15 +35,13 @@ from typing import Any
 
 from onnx import ModelProto, TensorProto
 
+from aa_deploy.contract.layout import BACKBONE_DATA_NAME, STORE_GRAPH_NAME, STORE_INDEX_NAME
 from aa_deploy.fileio import atomic_write_json
 
-from .graph import ensure_raw_data, rename_values, tensor_digest, value_names
+from .onnx_protos import ensure_raw_data, rename_values, tensor_digest, value_names
 
 logger = logging.getLogger("aa_deploy.export")
 
-DATA_NAME = "backbone.onnx_data"
-GRAPH_NAME = "backbone.onnx"
-INDEX_NAME = "index.json"
 STORE_FORMAT = "aa-deploy-backbone-store"
 STORE_FORMAT_VERSION = 1
 # Tensors smaller than this stay inline in each graph (biases of tiny models, shape constants): sharing
@@ -97,11 +95,11 @@ class StoreEntry:
 
     @property
     def data_path(self) -> Path:
-        return self.directory / DATA_NAME
+        return self.directory / BACKBONE_DATA_NAME
 
     @property
     def graph_path(self) -> Path:
-        return self.directory / GRAPH_NAME
+        return self.directory / STORE_GRAPH_NAME
 
     @property
     def data_bytes(self) -> int:
@@ -143,9 +141,9 @@ class BackboneStore:
 
     @staticmethod
     def load_entry(directory: Path) -> StoreEntry:
-        index = json.loads((directory / INDEX_NAME).read_text())
+        index = json.loads((directory / STORE_INDEX_NAME).read_text())
         if index.get("format") != STORE_FORMAT or int(index.get("format_version", 0)) > STORE_FORMAT_VERSION:
-            raise ValueError(f"{directory / INDEX_NAME} is not a backbone index this aa-deploy understands")
+            raise ValueError(f"{directory / STORE_INDEX_NAME} is not a backbone index this aa-deploy understands")
         entry = StoreEntry(
             directory=directory,
             sha256=str(index["sha256"]),
@@ -163,23 +161,23 @@ class BackboneStore:
         try:
             graph = ModelProto()
             graph.CopyFrom(bare)
-            tensors, digest = _write_data_file(graph, staging / DATA_NAME)
+            tensors, digest = _write_data_file(graph, staging / BACKBONE_DATA_NAME)
             target = self.root / "objects" / f"sha256-{digest}"
-            if not (target / INDEX_NAME).is_file():
-                (staging / GRAPH_NAME).write_bytes(graph.SerializeToString())
+            if not (target / STORE_INDEX_NAME).is_file():
+                (staging / STORE_GRAPH_NAME).write_bytes(graph.SerializeToString())
                 index = {
                     "format": STORE_FORMAT,
                     "format_version": STORE_FORMAT_VERSION,
                     "sha256": digest,
-                    "data_file": DATA_NAME,
-                    "data_bytes": (staging / DATA_NAME).stat().st_size,
+                    "data_file": BACKBONE_DATA_NAME,
+                    "data_bytes": (staging / BACKBONE_DATA_NAME).stat().st_size,
                     "alignment": ALIGNMENT,
                     "settings": settings,
                     "tensors": [t.to_dict() for t in tensors],
                 }
-                (staging / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+                (staging / STORE_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
                 # Read-only: editing one task's hard link in place would silently change every task.
-                os.chmod(staging / DATA_NAME, 0o444)
+                os.chmod(staging / BACKBONE_DATA_NAME, 0o444)
                 try:
                     os.replace(staging, target)
                 except OSError as exc:  # another export published the same content first
@@ -215,7 +213,7 @@ def _write_data_file(graph: ModelProto, path: Path) -> tuple[list[StoredTensor],
             )
             handle.write(data)
             sha.update(data)
-            _point_to_external(tensor, DATA_NAME, offset, len(data))
+            _point_to_external(tensor, BACKBONE_DATA_NAME, offset, len(data))
             offset += len(data)
     return records, sha.hexdigest()
 
@@ -259,7 +257,7 @@ def share_backbone_tensors(task: ModelProto, entry: StoreEntry) -> list[str]:
             mapping[tensor.name] = f"{tensor.name}.task"
     rename_values(graph, {old: new for old, new in mapping.items() if old != new})
     for tensor, stored in matches:
-        _point_to_external(tensor, DATA_NAME, stored.offset, stored.length)
+        _point_to_external(tensor, BACKBONE_DATA_NAME, stored.offset, stored.length)
     order = {t.name: i for i, t in enumerate(entry.tensors)}
     return sorted(shared, key=order.__getitem__)
 
@@ -304,7 +302,6 @@ def verify_external_data(model: ModelProto, directory: Path) -> None:
 __all__ = [
     "ALIGNMENT",
     "BackboneStore",
-    "DATA_NAME",
     "SHARE_MIN_BYTES",
     "StoreEntry",
     "StoredTensor",

@@ -34,10 +34,11 @@ from onnx import ModelProto
 from torch import nn
 from transformers import PreTrainedModel
 
-from .graph import rename_values, tensor_digest, value_names
+from aa_deploy.contract.layout import GRAPH_INPUTS, GRAPH_OUTPUT
+
+from .onnx_protos import rename_values, tensor_digest, value_names
 
 OPSET = 17
-INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 BATCH_AXIS, SEQUENCE_AXIS = "batch", "sequence"
 
 
@@ -47,10 +48,11 @@ def graph_input_names(backbone: PreTrainedModel) -> list[str]:
     RoBERTa-style models (one segment type), DeBERTa-v2 without segment embeddings and DistilBERT
     (no such argument) would ignore them, and the exporter would drop an unused input anyway.
     """
-    names = ["input_ids", "attention_mask"]
-    accepts = "token_type_ids" in inspect.signature(backbone.forward).parameters
+    ids, mask, segments = GRAPH_INPUTS
+    names = [ids, mask]
+    accepts = segments in inspect.signature(backbone.forward).parameters
     if accepts and int(getattr(backbone.config, "type_vocab_size", 0) or 0) >= 2:
-        names.append("token_type_ids")
+        names.append(segments)
     return names
 
 
@@ -155,9 +157,9 @@ def _strip_nondeterminism(model: ModelProto) -> None:
 def export_task_graph(model: nn.Module, example: Mapping[str, np.ndarray], input_names: list[str]) -> ModelProto:
     """Export a (pruned, folded) AdaptableAdapterModel as ``input_names → logits``."""
     axes = {name: {0: BATCH_AXIS, 1: SEQUENCE_AXIS} for name in input_names}
-    axes["logits"] = {0: BATCH_AXIS}
+    axes[GRAPH_OUTPUT] = {0: BATCH_AXIS}
     with eager_attention(model.backbone):
-        proto = _export(TaskLogits(model, input_names), example, input_names, ["logits"], axes)
+        proto = _export(TaskLogits(model, input_names), example, input_names, [GRAPH_OUTPUT], axes)
     canonicalize_names(proto, canonical_tensors(model))
     return proto
 

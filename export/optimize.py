@@ -19,6 +19,9 @@ import onnx
 from onnx import ModelProto
 from transformers import PretrainedConfig
 
+from aa_deploy.contract.families import family_for
+from aa_deploy.contract.layout import ADAPTER_KEY_PREFIX
+
 logger = logging.getLogger("aa_deploy.export")
 
 QUANTIZATION_TYPES = ("int8",)
@@ -53,8 +56,9 @@ def _quiet_logging() -> Iterator[None]:
 
 def attention_shape(config: PretrainedConfig) -> tuple[int, int]:
     """(num_heads, hidden_size) under each family's own config names (DistilBERT: n_heads, dim)."""
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
+    family = family_for(config.model_type)
+    heads = getattr(config, family.heads_key, None)
+    hidden = getattr(config, family.hidden_key, None)
     if not heads or not hidden:
         raise ValueError(f"cannot read the number of heads / hidden size from the {config.model_type} config")
     return int(heads), int(hidden)
@@ -69,13 +73,15 @@ def optimize_graph(model: ModelProto, config: PretrainedConfig) -> tuple[ModelPr
 
     ``opt_level=0`` keeps it to the Python fusions: the result is portable across CPU/GPU and
     deterministic, and ONNX Runtime still applies its own runtime optimisations when a session loads
-    the graph. Every supported family uses the "bert" fusion rules (as Optimum does).
+    the graph. Each family's fusion rules are its row's ``ort_optimizer_model_type`` (all "bert" today,
+    as in Optimum).
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = attention_shape(config)
+    model_type = family_for(config.model_type).ort_optimizer_model_type
     with _quiet_logging():
-        optimized = optimize_model(model, model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+        optimized = optimize_model(model, model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=0)
     stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     proto = optimized.model
     _declare_domains(proto)
@@ -90,9 +96,6 @@ def _declare_domains(model: ModelProto) -> None:
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
 
 
-ADAPTER_PREFIX = "adapter_layers."
-
-
 def adapter_matmuls(model: ModelProto) -> list[str]:
     """Names of the MatMul nodes of the adapters (their weights carry the canonical adapter names).
 
@@ -100,7 +103,7 @@ def adapter_matmuls(model: ModelProto) -> list[str]:
     """
     names = []
     for index, node in enumerate(model.graph.node):
-        if node.op_type == "MatMul" and any(i.startswith(ADAPTER_PREFIX) for i in node.input):
+        if node.op_type == "MatMul" and any(i.startswith(ADAPTER_KEY_PREFIX) for i in node.input):
             if not node.name:
                 node.name = f"adapter_matmul_{index}"
             names.append(node.name)

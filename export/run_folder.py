@@ -8,13 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aa_deploy.config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
+from aa_deploy.config import AdapterConfig
+from aa_deploy.contract.layout import CONFIG_NAME, METRICS_NAME, SELECTION_NAME, TRAINING_CONFIG_NAME, WEIGHTS_NAME
 
 from .errors import RunFolderError
-
-SELECTION_NAME = "selection.json"
-METRICS_NAME = "metrics.json"
-TRAINING_CONFIG_NAME = "training_config.json"
 
 
 @dataclass

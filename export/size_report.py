@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backbone_store import DATA_NAME
+from aa_deploy.contract.layout import BACKBONE_DATA_NAME, GRAPH_NAME
 
 
 def _files(directory: Path) -> list[Path]:
@@ -55,7 +55,7 @@ class SizeReport:
 
 def folder_report(directory: str | os.PathLike, *, linked: bool | None = None) -> SizeReport:
     directory = Path(directory)
-    backbone = directory / DATA_NAME
+    backbone = directory / BACKBONE_DATA_NAME
     backbone_stat = backbone.stat() if backbone.is_file() else None
     seen: set[tuple[int, int]] = set()
     if backbone_stat is not None:
@@ -72,7 +72,7 @@ def folder_report(directory: str | os.PathLike, *, linked: bool | None = None) -
         task_bytes += stat.st_size
     backbone_bytes = backbone_stat.st_size if backbone_stat else 0
     full = task_bytes + backbone_bytes
-    graph = directory / "model.onnx"
+    graph = directory / GRAPH_NAME
     return SizeReport(
         backbone_bytes=backbone_bytes,
         task_bytes=task_bytes,

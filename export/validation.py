@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from aa_deploy.contract.layout import GRAPH_OUTPUT
+
 logger = logging.getLogger("aa_deploy.export")
 
 Pair = tuple[str, "str | None"]
@@ -172,7 +174,7 @@ def ort_session(model: str | os.PathLike | bytes, threads: int | None = None) ->
 
 def ort_logits(session: Any, cases: Sequence[ValidationCase]) -> list[np.ndarray]:
     names = [i.name for i in session.get_inputs()]
-    return [session.run(["logits"], {n: case.inputs[n] for n in names})[0] for case in cases]
+    return [session.run([GRAPH_OUTPUT], {n: case.inputs[n] for n in names})[0] for case in cases]
 
 
 def compare(
@@ -217,6 +219,6 @@ def evaluate_metric(
         pairs = [(e.text, e.text_pair if spec.is_pair else None) for e in chunk]
         inputs = encode(tokenizer, pairs, input_names, max_length)
         names = [i.name for i in session.get_inputs()]
-        logits.append(session.run(["logits"], {n: inputs[n] for n in names})[0])
+        logits.append(session.run([GRAPH_OUTPUT], {n: inputs[n] for n in names})[0])
         labels.extend(e.label for e in chunk)
     return float(task_metrics(spec, np.concatenate(logits), np.asarray(labels))[spec.metric])

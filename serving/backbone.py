@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import ExportManifest
+from aa_deploy.contract.manifest import ExportManifest
 
 
 def tensor_numpy_dtype(data_type: int) -> np.dtype:
@@ -82,7 +82,7 @@ class SharedBackbone:
         return len(self._values)
 
 
-class BackboneStore:
+class SharedBackbonePool:
     """Reference-counted registry of shared backbones, keyed by content hash (or file identity)."""
 
     def __init__(self, *, verify_sha256: bool = True) -> None:

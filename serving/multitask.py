@@ -32,11 +32,26 @@ from typing import Any
 
 import numpy as np
 
-from .graph import GraphShapeError, LayerOutput, closure, consumed_names, layer_outputs
-from .manifest import ExportManifest
+from aa_deploy.contract.layout import (
+    CONFIG_NAME,
+    DOWN_BIAS,
+    DOWN_WEIGHT,
+    GRAPH_OUTPUT,
+    RATIONAL_DENOMINATOR,
+    RATIONAL_NUMERATOR,
+    UP_BIAS,
+    UP_WEIGHT,
+    WEIGHTS_NAME,
+    adapter_key,
+    adapter_key_layer,
+)
+from aa_deploy.contract.manifest import ExportManifest
+from aa_deploy.contract.rules import denominator_is_absolute, uses_rational
+
+from .graph_analysis import GraphShapeError, LayerOutput, closure, consumed_names, layer_outputs
 
 TASK_IDS = "task_ids"
-LOGITS = "logits"
+LOGITS = GRAPH_OUTPUT
 
 
 @dataclass(frozen=True)
@@ -61,27 +76,26 @@ def read_adapters(manifest: ExportManifest) -> dict[int, AdapterWeights]:
     from safetensors.numpy import load_file
 
     folder = manifest.folder
-    weights_path, config_path = folder / "adapter_model.safetensors", folder / "adapter_config.json"
+    weights_path, config_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
     if not weights_path.is_file() or not config_path.is_file():
-        raise GraphShapeError(f"{folder} has no adapter_model.safetensors/adapter_config.json to stack adapters from")
+        raise GraphShapeError(f"{folder} has no {WEIGHTS_NAME}/{CONFIG_NAME} to stack adapters from")
     config = json.loads(config_path.read_text())
     recipe = config.get("recipe", "search")
-    rational = recipe in ("search", "focused")
+    rational = uses_rational(recipe)
     version = str(config.get("rational_version", "A")) if rational else "relu"
     state = load_file(str(weights_path))
     adapters: dict[int, AdapterWeights] = {}
     for index in manifest.kept_layers:
-        prefix = f"adapter_layers.{index}.adapter."
         try:
-            down_w, down_b = state[prefix + "down.weight"], state[prefix + "down.bias"]
-            up_w, up_b = state[prefix + "up.weight"], state[prefix + "up.bias"]
+            down_w, down_b = state[adapter_key(index, DOWN_WEIGHT)], state[adapter_key(index, DOWN_BIAS)]
+            up_w, up_b = state[adapter_key(index, UP_WEIGHT)], state[adapter_key(index, UP_BIAS)]
         except KeyError as exc:
             raise GraphShapeError(f"{weights_path} lacks {exc.args[0]} for kept layer {index}") from None
-        numerator = state.get(prefix + "activation.numerator")
-        denominator = state.get(prefix + "activation.denominator")
+        numerator = state.get(adapter_key(index, RATIONAL_NUMERATOR))
+        denominator = state.get(adapter_key(index, RATIONAL_DENOMINATOR))
         if rational and (numerator is None or denominator is None):
             raise GraphShapeError(f"{weights_path}: layer {index} has no rational coefficients")
-        if version == "A":
+        if denominator_is_absolute(version):
             denominator = np.abs(denominator)
         adapters[index] = AdapterWeights(
             down_w=np.ascontiguousarray(down_w.T, dtype=np.float32),
@@ -92,7 +106,8 @@ def read_adapters(manifest: ExportManifest) -> dict[int, AdapterWeights]:
             numerator=(numerator if numerator is not None else np.zeros(0)).astype(np.float32),
             denominator=(denominator if denominator is not None else np.zeros(0)).astype(np.float32),
         )
-    extra = sorted({int(k.split(".")[1]) for k in state if k.startswith("adapter_layers.")} - set(manifest.kept_layers))
+    in_file = {layer for layer in map(adapter_key_layer, state) if layer is not None}
+    extra = sorted(in_file - set(manifest.kept_layers))
     if extra:
         raise GraphShapeError(f"{weights_path} has adapters for layers {extra} that the manifest does not keep")
     return adapters

@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from .backbone import BackboneStore, SharedBackbone
+from aa_deploy.contract.manifest import ExportManifest, ManifestError
+
+from .backbone import SharedBackbone, SharedBackbonePool
 from .config import ServerConfig, validate_task_name
 from .engine import MergedRunner, SoloRunner, Target, pad_feeds
 from .errors import ServingError, TaskExists, TaskLoadError, TaskNotFound
-from .graph import GraphShapeError
-from .manifest import ExportManifest, ManifestError
+from .graph_analysis import GraphShapeError
 from .multitask import MergeSource, load_task_graph
 from .sessions import SessionSettings, point_external_data
 from .sources import resolve_source
@@ -106,7 +107,7 @@ def release_free_memory() -> None:
 
 def artifact_key(folder: Path, manifest: ExportManifest) -> str:
     """Same folder, same files -> same artifact (served once under several names)."""
-    stats = [(manifest.folder / name).stat() for name in ("aa_export.json", "model.onnx")]
+    stats = [path.stat() for path in (manifest.manifest_path, manifest.model_path)]
     return f"{folder.resolve()}|" + "|".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
 
 
@@ -120,7 +121,7 @@ class TaskRegistry:
             graph_optimization_level=config.graph_optimization_level,
         )
         self.settings = self.settings.with_providers(self.settings.resolved_providers())
-        self.store = BackboneStore(verify_sha256=config.verify_backbone_sha256)
+        self.store = SharedBackbonePool(verify_sha256=config.verify_backbone_sha256)
         self._artifacts: dict[str, Artifact] = {}
         self._names: dict[str, str] = {}
         self._loaded_at: dict[str, float] = {}

@@ -11,8 +11,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from aa_deploy.contract.layout import MANIFEST_NAME
+
 from .errors import Forbidden, TaskLoadError
-from .manifest import MANIFEST_NAME
 
 
 def looks_like_path(source: str) -> bool:

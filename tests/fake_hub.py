@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import httpx2
 import pytest
+from huggingface_hub.utils import httpx as hub_http  # the HTTP client huggingface_hub uses
 
 DEFAULT_TOKEN = "hf_fake_write_token"
 DEFAULT_USER = "fake-user"
@@ -780,11 +780,11 @@ def point_client_at(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, hf_home: Path
 
     allowed = urlsplit(hub.url).netloc
 
-    def refuse_other_hosts(request: httpx2.Request) -> None:
+    def refuse_other_hosts(request: hub_http.Request) -> None:
         if request.url.netloc.decode() != allowed:
             raise RuntimeError(f"test tried to reach {request.url} instead of the FakeHub at {hub.url}")
 
-    def guarded_client() -> httpx2.Client:
+    def guarded_client() -> hub_http.Client:
         client = _http.default_client_factory()
         client.event_hooks["request"].append(refuse_other_hosts)
         return client

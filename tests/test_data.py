@@ -17,7 +17,7 @@ from aa_deploy.data import (
     DataError,
     Example,
     TaskData,
-    TaskSpec,
+    TaskDefinition,
     glue_spec,
     load_file_task,
     load_task,
@@ -104,7 +104,7 @@ def glue_dir(tmp_path: Path) -> Path:
 
 def test_sst2_keeps_literal_quotes_and_text_verbatim(glue_dir: Path) -> None:
     data = load_task("sst2", glue_dir)
-    assert data.spec == TaskSpec("sst2", "accuracy", ["0", "1"], is_pair=False)
+    assert data.spec == TaskDefinition("sst2", "accuracy", ["0", "1"], is_pair=False)
     assert [e.label for e in data.train] == [1, 0, 1]
     assert data.train[0].text == "it 's a charming and often affecting journey . "
     assert data.train[1].text == 'the " quoted " part is literal '
@@ -129,7 +129,7 @@ def test_cola_has_no_header_and_dev_no_trailing_newline(glue_dir: Path) -> None:
 
 def test_mrpc_bom_label_in_first_column(glue_dir: Path) -> None:
     data = load_task("mrpc", glue_dir)
-    assert data.spec == TaskSpec("mrpc", "f1", ["0", "1"], is_pair=True)
+    assert data.spec == TaskDefinition("mrpc", "f1", ["0", "1"], is_pair=True)
     assert data.train[0].label == 1
     assert data.train[0].text == 'Amrozi called him "the witness".'
     assert data.train[0].text_pair == 'Referring to him as "the witness", Amrozi spoke.'
@@ -139,7 +139,7 @@ def test_mrpc_bom_label_in_first_column(glue_dir: Path) -> None:
 @pytest.mark.parametrize("task", ["rte", "RTE"])
 def test_rte_string_labels(glue_dir: Path, task: str) -> None:
     data = load_task(task, glue_dir)
-    assert data.spec == TaskSpec("rte", "accuracy", ["entailment", "not_entailment"], is_pair=True)
+    assert data.spec == TaskDefinition("rte", "accuracy", ["entailment", "not_entailment"], is_pair=True)
     assert data.train == [
         Example("No weapons were found.", "Weapons were found.", 1),
         Example('The "pope" died.', "A pope died.", 0),
@@ -148,7 +148,7 @@ def test_rte_string_labels(glue_dir: Path, task: str) -> None:
 
 def test_stsb_float_label_in_last_column(glue_dir: Path) -> None:
     data = load_task("sts-b", glue_dir)
-    assert data.spec == TaskSpec("stsb", "spearman", None, is_pair=True)
+    assert data.spec == TaskDefinition("stsb", "spearman", None, is_pair=True)
     assert data.spec.is_regression and data.spec.num_labels == 1
     assert [e.label for e in data.train] == [5.0, 3.8, 0.0]
     assert all(isinstance(e.label, float) for e in data.train)
@@ -181,7 +181,7 @@ def test_task_name_aliases(glue_dir: Path, alias: str, canonical: str) -> None:
     ],
 )
 def test_glue_specs(task: str, metric: str, labels: list[str] | None, is_pair: bool) -> None:
-    assert glue_spec(task) == TaskSpec(task, metric, labels, is_pair)
+    assert glue_spec(task) == TaskDefinition(task, metric, labels, is_pair)
     assert task in GLUE_TASKS
 
 
@@ -324,7 +324,7 @@ def test_csv_quoted_fields_and_sorted_string_labels(tmp_path: Path) -> None:
         'id,text,label\n1,"Good, really good",pos\n2,"He said ""bad""",neg\n3,"two\nlines",neutral\n',
     )
     data = load_task(str(path))
-    assert data.spec == TaskSpec("reviews", "accuracy", ["neg", "neutral", "pos"], False)
+    assert data.spec == TaskDefinition("reviews", "accuracy", ["neg", "neutral", "pos"], False)
     assert data.train == [
         Example("Good, really good", None, 2),
         Example('He said "bad"', None, 0),
@@ -361,7 +361,7 @@ def test_jsonl_pair_and_blank_lines(tmp_path: Path) -> None:
 def test_regression_inferred_from_non_integer_number(tmp_path: Path) -> None:
     path = write(tmp_path / "r.csv", "text,label\na,1\nb,2.5\nc,0\n")
     data = load_file_task(path)
-    assert data.spec == TaskSpec("r", "spearman", None, False)
+    assert data.spec == TaskDefinition("r", "spearman", None, False)
     assert [e.label for e in data.train] == [1.0, 2.5, 0.0]
 
 
@@ -468,15 +468,15 @@ def test_dataclasses_round_trip_through_json(glue_dir: Path) -> None:
         data = load_task(task, glue_dir)
         assert TaskData.from_dict(json.loads(json.dumps(data.to_dict()))) == data
         spec = data.spec
-        assert TaskSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+        assert TaskDefinition.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
         example = data.train[0]
         assert Example.from_dict(json.loads(json.dumps(example.to_dict()))) == example
 
 
 def test_task_spec_properties() -> None:
-    classification = TaskSpec("t", "accuracy", ["a", "b", "c"], False)
+    classification = TaskDefinition("t", "accuracy", ["a", "b", "c"], False)
     assert not classification.is_regression and classification.num_labels == 3
-    regression = TaskSpec("r", "pearson", None, True)
+    regression = TaskDefinition("r", "pearson", None, True)
     assert regression.is_regression and regression.num_labels == 1
 
 
@@ -492,18 +492,18 @@ def test_task_spec_properties() -> None:
 )
 def test_task_spec_validation(kwargs: dict, pattern: str) -> None:
     with pytest.raises(DataError, match=pattern):
-        TaskSpec(name="t", is_pair=False, **kwargs)
+        TaskDefinition(name="t", is_pair=False, **kwargs)
 
 
 def test_from_dict_rejects_missing_and_unknown_keys() -> None:
     with pytest.raises(DataError, match="missing key"):
-        TaskSpec.from_dict({"name": "t", "metric": "accuracy", "is_pair": False})
+        TaskDefinition.from_dict({"name": "t", "metric": "accuracy", "is_pair": False})
     with pytest.raises(DataError, match="unknown key"):
         Example.from_dict({"text": "a", "label": 0, "lable": 1})
 
 
 def test_task_data_rejects_labels_that_do_not_fit_the_head() -> None:
-    spec = TaskSpec("t", "accuracy", ["a", "b"], False)
+    spec = TaskDefinition("t", "accuracy", ["a", "b"], False)
     with pytest.raises(DataError, match="train example 1: label must be a class index in 0..1"):
         TaskData(spec, [Example("x", None, 0), Example("y", None, 2)], None)
 

@@ -18,11 +18,11 @@ from _export_helpers import FAMILIES, make_run, write_tiny_backbone
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
+from aa_deploy.contract.layout import BACKBONE_DATA_NAME as DATA_NAME
+from aa_deploy.contract.manifest import MANIFEST_NAME, REQUIRED_KEYS, read_manifest
 from aa_deploy.modeling import AdaptableAdapterModel
 from aa_deploy.export import export_run
-from aa_deploy.export.backbone_store import DATA_NAME
 from aa_deploy.export.errors import RunFolderError, ValidationError
-from aa_deploy.export.manifest import MANIFEST_NAME, REQUIRED_KEYS, read_manifest
 from aa_deploy.export.size_report import fleet_report
 
 SST2 = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}

@@ -12,9 +12,9 @@ import pytest
 from _export_helpers import make_run
 
 from aa_deploy.backbones import resolve_backbone_path
+from aa_deploy.contract.layout import BACKBONE_DATA_NAME as DATA_NAME
+from aa_deploy.contract.manifest import read_manifest
 from aa_deploy.export import export_run
-from aa_deploy.export.backbone_store import DATA_NAME
-from aa_deploy.export.manifest import read_manifest
 from aa_deploy.export.size_report import fleet_report
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from aa_deploy.data import TaskSpec
+from aa_deploy.data import TaskDefinition
 from aa_deploy.metrics import METRIC_NAMES, compute_metric, task_metrics
 
 # Binary example used by several tests:
@@ -113,7 +113,7 @@ def test_unknown_metric_lists_known_ones() -> None:
 
 
 def test_task_metrics_classification_uses_argmax() -> None:
-    spec = TaskSpec("mrpc", "f1", ["0", "1"], True)
+    spec = TaskDefinition("mrpc", "f1", ["0", "1"], True)
     logits = np.array([[0.1, 0.9], [-1.0, 2.0], [3.0, 0.0], [0.5, 0.4], [0.0, 0.2]])
     result = task_metrics(spec, logits, REF)  # argmax = PRED
     assert list(result) == ["f1", "accuracy"]  # primary first
@@ -122,20 +122,20 @@ def test_task_metrics_classification_uses_argmax() -> None:
 
 
 def test_task_metrics_accuracy_task_has_one_entry() -> None:
-    spec = TaskSpec("rte", "accuracy", ["entailment", "not_entailment"], True)
+    spec = TaskDefinition("rte", "accuracy", ["entailment", "not_entailment"], True)
     result = task_metrics(spec, np.array([[2.0, 1.0], [0.0, 1.0]]), np.array([0, 0]))
     assert result == {"accuracy": 0.5}
 
 
 def test_task_metrics_matthews() -> None:
-    spec = TaskSpec("cola", "matthews_correlation", ["0", "1"], False)
+    spec = TaskDefinition("cola", "matthews_correlation", ["0", "1"], False)
     logits = np.stack([1 - PRED, PRED], axis=1).astype(np.float32)
     result = task_metrics(spec, logits, REF)
     assert result == pytest.approx({"matthews_correlation": 1 / 6, "accuracy": 0.6})
 
 
 def test_task_metrics_regression_squeezes() -> None:
-    spec = TaskSpec("stsb", "spearman", None, True)
+    spec = TaskDefinition("stsb", "spearman", None, True)
     preds = np.array([[0.5], [2.0], [1.0], [4.5]])
     labels = np.array([1.0, 2.5, 0.0, 5.0])
     result = task_metrics(spec, preds, labels)
@@ -146,6 +146,6 @@ def test_task_metrics_regression_squeezes() -> None:
 
 def test_task_metrics_wrong_logit_shape() -> None:
     with pytest.raises(ValueError, match=r"expects logits of shape \(n, 2\)"):
-        task_metrics(TaskSpec("rte", "accuracy", ["a", "b"], True), np.zeros((3, 3)), np.zeros(3))
+        task_metrics(TaskDefinition("rte", "accuracy", ["a", "b"], True), np.zeros((3, 3)), np.zeros(3))
     with pytest.raises(ValueError, match=r"shape \(n,\) or \(n, 1\)"):
-        task_metrics(TaskSpec("stsb", "spearman", None, True), np.zeros((3, 2)), np.zeros(3))
+        task_metrics(TaskDefinition("stsb", "spearman", None, True), np.zeros((3, 2)), np.zeros(3))

@@ -15,11 +15,11 @@ import pytest
 from fake_hub import FakeHub, fake_hub_fixture, hub_client_fixture  # noqa: F401
 from serving_helpers import PAIRS, TEXTS, Reference
 
+from aa_deploy.contract.manifest import ExportManifest, ManifestError
 from aa_deploy.serving.batcher import BatcherSettings, DynamicBatcher
 from aa_deploy.serving.config import ServerConfig, TaskSpec, validate_task_name
 from aa_deploy.serving.engine import MergedRunner, SoloRunner, WorkItem, execute
 from aa_deploy.serving.errors import Overloaded, ShuttingDown, TaskExists, TaskLoadError, TaskNotFound
-from aa_deploy.serving.manifest import ExportManifest, ManifestError
 from aa_deploy.serving.registry import TaskRegistry
 from aa_deploy.serving.tokenization import TaskTokenizer
 

@@ -1,7 +1,7 @@
 """Task data: GLUE and user files as TaskData, and the paper's low-data split."""
 
 from aa_deploy.data.errors import DataError
-from aa_deploy.data.examples import Example, TaskData, TaskSpec
+from aa_deploy.data.examples import Example, TaskData, TaskDefinition
 from aa_deploy.data.files import SUPPORTED_SUFFIXES, load_file_task
 from aa_deploy.data.glue import glue_spec, read_glue_file, read_glue_split
 from aa_deploy.data.loading import GLUE_TASKS, load_task
@@ -13,7 +13,7 @@ __all__ = [
     "GLUE_TASKS",
     "SUPPORTED_SUFFIXES",
     "TaskData",
-    "TaskSpec",
+    "TaskDefinition",
     "glue_spec",
     "load_file_task",
     "load_task",

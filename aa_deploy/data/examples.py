@@ -32,7 +32,7 @@ class Example:
     """One input (a sentence or a sentence pair) and its target.
 
     ``label`` is already a class index (int) for classification or a float target for
-    regression; string class names live once in TaskSpec.label_names, not on every example.
+    regression; string class names live once in TaskDefinition.label_names, not on every example.
     """
 
     text: str
@@ -52,7 +52,7 @@ class Example:
 
 
 @dataclass
-class TaskSpec:
+class TaskDefinition:
     """What the model head and the evaluation need to know about a task.
 
     Validated on construction so that an impossible combination (F1 on a regression task,
@@ -116,8 +116,8 @@ class TaskSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
-        _check_keys(data, {"name", "metric", "label_names", "is_pair"}, set(), "TaskSpec")
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskDefinition:
+        _check_keys(data, {"name", "metric", "label_names", "is_pair"}, set(), "TaskDefinition")
         names = data["label_names"]
         return cls(
             name=data["name"],
@@ -136,7 +136,7 @@ class TaskData:
     every seed and every data size.
     """
 
-    spec: TaskSpec
+    spec: TaskDefinition
     train: list[Example]
     test: list[Example] | None
 
@@ -159,13 +159,13 @@ class TaskData:
         _check_keys(data, {"spec", "train", "test"}, set(), "TaskData")
         test = data["test"]
         return cls(
-            spec=TaskSpec.from_dict(data["spec"]),
+            spec=TaskDefinition.from_dict(data["spec"]),
             train=[Example.from_dict(e) for e in data["train"]],
             test=None if test is None else [Example.from_dict(e) for e in test],
         )
 
 
-def _check_label(spec: TaskSpec, label: int | float, where: str) -> None:
+def _check_label(spec: TaskDefinition, label: int | float, where: str) -> None:
     if isinstance(label, bool):
         raise DataError(f"task {spec.name!r}, {where}: label must be a number, got {label!r}")
     if spec.is_regression:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aa_deploy.data.errors import DataError
-from aa_deploy.data.examples import Example, TaskData, TaskSpec
+from aa_deploy.data.examples import Example, TaskData, TaskDefinition
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl")
 ProblemType = Literal["classification", "regression"]
@@ -301,7 +301,7 @@ def load_file_task(
                 f"needs at least two classes (for a numeric target pass "
                 f"problem_type='regression')"
             )
-    spec = TaskSpec(
+    spec = TaskDefinition(
         name=name or train_path.stem,
         metric=metric or ("spearman" if names is None else "accuracy"),
         label_names=names,

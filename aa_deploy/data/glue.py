@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from aa_deploy.data.errors import DataError
-from aa_deploy.data.examples import Example, TaskData, TaskSpec
+from aa_deploy.data.examples import Example, TaskData, TaskDefinition
 from aa_deploy.data.files import tsv_rows
 
 Split = Literal["train", "dev"]
@@ -90,10 +90,10 @@ def glue_format(task: str) -> GlueFormat:
     raise DataError(f"unknown GLUE task {task!r}: expected one of {', '.join(GLUE_TASKS)}")
 
 
-def glue_spec(task: str, metric: str | None = None) -> TaskSpec:
-    """The TaskSpec of a GLUE task; metric overrides the paper's metric for that task."""
+def glue_spec(task: str, metric: str | None = None) -> TaskDefinition:
+    """The TaskDefinition of a GLUE task; metric overrides the paper's metric for that task."""
     fmt = glue_format(task)
-    return TaskSpec(
+    return TaskDefinition(
         name=fmt.task,
         metric=metric or fmt.metric,
         label_names=None if fmt.label_names is None else list(fmt.label_names),

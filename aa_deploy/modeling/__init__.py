@@ -1,7 +1,7 @@
 """Adapters, rational activations, switches and their insertion into Hugging Face encoders."""
 
+from ..contract.families import SUPPORTED_FAMILIES, UnsupportedModelError
 from .adapter import AdapterBlock, BottleneckAdapter
-from .injection import SUPPORTED_FAMILIES, UnsupportedModelError
 from .model import AdaptableAdapterModel, BackboneMismatchError, load_sequence_classifier
 from .rational import RATIONAL_INITS, RationalActivation
 from .switch import GumbelSwitch

@@ -7,8 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..contract.rules import ADAPTER, SKIP
 from .rational import RationalActivation
-from .switch import ADAPTER, SKIP, GumbelSwitch
+from .switch import GumbelSwitch
 
 
 class BottleneckAdapter(nn.Module):
@@ -50,13 +51,6 @@ class AdapterBlock(nn.Module):
     def rational(self) -> RationalActivation | None:
         act = self.adapter.activation
         return act if isinstance(act, RationalActivation) else None
-
-    @property
-    def active_in_eval(self) -> bool:
-        """Whether this adapter contributes in eval mode (the hard selection)."""
-        if self.dropped:
-            return False
-        return self.switch is None or self.switch.selected
 
     def transform(
         self, layer_norm: Callable[[torch.Tensor], torch.Tensor], s: torch.Tensor, base: torch.Tensor

@@ -23,10 +23,20 @@ from ..backbones import (
     resolve_backbone_path,
     weights_fingerprint,
 )
-from ..config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
+from ..config import AdapterConfig
+from ..contract.families import family_for
+from ..contract.layout import (
+    ADAPTER_KEY_PREFIX,
+    CONFIG_NAME,
+    RUN_DOWNLOAD_PATTERNS,
+    SWITCH_MARKER,
+    WEIGHTS_NAME,
+    adapter_key_layer,
+)
+from ..contract.rules import adapterdrop_keeps_layer
 from ..fileio import atomic_write_with
 from .adapter import AdapterBlock, BottleneckAdapter
-from .injection import attach_adapter_blocks, encoder_layers, layout_for, output_layer_norms
+from .injection import attach_adapter_blocks, encoder_layers, output_layer_norms
 from .rational import RationalActivation
 from .switch import GumbelSwitch
 
@@ -51,7 +61,7 @@ def _quiet_transformers() -> Iterator[None]:
 def load_sequence_classifier(
     name_or_path: str | None, task: dict[str, Any] | None = None, **kwargs: Any
 ) -> PreTrainedModel:
-    """Load ``AutoModelForSequenceClassification`` with the head shaped for ``task`` (a TaskSpec dict)."""
+    """Load ``AutoModelForSequenceClassification`` with the head shaped for ``task`` (a TaskDefinition dict)."""
     head_kwargs: dict[str, Any] = {}
     if task is not None:
         label_names = task.get("label_names")
@@ -85,7 +95,7 @@ class AdaptableAdapterModel(nn.Module):
 
     def __init__(self, backbone: PreTrainedModel, config: AdapterConfig) -> None:
         super().__init__()
-        layout_for(backbone.config.model_type)  # fails early, naming the supported families
+        family_for(backbone.config.model_type)  # fails early, naming the supported families
         self.backbone = backbone
         self.config = config
         norms = output_layer_norms(backbone)
@@ -182,7 +192,7 @@ class AdaptableAdapterModel(nn.Module):
         kept = []
         for index, block in self.adapter_layers.items():
             i = int(index)
-            if cfg.uses_adapterdrop and i < cfg.adapterdrop_eval_layers:
+            if cfg.uses_adapterdrop and not adapterdrop_keeps_layer(i, cfg.adapterdrop_eval_layers):
                 continue
             if block.switch is not None and not block.switch.selected:
                 continue
@@ -238,8 +248,8 @@ class AdaptableAdapterModel(nn.Module):
         config.selected_layers = kept
         config.adapterdrop_eval_layers = 0
         clone = AdaptableAdapterModel(backbone, config)
-        state = {k: v for k, v in self.trainable_state_dict().items() if ".switch." not in k}
-        state = {k: v for k, v in state.items() if not k.startswith("adapter_layers.") or int(k.split(".")[1]) in kept}
+        state = {k: v for k, v in self.trainable_state_dict().items() if SWITCH_MARKER not in k}
+        state = {k: v for k, v in state.items() if adapter_key_layer(k) in (None, *kept)}
         clone.load_trainable_state_dict(state)
         clone.train(self.training)
         return clone
@@ -257,7 +267,7 @@ class AdaptableAdapterModel(nn.Module):
         return sum(
             v.numel()
             for k, v in self.trainable_state_dict().items()
-            if include_head or k.startswith("adapter_layers.")
+            if include_head or k.startswith(ADAPTER_KEY_PREFIX)
         )
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -374,7 +384,7 @@ def _resolve_adapter_folder(pretrained: str | os.PathLike, *, revision: str | No
 
     # Only the adapter files: a repo pushed with --with-onnx also holds the ONNX graph and backbone data,
     # which PyTorch loading does not need.
-    patterns = [CONFIG_NAME, WEIGHTS_NAME, "selection.json", "metrics.json", "*.md"]
+    patterns = list(RUN_DOWNLOAD_PATTERNS)
     return Path(
         resolve_pretrained_path(
             str(pretrained), revision=revision, token=token, allow_patterns=patterns, required_file=CONFIG_NAME

@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SKIP, ADAPTER = 0, 1
+from ..contract.rules import ADAPTER, switch_keeps_adapter
 
 
 class GumbelSwitch(nn.Module):
     """Two logits ``[skip, adapter]``; soft Gumbel-Softmax mix in training, hard choice in eval.
 
-    The eval rule (adapter iff ``logit_adapter > logit_skip``) is the same rule the compiler uses to
-    decide which adapters to delete, so the pruned graph equals the trained model in eval mode.
+    The eval rule (adapter iff ``logit_adapter > logit_skip``, :func:`aa_deploy.contract.rules.switch_keeps_adapter`)
+    is the same rule the compiler and the model card use to decide which adapters are kept, so the pruned
+    graph equals the trained model in eval mode.
     """
 
     def __init__(self, temperature: float = 0.1, init: tuple[float, float] = (0.5, 0.5)) -> None:
@@ -26,7 +27,7 @@ class GumbelSwitch(nn.Module):
 
     @property
     def selected(self) -> bool:
-        return bool(self.logits[ADAPTER] > self.logits[SKIP])
+        return switch_keeps_adapter(self.logits)
 
     def adapter_probability(self) -> float:
         return float(torch.softmax(self.logits.detach().float(), dim=0)[ADAPTER])

@@ -8,14 +8,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..data import Example, TaskSpec
+from ..data import Example, TaskDefinition
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
     """Pre-tokenised once (fast tokenizers batch well), unpadded; the collator pads each batch."""
 
     def __init__(
-        self, examples: Sequence[Example], spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
+        self, examples: Sequence[Example], spec: TaskDefinition, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> None:
         texts = [e.text for e in examples]
         pairs = [e.text_pair or "" for e in examples] if spec.is_pair else None

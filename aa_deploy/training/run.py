@@ -18,7 +18,8 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArgumen
 
 from ..backbones import resolve_backbone_path
 from ..config import AdapterConfig
-from ..data import TaskSpec, load_task, low_data_split
+from ..contract.layout import METRICS_NAME, PICTURE_NAME, SELECTION_NAME, WEIGHTS_NAME
+from ..data import TaskDefinition, load_task, low_data_split
 from ..fileio import atomic_write_json, replace_folder
 from ..metrics import task_metrics
 from ..modeling import AdaptableAdapterModel
@@ -26,10 +27,6 @@ from ..plotting import plot_run
 from .config import TRAINING_CONFIG_NAME, TrainConfig
 from .datasets import TokenizedDataset
 from .trainer import AdapterTrainer, BestEpochCallback, SwitchAnnealingCallback
-
-SELECTION_NAME = "selection.json"
-METRICS_NAME = "metrics.json"
-PLOT_NAME = "activations.png"
 
 
 @dataclass
@@ -94,7 +91,7 @@ def train(cfg: TrainConfig) -> RunResult:
     started = time.time()
     output = Path(cfg.output)
     data = load_task(cfg.task, cfg.data_dir, test_file=cfg.test_file)
-    spec: TaskSpec = data.spec
+    spec: TaskDefinition = data.spec
     train_examples, dev_examples = low_data_split(data.train, cfg.train_size, cfg.seed, cfg.dev_fraction)
     adapter_config = build_adapter_config(cfg)
     device = _device_name(cfg)
@@ -183,7 +180,7 @@ def train(cfg: TrainConfig) -> RunResult:
             "seed": cfg.seed,
             "trained_params": trained_params,
             "adapter_params": model.num_trainable_parameters(include_head=False),
-            "adapter_bytes": (staging / "adapter_model.safetensors").stat().st_size,
+            "adapter_bytes": (staging / WEIGHTS_NAME).stat().st_size,
             "train_loss": float(train_output.training_loss),
             "wall_time_s": round(time.time() - started, 2),
             "device": device,
@@ -192,7 +189,7 @@ def train(cfg: TrainConfig) -> RunResult:
         }
         atomic_write_json(staging / METRICS_NAME, metrics)
         plot_run(
-            staging / PLOT_NAME,
+            staging / PICTURE_NAME,
             model.config.num_hidden_layers or 0,
             selection["selected_layers"],
             selection["switch_probabilities"],

@@ -2,19 +2,19 @@
 
 The multi-task compiler relies on one property of aa-deploy exports (docs/DESIGN.md): the backbone keeps
 the ``transformers`` parameter names, so each layer's output LayerNorm is found by the name of its scale
-tensor (``...layer.<i>.output.LayerNorm.weight``), in every task graph, whatever the node names are.
+tensor (``...layer.<i>.output.LayerNorm.weight``; each family's names are a row of
+:mod:`aa_deploy.contract.families`), in every task graph, whatever the node names are.
 In a layer with an adapter that scale is used twice: ``LN(s)`` (the backbone's output, the adapter's
 input) and ``LN(s + A(LN(s)))`` (the adapted output).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-LAYER_NORM_SCALE = re.compile(r"(?:^|[./])layer\.(\d+)\.(?:output\.LayerNorm|output_layer_norm)\.weight$")
+from aa_deploy.contract.families import LAYER_NORM_SCALE
 
 
 class GraphShapeError(ValueError):

@@ -1,0 +1,66 @@
+"""The file names of every folder aa-deploy writes, and the key patterns of the trained state dict.
+
+One owner per name: every stage (training, card, Hub push/pull, compiler, server) imports these
+instead of spelling the strings again, so renaming a file is a one-line change here.
+"""
+
+from __future__ import annotations
+
+import re
+
+# The library name recorded in adapter configs and given to the Hub (library tag, user agent).
+LIBRARY_NAME = "aa-deploy"
+
+# ------------------------------------------------------------------ run folder (`aa-deploy train`)
+# The adapter files keep peft's names (CONFIG_NAME / WEIGHTS_NAME), as Hugging Face tools expect.
+CONFIG_NAME = "adapter_config.json"  # aa_deploy.config.AdapterConfig
+WEIGHTS_NAME = "adapter_model.safetensors"  # the trainable state dict (adapters + head)
+SELECTION_NAME = "selection.json"  # what the switches kept (its key `selected_layers` = the kept layers)
+METRICS_NAME = "metrics.json"
+TRAINING_CONFIG_NAME = "training_config.json"  # holds local paths: never pushed to the Hub
+PICTURE_NAME = "activations.png"  # the learned activations; the card reuses the run's copy
+CARD_NAME = "README.md"
+
+# ---------------------------------------------------------------- export folder (`aa-deploy export`)
+MANIFEST_NAME = "aa_export.json"  # see aa_deploy.contract.manifest
+GRAPH_NAME = "model.onnx"  # the task graph
+BACKBONE_DATA_NAME = "backbone.onnx_data"  # shared mode: the backbone tensors, hard-linked from the store
+MODEL_CONFIG_NAME = "config.json"  # the transformers config of the sequence classifier
+TOKENIZER_NAME = "tokenizer.json"  # what the server tokenizes with (the `tokenizers` library)
+# Files of a run folder the export carries along so that the export folder describes itself.
+RUN_FILES_FOR_CARD = (SELECTION_NAME, METRICS_NAME, PICTURE_NAME)
+
+# ------------------------------------------------------------------------- the task graph's I/O
+GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the names a graph may take, in order
+GRAPH_OUTPUT = "logits"
+
+# ------------------------------------------------------------------ backbone store (export/backbone_store)
+STORE_GRAPH_NAME = "backbone.onnx"
+# The store keeps its data file under BACKBONE_DATA_NAME too: each export hard-links it under that name.
+STORE_INDEX_NAME = "index.json"
+
+# ----------------------------------------------------------------------------- Hub downloads
+# What a Hub download of a run needs (patterns for huggingface_hub's allow_patterns).
+RUN_DOWNLOAD_PATTERNS = (CONFIG_NAME, WEIGHTS_NAME, SELECTION_NAME, METRICS_NAME, "*.md")
+
+# ------------------------------------------------------------- keys of adapter_model.safetensors
+# One adapter block per layer lives under ``adapter_layers.<i>.``; the rest of the file is the head.
+ADAPTER_KEY_PREFIX = "adapter_layers."
+ADAPTER_KEY = re.compile(r"adapter_layers\.(\d+)\.(.+)")
+SWITCH_MARKER = ".switch."  # every key of a switch holds this (pruning drops them)
+SWITCH_LOGITS = "switch.logits"
+DOWN_WEIGHT, DOWN_BIAS = "adapter.down.weight", "adapter.down.bias"
+UP_WEIGHT, UP_BIAS = "adapter.up.weight", "adapter.up.bias"
+RATIONAL_NUMERATOR = "adapter.activation.numerator"
+RATIONAL_DENOMINATOR = "adapter.activation.denominator"
+
+
+def adapter_key(layer: int, part: str) -> str:
+    """The state-dict key of ``part`` (one of the names above) of layer ``layer``'s adapter block."""
+    return f"{ADAPTER_KEY_PREFIX}{int(layer)}.{part}"
+
+
+def adapter_key_layer(key: str) -> int | None:
+    """The layer an adapter key belongs to (None for head keys)."""
+    match = ADAPTER_KEY.fullmatch(key)
+    return int(match.group(1)) if match else None
