@@ -32,6 +32,7 @@ from .contract.layout import (
     CARD_NAME,
     CONFIG_NAME,
     GRAPH_NAME,
+    KEPT_LAYERS_KEY,
     LIBRARY_NAME,
     MANIFEST_NAME,
     METRICS_NAME,
@@ -158,7 +159,7 @@ class _Artefact:
 
     def kept_layers(self) -> list[int]:
         """The layers whose adapters run at inference, from the most to the least authoritative source."""
-        for source in ((self.manifest or {}).get("kept_layers"), (self.selection or {}).get("selected_layers")):
+        for source in ((self.manifest or {}).get("kept_layers"), (self.selection or {}).get(KEPT_LAYERS_KEY)):
             if isinstance(source, list):
                 return sorted(int(i) for i in source)
         if self.config.get("pruned") and isinstance(self.config.get("selected_layers"), list):

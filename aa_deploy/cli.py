@@ -66,7 +66,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "metric": result.metric,
         "value": round(result.value, 4),
         "test_value": None if result.test_value is None else round(result.test_value, 4),
-        "selected_layers": result.selected_layers,
+        "selected_layers": result.kept_layers,
     }
     print(json.dumps(summary))
     return 0

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from aa_deploy.config import AdapterConfig
-from aa_deploy.contract.layout import CONFIG_NAME, METRICS_NAME, SELECTION_NAME, TRAINING_CONFIG_NAME, WEIGHTS_NAME
+from aa_deploy.contract.layout import (
+    CONFIG_NAME,
+    KEPT_LAYERS_KEY,
+    METRICS_NAME,
+    SELECTION_NAME,
+    TRAINING_CONFIG_NAME,
+    WEIGHTS_NAME,
+)
 
 from .errors import RunFolderError
 
@@ -81,8 +88,8 @@ def read_run_folder(run_dir: str | os.PathLike) -> RunFolder:
             "`aa-deploy train` (or models built with a task) can be exported"
         )
     selection = _read_json(directory / SELECTION_NAME)
-    if selection is not None and not isinstance(selection.get("selected_layers"), list):
-        raise RunFolderError(f"{directory / SELECTION_NAME} has no selected_layers list: the file is damaged")
+    if selection is not None and not isinstance(selection.get(KEPT_LAYERS_KEY), list):
+        raise RunFolderError(f"{directory / SELECTION_NAME} has no {KEPT_LAYERS_KEY} list: the file is damaged")
     return RunFolder(
         directory=directory,
         reference=os.fspath(run_dir),
@@ -97,7 +104,7 @@ def check_selection(run: RunFolder, kept_layers: list[int]) -> None:
     """selection.json must agree with the switch logits saved in the weights (same run, same epoch)."""
     if run.selection is None:
         return
-    recorded = sorted(int(i) for i in run.selection["selected_layers"])
+    recorded = sorted(int(i) for i in run.selection[KEPT_LAYERS_KEY])
     if recorded != sorted(kept_layers):
         raise RunFolderError(
             f"{run.directory / SELECTION_NAME} lists layers {recorded} but the switch logits in {WEIGHTS_NAME} "

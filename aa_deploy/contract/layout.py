@@ -15,7 +15,11 @@ LIBRARY_NAME = "aa-deploy"
 # The adapter files keep peft's names (CONFIG_NAME / WEIGHTS_NAME), as Hugging Face tools expect.
 CONFIG_NAME = "adapter_config.json"  # aa_deploy.config.AdapterConfig
 WEIGHTS_NAME = "adapter_model.safetensors"  # the trainable state dict (adapters + head)
-SELECTION_NAME = "selection.json"  # what the switches kept (its key `selected_layers` = the kept layers)
+SELECTION_NAME = "selection.json"  # what the switches kept, under KEPT_LAYERS_KEY
+# The key of selection.json and metrics.json listing the layers whose adapters run at inference (the
+# switch outcome). Named before "kept" became the word; kept as is so existing run folders stay readable.
+# Not to be confused with AdapterConfig.selected_layers: where adapters are placed (focused/pruned).
+KEPT_LAYERS_KEY = "selected_layers"
 METRICS_NAME = "metrics.json"
 TRAINING_CONFIG_NAME = "training_config.json"  # holds local paths: never pushed to the Hub
 PICTURE_NAME = "activations.png"  # the learned activations; the card reuses the run's copy

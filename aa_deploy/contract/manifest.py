@@ -100,7 +100,7 @@ def check_manifest(data: dict[str, Any], where: str | os.PathLike = MANIFEST_NAM
         raise ManifestError(f"{where}: missing keys {missing}; re-export the task with this aa-deploy version")
     if data["mode"] not in MODES:
         raise ManifestError(f"{where}: unknown mode {data['mode']!r}; expected one of {MODES}")
-    _ServedFields.parse(data, str(where))
+    _served_fields(data, str(where))
 
 
 def _load_json(directory: Path) -> dict[str, Any]:
@@ -209,64 +209,63 @@ def build_manifest(
 
 
 # ----------------------------------------------------------------------------- the served view
-@dataclass(frozen=True)
-class _ServedFields:
-    """The manifest fields serving relies on, validated, with defaults for absent optional keys."""
-
-    task_name: str | None
-    metric: str | None
-    label_names: tuple[str, ...] | None
-    is_pair: bool
-    num_labels: int
-    problem_type: str
-    inputs: tuple[str, ...]
-    max_length: int
-    mode: str
-    backbone_file: str | None
-
-    @classmethod
-    def parse(cls, data: dict[str, Any], where: str) -> _ServedFields:
-        task = data.get("task") or {}
-        if not isinstance(task, dict):
-            raise ManifestError(f"{where}: 'task' must be an object")
-        label_names = task.get("label_names")
-        num_labels = data.get("num_labels")
-        if label_names is not None:
-            if not isinstance(label_names, list) or not all(isinstance(x, str) for x in label_names):
-                raise ManifestError(f"{where}: task.label_names must be a list of strings or null")
-            label_names = tuple(label_names)
-            if num_labels is None:
-                num_labels = len(label_names)
-            if num_labels != len(label_names):
-                raise ManifestError(f"{where}: num_labels={num_labels} but {len(label_names)} label names")
-        if not isinstance(num_labels, int) or num_labels < 1:
-            raise ManifestError(f"{where}: num_labels must be a positive integer, got {num_labels!r}")
-        inputs = data.get("inputs") or list(GRAPH_INPUTS[:2])
-        unknown = [x for x in inputs if x not in GRAPH_INPUTS]
-        if unknown or GRAPH_INPUTS[0] not in inputs:
-            raise ManifestError(f"{where}: inputs {inputs} must include input_ids and only use {GRAPH_INPUTS}")
-        max_length = data.get("max_length")
-        if not isinstance(max_length, int) or max_length < 2:
-            raise ManifestError(f"{where}: max_length must be an integer >= 2, got {max_length!r}")
-        mode = data.get("mode", "shared" if data.get("backbone_data") else "standalone")
-        if mode not in MODES:
-            raise ManifestError(f"{where}: mode must be 'shared' or 'standalone', got {mode!r}")
-        backbone = data.get("backbone_data") or {}
-        backbone_file = backbone.get("file") if mode == "shared" else None
-        if mode == "shared" and (not backbone_file or Path(backbone_file).name != backbone_file):
-            raise ManifestError(f"{where}: shared mode needs backbone_data.file (a file name in the folder)")
-        return cls(
-            task_name=task.get("name"),
-            metric=task.get("metric"),
-            label_names=label_names,
-            is_pair=bool(task.get("is_pair", False)),
-            num_labels=num_labels,
-            problem_type=str(data.get("problem_type") or (REGRESSION if label_names is None else CLASSIFICATION)),
-            inputs=tuple(inputs),
-            max_length=max_length,
-            mode=mode,
-            backbone_file=backbone_file,
-        )
+def _served_fields(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The checked fields serving relies on (defaults for absent optional keys), as ExportManifest kwargs."""
+    task = data.get("task") or {}
+    if not isinstance(task, dict):
+        raise ManifestError(f"{where}: 'task' must be an object")
+    label_names = task.get("label_names")
+    num_labels = data.get("num_labels")
+    if label_names is not None:
+        if not isinstance(label_names, list) or not all(isinstance(x, str) for x in label_names):
+            raise ManifestError(f"{where}: task.label_names must be a list of strings or null")
+        label_names = tuple(label_names)
+        if num_labels is None:
+            num_labels = len(label_names)
+        if num_labels != len(label_names):
+            raise ManifestError(f"{where}: num_labels={num_labels} but {len(label_names)} label names")
+    if not isinstance(num_labels, int) or num_labels < 1:
+        raise ManifestError(f"{where}: num_labels must be a positive integer, got {num_labels!r}")
+    inputs = data.get("inputs") or list(GRAPH_INPUTS[:2])
+    unknown = [x for x in inputs if x not in GRAPH_INPUTS]
+    if unknown or GRAPH_INPUTS[0] not in inputs:
+        raise ManifestError(f"{where}: inputs {inputs} must include input_ids and only use {GRAPH_INPUTS}")
+    max_length = data.get("max_length")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise ManifestError(f"{where}: max_length must be an integer >= 2, got {max_length!r}")
+    mode = data.get("mode", "shared" if data.get("backbone_data") else "standalone")
+    if mode not in MODES:
+        raise ManifestError(f"{where}: mode must be 'shared' or 'standalone', got {mode!r}")
+    backbone = data.get("backbone_data") or {}
+    backbone_file = backbone.get("file") if mode == "shared" else None
+    if mode == "shared" and (not backbone_file or Path(backbone_file).name != backbone_file):
+        raise ManifestError(f"{where}: shared mode needs backbone_data.file (a file name in the folder)")
+    try:
+        pad_token_id = int(data.get("pad_token_id") or 0)
+        kept_layers = tuple(int(i) for i in data.get("kept_layers") or ())
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"{where}: pad_token_id and kept_layers must be integers ({exc})") from None
+    return {
+        "task_name": task.get("name"),
+        "metric": task.get("metric"),
+        "label_names": label_names,
+        "is_pair": bool(task.get("is_pair", False)),
+        "num_labels": num_labels,
+        "problem_type": str(data.get("problem_type") or (REGRESSION if label_names is None else CLASSIFICATION)),
+        "inputs": tuple(inputs),
+        "max_length": max_length,
+        "pad_token_id": pad_token_id,
+        "kept_layers": kept_layers,
+        "num_layers": data.get("num_layers"),
+        "mode": mode,
+        "backbone_file": backbone_file,
+        "backbone_sha256": backbone.get("sha256"),
+        "backbone_tensors": tuple(backbone.get("tensors") or ()),
+        "base_model": dict(data.get("base_model") or {}),
+        "optimized": bool(data.get("optimized", False)),
+        "quantization": data.get("quantization"),
+        "sizes": dict(data.get("sizes") or {}),
+    }
 
 
 @dataclass(frozen=True)
@@ -329,31 +328,9 @@ class ExportManifest:
     def from_dict(cls, directory: Path, data: dict[str, Any]) -> ExportManifest:
         where = str(directory / MANIFEST_NAME)
         check_format(data, where)
-        fields_ = _ServedFields.parse(data, where)
-        backbone = data.get("backbone_data") or {}
-        manifest = cls(
-            folder=directory,
-            task_name=str(fields_.task_name or directory.name),
-            metric=fields_.metric,
-            label_names=fields_.label_names,
-            is_pair=fields_.is_pair,
-            num_labels=fields_.num_labels,
-            problem_type=fields_.problem_type,
-            inputs=fields_.inputs,
-            max_length=fields_.max_length,
-            pad_token_id=int(data.get("pad_token_id") or 0),
-            kept_layers=tuple(int(i) for i in data.get("kept_layers") or ()),
-            num_layers=data.get("num_layers"),
-            mode=fields_.mode,
-            backbone_file=fields_.backbone_file,
-            backbone_sha256=backbone.get("sha256"),
-            backbone_tensors=tuple(backbone.get("tensors") or ()),
-            base_model=dict(data.get("base_model") or {}),
-            optimized=bool(data.get("optimized", False)),
-            quantization=data.get("quantization"),
-            sizes=dict(data.get("sizes") or {}),
-            raw=data,
-        )
+        fields_ = _served_fields(data, where)
+        fields_["task_name"] = str(fields_["task_name"] or directory.name)
+        manifest = cls(folder=directory, raw=data, **fields_)
         manifest.check_files()
         return manifest
 

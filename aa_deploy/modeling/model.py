@@ -28,6 +28,7 @@ from ..contract.families import family_for
 from ..contract.layout import (
     ADAPTER_KEY_PREFIX,
     CONFIG_NAME,
+    KEPT_LAYERS_KEY,
     RUN_DOWNLOAD_PATTERNS,
     SWITCH_MARKER,
     WEIGHTS_NAME,
@@ -220,7 +221,7 @@ class AdaptableAdapterModel(nn.Module):
 
     def selection(self) -> dict[str, Any]:
         return {
-            "selected_layers": self.kept_layers(),
+            KEPT_LAYERS_KEY: self.kept_layers(),
             "switch_probabilities": self.switch_probabilities(),
             "switch_logits": {str(k): v for k, v in self.switch_logits().items()},
             "num_layers": self.config.num_hidden_layers,

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArgumen
 
 from ..backbones import resolve_backbone_path
 from ..config import AdapterConfig
-from ..contract.layout import METRICS_NAME, PICTURE_NAME, SELECTION_NAME, WEIGHTS_NAME
+from ..contract.layout import KEPT_LAYERS_KEY, METRICS_NAME, PICTURE_NAME, SELECTION_NAME, WEIGHTS_NAME
 from ..data import TaskDefinition, load_task, low_data_split
 from ..fileio import atomic_write_json, replace_folder
 from ..metrics import task_metrics
@@ -35,19 +35,19 @@ class RunResult:
     metric: str
     value: float
     test_value: float | None
-    selected_layers: list[int]
+    kept_layers: list[int]
     metrics: dict[str, Any]
 
 
 def read_selection(run_dir: str | os.PathLike) -> list[int]:
-    """The layers selected by a finished run (for the focused recipe)."""
+    """The layers a finished run kept (the focused recipe places its adapters there)."""
     path = Path(run_dir) / SELECTION_NAME
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: --selection-from must point to a finished `aa-deploy train` run folder"
         )
     try:
-        layers = json.loads(path.read_text())["selected_layers"]
+        layers = json.loads(path.read_text())[KEPT_LAYERS_KEY]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a valid selection file ({exc}): re-run the search run") from exc
     return [int(i) for i in layers]
@@ -170,8 +170,8 @@ def train(cfg: TrainConfig) -> RunResult:
             "dev": {k.removeprefix("dev_"): v for k, v in dev_metrics.items()},
             "test": {k.removeprefix("test_"): v for k, v in test_metrics.items()},
             "history": best.history,
-            "selected_layers": selection["selected_layers"],
-            "layers_kept": len(selection["selected_layers"]),
+            KEPT_LAYERS_KEY: selection[KEPT_LAYERS_KEY],
+            "layers_kept": len(selection[KEPT_LAYERS_KEY]),
             "num_layers": selection["num_layers"],
             "train_size": cfg.train_size,
             "train_examples": len(train_examples),
@@ -191,7 +191,7 @@ def train(cfg: TrainConfig) -> RunResult:
         plot_run(
             staging / PICTURE_NAME,
             model.config.num_hidden_layers or 0,
-            selection["selected_layers"],
+            selection[KEPT_LAYERS_KEY],
             selection["switch_probabilities"],
             {i: (r.numerator.tolist(), r.denominator.tolist()) for i, r in model.rationals().items()},
             version=model.config.rational_version,
@@ -201,4 +201,4 @@ def train(cfg: TrainConfig) -> RunResult:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return RunResult(output, spec.metric, value, test_value, selection["selected_layers"], metrics)
+    return RunResult(output, spec.metric, value, test_value, selection[KEPT_LAYERS_KEY], metrics)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..contract.layout import KEPT_LAYERS_KEY
 from ..modeling import AdaptableAdapterModel
 
 
@@ -83,7 +84,7 @@ class BestEpochCallback(TrainerCallback):
             "epoch": epoch,
             "train_loss": self._train_loss,
             "dev": {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_")},
-            "selected_layers": self.model.kept_layers(),
+            KEPT_LAYERS_KEY: self.model.kept_layers(),
             "switch_probabilities": self.model.switch_probabilities(),
         }
         self.history.append(entry)
