@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import os
 import shutil
-import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,7 +43,7 @@ from aa_deploy.contract.layout import (
     WEIGHTS_NAME,
 )
 from aa_deploy.contract.manifest import backbone_data_entry, build_manifest, manifest_json, write_manifest
-from aa_deploy.fileio import atomic_write_bytes, atomic_write_text, atomic_write_with, replace_folder
+from aa_deploy.fileio import atomic_write_bytes, atomic_write_text, replace_folder
 
 from .backbone_store import (
     BackboneStore,
@@ -58,7 +56,9 @@ from .errors import ExportError, GraphCheckError, RunFolderError, ValidationErro
 from .folding import fold_rationals
 from .onnx_protos import check_domains, check_no_switch, io_signature
 from .optimize import OptimizeSettings, postprocess
+from .permissions import apply_umask
 from .run_folder import RunFolder, check_selection, read_run_folder
+from .safetensors_canonical import canonicalize_safetensors
 from .size_report import SizeReport, folder_report
 from .validation import (
     ValidationReport,
@@ -654,23 +654,6 @@ def _write_manifest(
     return sizes
 
 
-def canonicalize_safetensors(path: Path) -> None:
-    """Rewrite a safetensors header with its metadata keys sorted, so that equal tensors give equal bytes.
-
-    safetensors 0.8 writes the ``__metadata__`` map in hash order, which differs between calls; the
-    tensor entries and data are already deterministic. Only the header's key order changes here.
-    """
-    data = path.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    metadata = header.pop("__metadata__", None)
-    ordered = ({"__metadata__": dict(sorted(metadata.items()))} if metadata else {}) | header
-    text = json.dumps(ordered, separators=(",", ":")).encode()
-    text += b" " * ((-(8 + len(text))) % 8)
-    body = data[8 + length :]
-    atomic_write_with(path, lambda tmp: tmp.write_bytes(struct.pack("<Q", len(text)) + text + body))
-
-
 def _copy_run_files_for_card(run_directory: Path, staging: Path) -> None:
     """What the run learned, carried into the export so the folder describes itself (and the card can
     reuse the picture instead of drawing it again)."""
@@ -687,21 +670,7 @@ def _write_card(staging: Path) -> None:
 
 
 def _publish(staging: Path, output: Path) -> None:
-    _apply_umask(staging)
+    apply_umask(staging)
     replace_folder(staging, output)
     scratch = staging.parent / f"{staging.name}.scratch"
     shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _apply_umask(staging: Path) -> None:
-    """Temporary files and folders are private (0600/0700); the published export follows the umask
-    like any other file, so that a server running as another user can read it. Hard links into the
-    backbone store keep their read-only mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    for path in staging.rglob("*"):
-        if path.is_dir():
-            path.chmod(0o777 & ~umask)
-        elif path.is_file() and path.stat().st_nlink == 1:
-            path.chmod(0o666 & ~umask)
