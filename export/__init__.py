@@ -1,6 +1,6 @@
 """The compiler: prune deselected adapters, fold rationals into constants, export validated per-task ONNX.
 
-``export_run(run_dir, output, ...)`` is the entry point (``aa-deploy export`` on the command line).
+``export_run(run_dir, output, options)`` is the entry point (``aa-deploy export`` on the command line).
 The package imports torch lazily: ``aa-deploy --help`` and the torch-free server can import
 ``export.manifest`` (standard library only) without paying for it.
 """
@@ -12,7 +12,7 @@ from typing import Any
 _LAZY = {
     "export_run": "api",
     "ExportResult": "api",
-    "ExportOptions": "api",
+    "ExportOptions": "options",
     "SizeReport": "size_report",
     "folder_report": "size_report",
     "fleet_report": "size_report",

@@ -19,9 +19,9 @@ import onnx
 from onnx import ModelProto
 from transformers import PretrainedConfig
 
-logger = logging.getLogger("aa_deploy.export")
+from .options import QUANTIZATION_TYPES
 
-QUANTIZATION_TYPES = ("int8",)
+logger = logging.getLogger("aa_deploy.export")
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ def build_adapter_config(cfg: TrainConfig, num_layers_hint: int | None = None) -
         reduction_factor=cfg.reduction_factor,
         rational_version=cfg.rational_version,  # type: ignore[arg-type]
         rational_init=cfg.rational_init,
+        numerator_degree=cfg.numerator_degree,
+        denominator_degree=cfg.denominator_degree,
         switch_temperature=cfg.switch_temperature,
         switch_temperature_final=cfg.switch_temperature_final,
         selected_layers=selected if cfg.recipe == "focused" else None,
