@@ -17,14 +17,15 @@ import torch
 from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments, set_seed
 
 from ..backbones import resolve_backbone_path
-from ..config import AdapterConfig
+from ..config import WEIGHTS_NAME, AdapterConfig
 from ..data import TaskSpec, load_task, low_data_split
 from ..fileio import atomic_write_json, replace_folder
 from ..metrics import task_metrics
 from ..modeling import AdaptableAdapterModel
-from ..plotting import plot_run
+from ..plotting import plot_model
 from .config import TRAINING_CONFIG_NAME, TrainConfig
 from .datasets import TokenizedDataset
+from .run_metrics import RunMetrics, split_metrics
 from .trainer import AdapterTrainer, BestEpochCallback, SwitchAnnealingCallback
 
 SELECTION_NAME = "selection.json"
@@ -164,46 +165,39 @@ def train(cfg: TrainConfig) -> RunResult:
         atomic_write_json(staging / TRAINING_CONFIG_NAME, cfg.to_dict())
         value = float(dev_metrics[f"dev_{spec.metric}"])
         test_value = float(test_metrics[f"test_{spec.metric}"]) if test_metrics else None
-        trained_params = model.num_trainable_parameters()
-        metrics = {
-            "task": spec.name,
-            "recipe": cfg.recipe,
-            "metric": spec.metric,
-            "value": value,
-            "test_value": test_value,
-            "best_epoch": best.best_epoch,
-            "dev": {k.removeprefix("dev_"): v for k, v in dev_metrics.items()},
-            "test": {k.removeprefix("test_"): v for k, v in test_metrics.items()},
-            "history": best.history,
-            "selected_layers": selection["selected_layers"],
-            "layers_kept": len(selection["selected_layers"]),
-            "num_layers": selection["num_layers"],
-            "train_size": cfg.train_size,
-            "train_examples": len(train_examples),
-            "dev_examples": len(dev_examples),
-            "test_examples": len(data.test) if data.test else 0,
-            "seed": cfg.seed,
-            "trained_params": trained_params,
-            "adapter_params": model.num_trainable_parameters(include_head=False),
-            "adapter_bytes": (staging / "adapter_model.safetensors").stat().st_size,
-            "train_loss": float(train_output.training_loss),
-            "wall_time_s": round(time.time() - started, 2),
-            "device": device,
-            "torch": torch.__version__,
-            "host": platform.node(),
-        }
-        atomic_write_json(staging / METRICS_NAME, metrics)
-        plot_run(
-            staging / PLOT_NAME,
-            model.config.num_hidden_layers or 0,
-            selection["selected_layers"],
-            selection["switch_probabilities"],
-            {i: (r.numerator.tolist(), r.denominator.tolist()) for i, r in model.rationals().items()},
-            version=model.config.rational_version,
-            title=f"{spec.name} · {cfg.recipe} · {spec.metric}={value:.3f} (dev split)",
+        metrics = RunMetrics(
+            task=spec.name,
+            recipe=cfg.recipe,
+            metric=spec.metric,
+            value=value,
+            test_value=test_value,
+            best_epoch=best.best_epoch,
+            dev=split_metrics(dev_metrics, "dev"),
+            test=split_metrics(test_metrics, "test"),
+            history=best.history,
+            selected_layers=selection["selected_layers"],
+            layers_kept=len(selection["selected_layers"]),
+            num_layers=selection["num_layers"],
+            train_size=cfg.train_size,
+            train_examples=len(train_examples),
+            dev_examples=len(dev_examples),
+            test_examples=len(data.test) if data.test else 0,
+            seed=cfg.seed,
+            trained_params=model.num_trainable_parameters(),
+            adapter_params=model.num_trainable_parameters(include_head=False),
+            adapter_bytes=(staging / WEIGHTS_NAME).stat().st_size,
+            train_loss=float(train_output.training_loss),
+            wall_time_s=round(time.time() - started, 2),
+            device=device,
+            torch=torch.__version__,
+            host=platform.node(),
+        )
+        atomic_write_json(staging / METRICS_NAME, metrics.to_dict())
+        plot_model(
+            staging / PLOT_NAME, model, title=f"{spec.name} · {cfg.recipe} · {spec.metric}={value:.3f} (dev split)"
         )
         replace_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return RunResult(output, spec.metric, value, test_value, selection["selected_layers"], metrics)
+    return RunResult(output, spec.metric, value, test_value, selection["selected_layers"], metrics.to_dict())
