@@ -8,13 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 from ..cli_options import option
 from ..config import RECIPES
+from ..json_record import JsonRecord
 from ..rational_presets import DEFAULT_DEGREES, RATIONAL_PRESETS, RATIONAL_VERSIONS, check_rational
 
 TRAINING_CONFIG_NAME = "training_config.json"
@@ -30,7 +28,7 @@ def parse_layers(value: str) -> list[int]:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonRecord):
     """One run of ``aa-deploy train``. Defaults follow the paper's protocol (docs/METHOD.md §5)."""
 
     task: str = option(help="GLUE task (rte, mrpc, sst2, cola, stsb, qnli) or a .csv/.tsv/.jsonl file")
@@ -95,15 +93,3 @@ class TrainConfig:
                 "(a finished search run) or --layers 0,3,5"
             )
         check_rational(self.rational_init, self.rational_version, self.numerator_degree, self.denominator_degree)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))

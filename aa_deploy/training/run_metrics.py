@@ -7,14 +7,14 @@ it does not know, so a folder written by a newer aa-deploy still loads.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
+
+from ..json_record import JsonRecord
 
 
 @dataclass
-class RunMetrics:
+class RunMetrics(JsonRecord):
     """One run's results, data sizes, parameter counts and where it ran."""
 
     task: str
@@ -42,18 +42,6 @@ class RunMetrics:
     device: str = ""
     torch: str = ""
     host: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunMetrics:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @classmethod
-    def load(cls, path: str | Path) -> RunMetrics:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def split_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
