@@ -9,58 +9,27 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .config import RECIPES
+from .cli_options import add_options, options_from_args
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _layers(value: str) -> list[int]:
-    try:
-        return sorted({int(v) for v in value.split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,3,5, got {value!r}") from None
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .training.config import TrainConfig
+
     p = sub.add_parser(
         "train",
         help="train adapters (standard, search, focused, adapterdrop) on a GLUE task or a data file",
         description="Train adapters on a frozen encoder and write a run folder loadable with from_pretrained.",
     )
-    p.add_argument("--task", required=True, help="GLUE task (rte, mrpc, sst2, cola, stsb, qnli) or a .csv/.tsv/.jsonl file")
-    p.add_argument("--data-dir", default=os.environ.get("AA_GLUE_DIR"), help="GLUE folder (default: $AA_GLUE_DIR)")
-    p.add_argument("--test-file", help="labelled test file for a file task (GLUE tasks use the official dev set)")
-    p.add_argument("--recipe", choices=RECIPES, default="search")
-    p.add_argument("--train-size", type=int, help="low-data setting: keep N shuffled training examples")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--selection-from", metavar="RUN_DIR", help="focused recipe: reuse this run's selected layers")
-    p.add_argument("--layers", type=_layers, dest="selected_layers", help="focused recipe: explicit layers, e.g. 0,3,5")
-    p.add_argument("--backbone", metavar="NAME_OR_PATH", help="Hub id or local model folder (default: all-MiniLM-L6-v2)")
-    p.add_argument("--reduction-factor", type=float, default=16.0)
-    p.add_argument("--rational-init", default="one", choices=["one", "gelu", "relu", "leaky_relu", "identity"])
-    p.add_argument("--rational-version", default="A", choices=["A", "B"])
-    p.add_argument("--switch-temperature", type=float, default=0.1)
-    p.add_argument("--anneal-to", type=float, dest="switch_temperature_final", help="anneal the switch temperature to this value")
-    p.add_argument("--adapterdrop-max-layers", type=int, help="AdapterDrop: drop up to k lowest layers per step (default: half)")
-    p.add_argument("--adapterdrop-eval-layers", type=int, help="AdapterDrop: lowest layers dropped at test time (default 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--save-checkpoints", action="store_true", help="also write a small checkpoint every epoch")
-    p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
-    p.add_argument("--output", required=True, help="run folder to write")
+    add_options(p, TrainConfig)  # one flag per TrainConfig field, defaults shown in --help
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
-    keys = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
-    result = train(cfg)
+    result = train(options_from_args(TrainConfig, args))
     summary = {
         "output": str(result.output),
         "metric": result.metric,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from .contract.layout import CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME
 from .contract.rules import uses_rational
 from .fileio import atomic_write_text
+from .rational_presets import check_rational
 
 Recipe = Literal["standard", "search", "focused", "adapterdrop"]
 RECIPES: tuple[str, ...] = ("standard", "search", "focused", "adapterdrop")
@@ -65,6 +66,8 @@ class AdapterConfig:
             raise ValueError(
                 "the focused recipe needs a layer selection: pass selected_layers (CLI: --selection-from RUN_DIR)"
             )
+        # Every preset/version/degrees combination is checked here, before any model is built.
+        check_rational(self.rational_init, self.rational_version, self.numerator_degree, self.denominator_degree)
         self.switch_init = tuple(self.switch_init)  # type: ignore[assignment]
         if self.selected_layers is not None:
             self.selected_layers = sorted({int(i) for i in self.selected_layers})

@@ -170,18 +170,10 @@ def _client_for_push(repo_id: str, revision: str | None, token: str | bool | Non
 
 def _plot_all_layers(model: Any, path: Path) -> None:
     """Draw every layer's learned curve from the unpruned model (the pruned copy lost the skipped ones)."""
-    from .plotting import plot_run
+    from .plotting import plot_model
 
     cfg = model.config
-    task = (cfg.task or {}).get("name") or "adapter"
-    rationals = {
-        i: (r.numerator.detach().cpu().tolist(), r.denominator.detach().cpu().tolist())
-        for i, r in model.rationals().items()
-    }
-    plot_run(
-        path, cfg.num_hidden_layers or 0, model.kept_layers(), model.switch_probabilities(), rationals,
-        version=cfg.rational_version, title=f"{task} · {cfg.recipe}",
-    )  # fmt: skip
+    plot_model(path, model, title=f"{(cfg.task or {}).get('name') or 'adapter'} · {cfg.recipe}")
 
 
 def _stage_model(model: Any, staging: Path, source: Path | None) -> tuple[int, ...]:

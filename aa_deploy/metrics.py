@@ -1,4 +1,4 @@
-"""Evaluation metrics of the paper's protocol (METHOD.md section 5), on numpy/scipy only.
+"""Evaluation metrics of the paper's protocol (docs/METHOD.md §5), on numpy/scipy only.
 
 Degenerate inputs return 0.0 rather than NaN: model selection keeps the best epoch by
 comparing scores, and any comparison with NaN is False, so a single NaN (for example a

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .fileio import atomic_path
 
 
-def rational_curve(numerator: Sequence[float], denominator: Sequence[float], x: np.ndarray, version: str = "A") -> np.ndarray:
+def rational_curve(
+    numerator: Sequence[float], denominator: Sequence[float], x: np.ndarray, version: str = "A"
+) -> np.ndarray:
     """NumPy twin of the rational activation, for plots and for checking folded graphs."""
     p = np.zeros_like(x)
     for c in reversed(list(numerator)):
@@ -83,3 +86,23 @@ def plot_run(
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return target
+
+
+def plot_model(path: str | os.PathLike, model: Any, title: str = "") -> Path:
+    """:func:`plot_run` for an :class:`~aa_deploy.modeling.AdaptableAdapterModel` (every layer it still has).
+
+    Takes the model duck-typed, so that this module never imports torch.
+    """
+    rationals = {
+        i: (r.numerator.detach().cpu().tolist(), r.denominator.detach().cpu().tolist())
+        for i, r in model.rationals().items()
+    }
+    return plot_run(
+        path,
+        model.config.num_hidden_layers or 0,
+        model.kept_layers(),
+        model.switch_probabilities(),
+        rationals,
+        version=model.config.rational_version,
+        title=title,
+    )

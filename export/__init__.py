@@ -1,6 +1,6 @@
 """The compiler: prune deselected adapters, fold rationals into constants, export validated per-task ONNX.
 
-``export_run(run_dir, output, ...)`` is the entry point (``aa-deploy export`` on the command line).
+``export_run(run_dir, output, options)`` is the entry point (``aa-deploy export`` on the command line).
 The package imports torch lazily, so ``aa-deploy --help`` does not pay for it. The manifest and the
 folder layout are not the compiler's: they live in the torch-free :mod:`aa_deploy.contract`.
 """
@@ -12,7 +12,7 @@ from typing import Any
 _LAZY = {
     "export_run": "api",
     "ExportResult": "api",
-    "ExportOptions": "api",
+    "ExportOptions": "options",
     "SizeReport": "size_report",
     "folder_report": "size_report",
     "fleet_report": "size_report",

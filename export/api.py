@@ -5,7 +5,7 @@ Order of work, and why:
 1. Read and check the run folder, load the trained model (eval mode) and its backbone's tokenizer.
 2. Build the validation inputs and compute the trained model's logits on them: the reference.
 3. Prune (``model.pruned()``) and check the pruned model against the reference (≤ 1e-5): pruning is
-   exact by construction (METHOD.md §3), so any difference means a damaged run folder.
+   exact by construction (docs/METHOD.md §3), so any difference means a damaged run folder.
 4. Save the compact artefact (kept adapters + head), then fold the rationals into constants.
 5. Export the task graph, post-process it (fusions, INT8), check the deployment contract (no custom
    domain, no switch, the I/O signature) and validate it in ONNX Runtime against the reference.
@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from .errors import ExportError, GraphCheckError, RunFolderError, ValidationErro
 from .folding import fold_rationals
 from .onnx_protos import check_domains, check_no_switch, io_signature
 from .optimize import OptimizeSettings, postprocess
+from .options import ExportOptions
 from .permissions import apply_umask
 from .run_folder import RunFolder, check_selection, read_run_folder
 from .safetensors_canonical import canonicalize_safetensors
@@ -85,33 +86,6 @@ _PROTOBUF_LIMIT = 2**31 - 2**24
 
 
 @dataclass
-class ExportOptions:
-    """The settings of one export (recorded in the manifest; round-trips through JSON)."""
-
-    standalone: bool = False
-    optimize: bool = False
-    quantize: str | None = None
-    backbone_store: str | None = None
-    data_dir: str | None = None
-    atol: float = 1e-4
-    task_name: str | None = None
-    overwrite: bool = False
-    max_eval_examples: int | None = None
-
-    def __post_init__(self) -> None:
-        OptimizeSettings(self.optimize, self.quantize)  # validates quantize
-        if not self.atol > 0:
-            raise ValueError(f"atol must be > 0, got {self.atol}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExportOptions:
-        return cls(**data)
-
-
-@dataclass
 class ExportResult:
     """What ``export_run`` produced: the folder, its manifest and the reports inside it."""
 
@@ -127,32 +101,22 @@ class ExportResult:
 def export_run(
     run_dir: str | os.PathLike,
     output: str | os.PathLike,
-    *,
-    standalone: bool = False,
-    optimize: bool = False,
-    quantize: str | None = None,
-    backbone_store: str | os.PathLike | None = None,
-    data_dir: str | os.PathLike | None = None,
-    atol: float = 1e-4,
-    task_name: str | None = None,
-    overwrite: bool = False,
-    max_eval_examples: int | None = None,
+    options: ExportOptions | None = None,
+    **overrides: Any,
 ) -> ExportResult:
     """Compile a trained run folder (or a Hub id of one) into a validated ONNX task folder.
 
-    See the module docstring for the steps; docs/DESIGN.md for the folder layout and the manifest.
-    ``data_dir`` (default ``$AA_GLUE_DIR``) supplies the task's own dev examples for validation and,
-    with ``quantize="int8"``, the dev-set metric before and after quantisation.
+    ``options`` holds every setting (:class:`ExportOptions`, the same object the CLI builds from its
+    flags). Keyword arguments named like its fields (``backbone_store=...``, ``quantize="int8"``) are
+    applied on top of it, so short calls stay short. See the module docstring for the steps;
+    docs/DESIGN.md for the folder layout and the manifest. ``data_dir`` (default ``$AA_GLUE_DIR``)
+    supplies the task's own dev examples for validation and, with ``quantize="int8"``, the dev-set
+    metric before and after quantisation.
     """
     started = time.time()
-    options = ExportOptions(
-        standalone=standalone, optimize=optimize, quantize=quantize,
-        backbone_store=None if backbone_store is None else os.fspath(backbone_store),
-        data_dir=None if data_dir is None else os.fspath(data_dir), atol=float(atol), task_name=task_name,
-        overwrite=overwrite, max_eval_examples=max_eval_examples,
-    )  # fmt: skip
+    options = (options or ExportOptions()).replace(**overrides)
     output = Path(output).expanduser().absolute()
-    _check_output(output, overwrite)
+    _check_output(output, options.overwrite)
     notes: list[str] = []
     result = _export(run_dir, output, options, notes)
     result.warnings = notes

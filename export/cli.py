@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
+
+from aa_deploy.cli_options import add_options, options_from_args
+
+from .options import ExportOptions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,33 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `aa-deploy train` (or a Hub id of one)")
     p.add_argument("--output", required=True, metavar="DIR", help="task folder to write")
-    p.add_argument("--standalone", action="store_true", help="one self-contained model.onnx (no shared backbone)")
-    p.add_argument(
-        "--optimize", action="store_true",
-        help="apply ONNX Runtime's transformer fusions (for GPUs / many threads; slower on 1-2 CPU threads)",
-    )  # fmt: skip
-    p.add_argument("--quantize", choices=["int8"], help="dynamic INT8 quantisation of the weights")
-    p.add_argument(
-        "--backbone-store", metavar="PATH",
-        help="where shared backbones live (default: $AA_DEPLOY_HOME/backbones or ~/.cache/aa_deploy/backbones); "
-        "put it on the output's file system so that tasks can hard-link it",
-    )  # fmt: skip
-    p.add_argument(
-        "--data-dir", default=os.environ.get("AA_GLUE_DIR"), metavar="DIR",
-        help="GLUE folder for validation inputs and INT8 metrics (default: $AA_GLUE_DIR; else built-in sentences)",
-    )  # fmt: skip
-    p.add_argument(
-        "--atol", type=float, default=1e-4, help="max abs logit difference ONNX vs PyTorch (fp32; default 1e-4)"
-    )
-    p.add_argument("--task-name", help="task name recorded in the manifest (default: the run's task)")
-    p.add_argument("--max-eval-examples", type=int, help="cap the dev examples used for the INT8 metric")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
+    add_options(p, ExportOptions)  # one flag per ExportOptions field, defaults shown in --help
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
     p.set_defaults(handler=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from . import export_run
+    from .api import export_run
 
     logger = logging.getLogger("aa_deploy.export")
     if not logger.handlers:  # progress lines on stderr; library loggers keep their own settings
@@ -56,19 +39,7 @@ def _run_export(args: argparse.Namespace) -> int:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    result = export_run(
-        args.run_dir,
-        args.output,
-        standalone=args.standalone,
-        optimize=args.optimize,
-        quantize=args.quantize,
-        backbone_store=args.backbone_store,
-        data_dir=args.data_dir,
-        atol=args.atol,
-        task_name=args.task_name,
-        overwrite=args.overwrite,
-        max_eval_examples=args.max_eval_examples,
-    )
+    result = export_run(args.run_dir, args.output, options_from_args(ExportOptions, args))
     if args.json:
         print(json.dumps(result.manifest, indent=2, sort_keys=True))
         return 0

@@ -1,10 +1,11 @@
 """Fold each trained rational activation into plain arithmetic with its coefficients as constants.
 
-A trained :class:`~aa_deploy.modeling.rational.RationalActivation` holds its ten coefficients as
-parameters and computes ``|b_j|`` at every call. For deployment the coefficients are fixed, so we
-replace the module by :class:`FoldedRational`, which holds them as Python floats: the exporter then
-emits them as graph constants and the rational becomes ``Mul``/``Add``/``Abs``/``Div`` nodes, with no
-custom op anywhere (METHOD.md §7).
+A trained :class:`~aa_deploy.modeling.rational.RationalActivation` holds its ``n + 1 + m``
+coefficients (numerator degree n, denominator degree m: ten at the default 5/4) as parameters and
+computes ``|b_j|`` at every call. For deployment the coefficients are fixed, so we replace the module
+by :class:`FoldedRational`, which holds them as Python floats: the exporter then emits them as graph
+constants and the rational becomes ``Mul``/``Add``/``Abs``/``Div`` nodes, with no
+custom op anywhere (docs/METHOD.md §7).
 
 The folded module evaluates exactly the same float32 operations, in the same (Horner) order, as the
 trained module, so on finite inputs it is bitwise identical; only operations that provably do not

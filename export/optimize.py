@@ -22,9 +22,9 @@ from transformers import PretrainedConfig
 from aa_deploy.contract.families import family_for
 from aa_deploy.contract.layout import ADAPTER_KEY_PREFIX
 
-logger = logging.getLogger("aa_deploy.export")
+from .options import QUANTIZATION_TYPES
 
-QUANTIZATION_TYPES = ("int8",)
+logger = logging.getLogger("aa_deploy.export")
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,20 @@ def test_card_of_a_real_training_run(tmp_path: Path, tiny_backbone_dir: Path, de
     assert data["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
     assert "| test file `sentiment_test.csv` |" in readme.read_text()
     assert (run / PICTURE_NAME).read_bytes() == drawn_by_training
+
+
+def test_card_records_the_rational_degrees(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run")
+    config = json.loads((run / "adapter_config.json").read_text())
+    config |= {"numerator_degree": 3, "denominator_degree": 2}
+    (run / "adapter_config.json").write_text(json.dumps(config))
+
+    text = build_model_card(run).text
+
+    assert "| rational version | `A` |" in text and "| rational degrees | `3/2` |" in text
+
+
+def test_card_template_ships_with_the_package() -> None:
+    from aa_deploy.card.render import TEMPLATE
+
+    assert TEMPLATE.is_file() and TEMPLATE.read_text().startswith("---\n{{ card_data }}\n---")

@@ -58,7 +58,7 @@ def test_rational_equals_its_formula(version: str) -> None:
 
 
 def test_denominator_moves_from_one_init() -> None:
-    """sign(0) = +1: with b = 0 a plain abs() would freeze the denominator forever (METHOD.md §2)."""
+    """sign(0) = +1: with b = 0 a plain abs() would freeze the denominator forever (docs/METHOD.md §2)."""
     torch.manual_seed(0)
     r = RationalActivation("one")
     assert torch.count_nonzero(r.denominator) == 0

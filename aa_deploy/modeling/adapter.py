@@ -20,7 +20,7 @@ class BottleneckAdapter(nn.Module):
         self.down = nn.Linear(hidden_size, bottleneck)
         self.activation = activation
         self.up = nn.Linear(bottleneck, hidden_size)
-        # The up-projection is deliberately not zero-initialised (METHOD.md §1).
+        # The up-projection is deliberately not zero-initialised (docs/METHOD.md §1).
         for linear in (self.down, self.up):
             nn.init.normal_(linear.weight, mean=0.0, std=init_std)
             nn.init.zeros_(linear.bias)

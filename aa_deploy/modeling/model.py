@@ -79,7 +79,7 @@ def load_sequence_classifier(
     # is ours to train, so a size mismatch there is expected, not an error.
     kwargs.setdefault("ignore_mismatched_sizes", True)
     # transformers 5 loads a checkpoint in its stored dtype by default; adapters train in fp32
-    # (METHOD.md §5) next to an fp32 backbone, also when the checkpoint was saved in fp16/bf16.
+    # (docs/METHOD.md §5) next to an fp32 backbone, also when the checkpoint was saved in fp16/bf16.
     kwargs.setdefault(_DTYPE_KWARG, torch.float32)
     with _quiet_transformers():
         return AutoModelForSequenceClassification.from_pretrained(

@@ -1,7 +1,7 @@
 """Learnable rational activation (Padé activation unit).
 
 The adapter's non-linearity is ``R(x) = P(x) / Q(x)`` with one set of coefficients per adapter layer,
-so that each layer can learn the activation shape it needs (METHOD.md §2).
+so that each layer can learn the activation shape it needs (docs/METHOD.md §2).
 """
 
 from __future__ import annotations
@@ -11,30 +11,15 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..rational_presets import DEFAULT_DEGREES, RATIONAL_PRESETS, preset_coefficients
+
 RationalVersion = Literal["A", "B"]
 
-# Version-A 5/4 coefficients from the rational_activations tables (METHOD.md §2). They are published for
-# version A only; other versions start from "one" or "identity".
+# The starting coefficients at the default degrees 5/4, by preset name (kept for callers and tests that
+# read the tables; the rule for other degrees lives in aa_deploy.rational_presets).
 RATIONAL_INITS: dict[str, tuple[list[float], list[float]]] = {
-    "one": ([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]),
-    "identity": ([0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]),
-    "gelu": (
-        [-0.0012423594497499122, 0.5080497063245629, 0.41586363182937475, 0.13022718688035761,
-         0.024355900098993424, 0.00290283948155535],
-        [-0.06675015696494944, 0.17927646217001553, 0.03746682605496631, 1.6561610853276082e-10],
-    ),
-    "leaky_relu": (
-        [0.029792778657264946, 0.6183735264987601, 2.323309062531321, 3.051936237265109,
-         1.4854203263828845, 0.2510244961111299],
-        [-1.1419548357285474, 4.393159974992486, 0.8714712309957245, 0.34719662339598834],
-    ),
-    "relu": (
-        [0.029963801610813613, 0.6168978366891341, 2.37534759733888, 3.0659900472408443,
-         1.5246831881677423, 0.2528070864040542],
-        [-1.191550121923625, 4.4080487697236626, 0.9110357113686055, 0.34884977946384615],
-    ),
+    name: preset_coefficients(name, "A", *DEFAULT_DEGREES) for name in RATIONAL_PRESETS
 }
-VERSION_INDEPENDENT_INITS = ("one", "identity")
 
 
 def abs_with_unit_gradient_at_zero(v: torch.Tensor) -> torch.Tensor:
@@ -42,7 +27,7 @@ def abs_with_unit_gradient_at_zero(v: torch.Tensor) -> torch.Tensor:
 
     With the paper's "one" init every denominator coefficient starts at 0; a plain ``abs`` would give
     them zero gradient forever and the denominator would never move. The reference GPU kernel uses
-    sign(0) = +1 and so do we (METHOD.md §2, Decision).
+    sign(0) = +1 and so do we (docs/METHOD.md §2).
     """
     return torch.where(v >= 0, v, -v)
 
@@ -70,21 +55,7 @@ class RationalActivation(nn.Module):
         denominator_degree: int = 4,
     ) -> None:
         super().__init__()
-        if version not in ("A", "B"):
-            raise ValueError(f"unknown rational version {version!r}: use 'A' or 'B'")
-        if init not in RATIONAL_INITS:
-            raise ValueError(f"unknown rational init {init!r}: choose one of {sorted(RATIONAL_INITS)}")
-        if version != "A" and init not in VERSION_INDEPENDENT_INITS:
-            raise ValueError(
-                f"rational init {init!r} has published coefficients for version A only; "
-                f"with version {version} use one of {list(VERSION_INDEPENDENT_INITS)}"
-            )
-        numerator, denominator = RATIONAL_INITS[init]
-        if (numerator_degree, denominator_degree) != (5, 4):
-            if init not in VERSION_INDEPENDENT_INITS:
-                raise ValueError(f"init {init!r} is tabulated for degrees 5/4 only")
-            numerator = (numerator + [0.0] * numerator_degree)[: numerator_degree + 1]
-            denominator = [0.0] * denominator_degree
+        numerator, denominator = preset_coefficients(init, version, numerator_degree, denominator_degree)
         self.version = version
         self.numerator = nn.Parameter(torch.tensor(numerator, dtype=torch.float32))
         self.denominator = nn.Parameter(torch.tensor(denominator, dtype=torch.float32))
@@ -103,6 +74,4 @@ class RationalActivation(nn.Module):
         return horner(self.numerator, x) / self.denominator_value(x)
 
     def extra_repr(self) -> str:
-        return (
-            f"version={self.version}, degrees={self.numerator.numel() - 1}/{self.denominator.numel()}"
-        )
+        return f"version={self.version}, degrees={self.numerator.numel() - 1}/{self.denominator.numel()}"

@@ -1,51 +1,81 @@
-"""Everything one training run needs, as a JSON-round-tripping dataclass (saved in every run folder)."""
+"""Everything one training run needs, as a JSON-round-tripping dataclass (saved in every run folder).
+
+``TrainConfig`` is the one owner of the training options: each field's default and help text are the
+``aa-deploy train`` flag (see :mod:`aa_deploy.cli_options`), and the whole object goes to
+:func:`aa_deploy.training.train`. Standard library only, so that ``aa-deploy --help`` stays light.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+import argparse
+from dataclasses import dataclass
 
+from ..cli_options import option
 from ..config import RECIPES
+from ..json_record import JsonRecord
+from ..rational_presets import DEFAULT_DEGREES, RATIONAL_PRESETS, RATIONAL_VERSIONS, check_rational
 
-TRAINING_CONFIG_NAME = "training_config.json"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def parse_layers(value: str) -> list[int]:
+    """``"0,3,5"`` → ``[0, 3, 5]`` (sorted, without repeats), for ``--layers``."""
+    try:
+        return sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 0,3,5, got {value!r}") from None
 
 
 @dataclass
-class TrainConfig:
-    """One run of ``aa-deploy train``. Defaults follow the paper's protocol (METHOD.md §5)."""
+class TrainConfig(JsonRecord):
+    """One run of ``aa-deploy train``. Defaults follow the paper's protocol (docs/METHOD.md §5)."""
 
-    task: str
-    output: str
-    recipe: str = "search"
-    data_dir: str | None = None
-    test_file: str | None = None
-    train_size: int | None = None
-    seed: int = 42
-    epochs: int = 20
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_length: int = 128
-    learning_rate: float = 1e-4
-    switch_learning_rate: float = 0.05
-    rational_learning_rate: float = 0.01
-    max_grad_norm: float = 1.0
-    backbone: str | None = None
-    selection_from: str | None = None
-    selected_layers: list[int] | None = None
-    reduction_factor: float = 16.0
-    rational_init: str = "one"
-    rational_version: str = "A"
-    switch_temperature: float = 0.1
-    switch_temperature_final: float | None = None
-    adapterdrop_max_layers: int | None = None
-    adapterdrop_eval_layers: int | None = None
-    dev_fraction: float = 0.25
-    device: str = "auto"
-    save_checkpoints: bool = False
-    progress: bool = True
-    overwrite: bool = False
+    task: str = option(help="GLUE task (rte, mrpc, sst2, cola, stsb, qnli) or a .csv/.tsv/.jsonl file")
+    output: str = option(help="run folder to write", metavar="DIR")
+    recipe: str = option("search", choices=RECIPES, help="what to train (docs/METHOD.md §4)")
+    data_dir: str | None = option(None, env="AA_GLUE_DIR", metavar="DIR", help="GLUE folder")
+    test_file: str | None = option(
+        None, help="labelled test file for a file task (GLUE tasks use the official dev set)"
+    )
+    train_size: int | None = option(None, metavar="N", help="low-data setting: keep N shuffled training examples")
+    seed: int = option(42, help="seed of the data shuffle, the initialisation and the Gumbel noise")
+    epochs: int = option(20, help="training epochs; the best epoch on the dev split is kept")
+    batch_size: int = option(32, help="training batch size")
+    eval_batch_size: int = option(64, help="batch size for the dev and test evaluations")
+    max_length: int = option(128, help="longest tokenised input; longer inputs are truncated")
+    learning_rate: float = option(1e-4, help="learning rate of the adapters and the task head")
+    switch_learning_rate: float = option(0.05, help="learning rate of the switch logits")
+    rational_learning_rate: float = option(0.01, help="learning rate of the rational coefficients")
+    max_grad_norm: float = option(1.0, help="gradient-norm clipping")
+    backbone: str | None = option(
+        None, metavar="NAME_OR_PATH", help="Hub id or local model folder (default: all-MiniLM-L6-v2)"
+    )
+    selection_from: str | None = option(
+        None, metavar="RUN_DIR", help="focused recipe: reuse this run's selected layers"
+    )
+    selected_layers: list[int] | None = option(
+        None, flag="--layers", parse=parse_layers, help="focused recipe: explicit layers, e.g. 0,3,5"
+    )
+    reduction_factor: float = option(16.0, help="adapter bottleneck = hidden size / this")
+    rational_init: str = option("one", choices=RATIONAL_PRESETS, help="starting shape of the rational activations")
+    rational_version: str = option("A", choices=RATIONAL_VERSIONS, help="rational denominator form (docs/METHOD.md §2)")
+    numerator_degree: int = option(DEFAULT_DEGREES[0], help="degree of the rational's numerator P")
+    denominator_degree: int = option(DEFAULT_DEGREES[1], help="degree of the rational's denominator Q")
+    switch_temperature: float = option(0.1, help="Gumbel-softmax temperature of the switches")
+    switch_temperature_final: float | None = option(
+        None, flag="--anneal-to", help="anneal the switch temperature to this value"
+    )
+    adapterdrop_max_layers: int | None = option(
+        None, help="AdapterDrop: drop up to k lowest layers per step (default: half)"
+    )
+    adapterdrop_eval_layers: int | None = option(
+        None, help="AdapterDrop: lowest layers dropped at test time (default 0)"
+    )
+    dev_fraction: float = option(0.25, help="share of the shuffled training data held out as the dev split")
+    device: str = option("auto", choices=DEVICES, help="where to train")
+    save_checkpoints: bool = option(False, help="also write a small checkpoint every epoch")
+    progress: bool = option(True, help="no progress bars")
+    overwrite: bool = option(False, help="replace an existing --output folder")
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -54,22 +84,11 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.recipe == "focused" and self.selection_from is None and self.selected_layers is None:
             raise ValueError(
                 "the focused recipe trains adapters only at a given selection: pass --selection-from RUN_DIR "
                 "(a finished search run) or --layers 0,3,5"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        check_rational(self.rational_init, self.rational_version, self.numerator_degree, self.denominator_degree)

@@ -18,14 +18,22 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArgumen
 
 from ..backbones import resolve_backbone_path
 from ..config import AdapterConfig
-from ..contract.layout import KEPT_LAYERS_KEY, METRICS_NAME, PICTURE_NAME, SELECTION_NAME, WEIGHTS_NAME
+from ..contract.layout import (
+    KEPT_LAYERS_KEY,
+    METRICS_NAME,
+    PICTURE_NAME,
+    SELECTION_NAME,
+    TRAINING_CONFIG_NAME,
+    WEIGHTS_NAME,
+)
 from ..data import TaskDefinition, load_task, low_data_split
 from ..fileio import atomic_write_json, replace_folder
 from ..metrics import task_metrics
 from ..modeling import AdaptableAdapterModel
-from ..plotting import plot_run
-from .config import TRAINING_CONFIG_NAME, TrainConfig
+from ..plotting import plot_model
+from .config import TrainConfig
 from .datasets import TokenizedDataset
+from .run_metrics import RunMetrics, split_metrics
 from .trainer import AdapterTrainer, BestEpochCallback, SwitchAnnealingCallback
 
 
@@ -70,6 +78,8 @@ def build_adapter_config(cfg: TrainConfig, num_layers_hint: int | None = None) -
         reduction_factor=cfg.reduction_factor,
         rational_version=cfg.rational_version,  # type: ignore[arg-type]
         rational_init=cfg.rational_init,
+        numerator_degree=cfg.numerator_degree,
+        denominator_degree=cfg.denominator_degree,
         switch_temperature=cfg.switch_temperature,
         switch_temperature_final=cfg.switch_temperature_final,
         selected_layers=selected if cfg.recipe == "focused" else None,
@@ -159,46 +169,39 @@ def train(cfg: TrainConfig) -> RunResult:
         atomic_write_json(staging / TRAINING_CONFIG_NAME, cfg.to_dict())
         value = float(dev_metrics[f"dev_{spec.metric}"])
         test_value = float(test_metrics[f"test_{spec.metric}"]) if test_metrics else None
-        trained_params = model.num_trainable_parameters()
-        metrics = {
-            "task": spec.name,
-            "recipe": cfg.recipe,
-            "metric": spec.metric,
-            "value": value,
-            "test_value": test_value,
-            "best_epoch": best.best_epoch,
-            "dev": {k.removeprefix("dev_"): v for k, v in dev_metrics.items()},
-            "test": {k.removeprefix("test_"): v for k, v in test_metrics.items()},
-            "history": best.history,
-            KEPT_LAYERS_KEY: selection[KEPT_LAYERS_KEY],
-            "layers_kept": len(selection[KEPT_LAYERS_KEY]),
-            "num_layers": selection["num_layers"],
-            "train_size": cfg.train_size,
-            "train_examples": len(train_examples),
-            "dev_examples": len(dev_examples),
-            "test_examples": len(data.test) if data.test else 0,
-            "seed": cfg.seed,
-            "trained_params": trained_params,
-            "adapter_params": model.num_trainable_parameters(include_head=False),
-            "adapter_bytes": (staging / WEIGHTS_NAME).stat().st_size,
-            "train_loss": float(train_output.training_loss),
-            "wall_time_s": round(time.time() - started, 2),
-            "device": device,
-            "torch": torch.__version__,
-            "host": platform.node(),
-        }
-        atomic_write_json(staging / METRICS_NAME, metrics)
-        plot_run(
-            staging / PICTURE_NAME,
-            model.config.num_hidden_layers or 0,
-            selection[KEPT_LAYERS_KEY],
-            selection["switch_probabilities"],
-            {i: (r.numerator.tolist(), r.denominator.tolist()) for i, r in model.rationals().items()},
-            version=model.config.rational_version,
-            title=f"{spec.name} · {cfg.recipe} · {spec.metric}={value:.3f} (dev split)",
+        metrics = RunMetrics(
+            task=spec.name,
+            recipe=cfg.recipe,
+            metric=spec.metric,
+            value=value,
+            test_value=test_value,
+            best_epoch=best.best_epoch,
+            dev=split_metrics(dev_metrics, "dev"),
+            test=split_metrics(test_metrics, "test"),
+            history=best.history,
+            selected_layers=selection[KEPT_LAYERS_KEY],
+            layers_kept=len(selection[KEPT_LAYERS_KEY]),
+            num_layers=selection["num_layers"],
+            train_size=cfg.train_size,
+            train_examples=len(train_examples),
+            dev_examples=len(dev_examples),
+            test_examples=len(data.test) if data.test else 0,
+            seed=cfg.seed,
+            trained_params=model.num_trainable_parameters(),
+            adapter_params=model.num_trainable_parameters(include_head=False),
+            adapter_bytes=(staging / WEIGHTS_NAME).stat().st_size,
+            train_loss=float(train_output.training_loss),
+            wall_time_s=round(time.time() - started, 2),
+            device=device,
+            torch=torch.__version__,
+            host=platform.node(),
+        )
+        atomic_write_json(staging / METRICS_NAME, metrics.to_dict())
+        plot_model(
+            staging / PICTURE_NAME, model, title=f"{spec.name} · {cfg.recipe} · {spec.metric}={value:.3f} (dev split)"
         )
         replace_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return RunResult(output, spec.metric, value, test_value, selection[KEPT_LAYERS_KEY], metrics)
+    return RunResult(output, spec.metric, value, test_value, selection[KEPT_LAYERS_KEY], metrics.to_dict())

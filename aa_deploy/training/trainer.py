@@ -36,7 +36,7 @@ def parameter_groups(
 
 
 class AdapterTrainer(Trainer):
-    """Adam (not AdamW), no weight decay, one learning rate per parameter group (METHOD.md §5)."""
+    """Adam (not AdamW), no weight decay, one learning rate per parameter group (docs/METHOD.md §5)."""
 
     def __init__(self, *args: Any, learning_rates: tuple[float, float, float], **kwargs: Any) -> None:
         self.learning_rates = learning_rates

@@ -75,7 +75,7 @@ def standard_grid(tasks, sizes, seeds, recipes, learning_rate: float | None = No
 
 
 def transfer_grid(seeds, learning_rate: float | None = None) -> list[Cell]:
-    """METHOD.md §6 claim (c): selections reused across tasks and data sizes."""
+    """docs/METHOD.md §6 claim (c): selections reused across tasks and data sizes."""
     cells = []
     for seed in seeds:
         for task, source_task, source_size in (("rte", "mrpc", 300), ("rte", "rte", 100), ("mrpc", "mrpc", 100)):

@@ -1,0 +1,101 @@
+"""Build and write the model card: read the folder, compute the template's variables, render the template.
+
+The card is ``model_card.md.j2`` (shipped with the package) rendered by
+:meth:`huggingface_hub.ModelCard.from_template`, which puts the Hub metadata in the YAML header.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from huggingface_hub import ModelCard
+
+from ..contract.layout import CARD_NAME
+from ..fileio import atomic_write_text
+from . import sections
+from .artifact import Artifact, read_artifact
+from .facts import results_of, sizes_of
+from .picture import PICTURE_NAME, ensure_picture
+
+TEMPLATE = Path(__file__).with_name("model_card.md.j2")
+
+log = logging.getLogger("aa_deploy.card")
+_T = TypeVar("_T")
+
+
+def _safely(what: str, build: Callable[[], _T], default: _T) -> _T:
+    """Build one optional part of the card; malformed inputs drop that part instead of failing the caller."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - any malformed optional input must only cost its section
+        log.warning("model card: %s left out (%s)", what, exc)
+        return default
+
+
+def render(art: Artifact, pictures: Sequence[str], repo_id: str | None, include_onnx: bool | None) -> ModelCard:
+    """The card of ``art``; a section whose inputs are malformed is left out (``None`` in the template)."""
+    with_onnx = art.has_onnx if include_onnx is None else include_onnx
+    target = repo_id or sections.PLACEHOLDER_REPO
+    model_name = target.rsplit("/", 1)[-1] if repo_id else f"{sections.slug(art.task_name or 'task')}-adaptable-adapter"
+    results = _safely("results", lambda: results_of(art), None)
+    kept = _safely("layer selection", art.kept_layers, [])
+    data = _safely(
+        "metric metadata",
+        lambda: sections.card_data(art, results, with_onnx, model_name),
+        sections.card_data(art, None, with_onnx, model_name),
+    )
+    return ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE),
+        title=model_name,
+        intro=sections.intro(art, kept),
+        results=_safely("results", lambda: sections.results_table(results), None),
+        layers=_safely("selected layers", lambda: sections.layers(art, kept, pictures), None),
+        sizes=_safely("size comparison", lambda: sections.sizes(sizes_of(art, kept)), None),
+        onnx=_safely("ONNX report", lambda: sections.onnx_report(art, with_onnx), None),
+        usage=sections.usage(art, target),
+        training=_safely("training settings", lambda: sections.training(art), None),
+    )
+
+
+def build_model_card(
+    folder: str | os.PathLike[str], *, repo_id: str | None = None, include_onnx: bool | None = None
+) -> ModelCard:
+    """The card of a run folder or an export folder, without writing anything.
+
+    ``repo_id`` is the repo the card will live in (used in the loading instructions); ``include_onnx``
+    says whether ``model.onnx`` travels with the card (default: whether the folder has one), which
+    decides the ``onnx`` tag. The picture is referenced only if the folder already has it; use
+    :func:`write_model_card` to draw it.
+    """
+    directory = Path(folder)
+    art = read_artifact(directory)
+    pictures = [PICTURE_NAME] if (directory / PICTURE_NAME).is_file() else []
+    return render(art, pictures, repo_id, include_onnx)
+
+
+def write_model_card(
+    folder: str | os.PathLike[str],
+    *,
+    repo_id: str | None = None,
+    include_onnx: bool | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write README.md and its picture into ``output_dir`` (default: ``folder``) and return the README path.
+
+    The README is replaced atomically. Only a missing or unreadable ``adapter_config.json`` is an error;
+    any other missing input just leaves its section out, so an export never fails because of its card.
+    """
+    directory = Path(folder)
+    art = read_artifact(directory)
+    out = Path(output_dir) if output_dir is not None else directory
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = ensure_picture(art, out)
+    card = render(art, pictures, repo_id, include_onnx)
+    path = out / CARD_NAME
+    atomic_write_text(path, str(card))
+    return path
