@@ -23,17 +23,13 @@ from typing import Any
 import numpy as np
 
 from .backbone import SharedBackbone
+from .config import DEFAULT_SPLIT_COST_TOKENS
 from .multitask import LOGITS, TASK_IDS, CompiledGraph, MergeSource, compile_multitask, split_model
 from .sessions import SessionSettings, create_session, run_session
 from .tokenization import Encoded, pad_rows
 
-FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-
-
-# A session run costs about as much as this many padded tokens more (the weights are streamed once per
-# run); measured on MiniLM/CPU (docs/SERVING.md). A batch is split into length-sorted runs only where
-# that saves more padding than the extra runs cost.
-DEFAULT_SPLIT_COST = 32.0
+# The config owns the default (``ServerConfig.split_cost_tokens``); direct callers of the engine get the same.
+DEFAULT_SPLIT_COST = DEFAULT_SPLIT_COST_TOKENS
 
 
 def plan_runs(lengths: np.ndarray, max_rows: int, split_cost: float = DEFAULT_SPLIT_COST) -> list[np.ndarray]:
@@ -110,14 +106,12 @@ class MergedRunner:
         external_folder: str,
         prefix_sharing: bool = True,
     ) -> None:
-        started = time.perf_counter()
         self.members = [s.key for s in sources]
         self.slot = {key: j for j, key in enumerate(self.members)}
         self.pad_id = sources[0].manifest.pad_token_id
         compiled: CompiledGraph = compile_multitask(sources, prefix_sharing=prefix_sharing)
         self.num_labels = compiled.num_labels
         self.split_layer = compiled.split_layer
-        self.compile_seconds = time.perf_counter() - started
         if compiled.cut is not None:
             prefix, suffix = split_model(compiled.model, compiled.cut, compiled.hidden_size)
             self.prefix = create_session(prefix, settings, backbone=backbone, external_folder=external_folder)
@@ -129,12 +123,6 @@ class MergedRunner:
             self.cut = None
         self.prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix is not None else set()
         self.suffix_inputs = {i.name for i in self.suffix.get_inputs()}
-        self.stacked_bytes = sum(
-            a.down_w.nbytes + a.up_w.nbytes + a.down_b.nbytes + a.up_b.nbytes
-            for s in sources
-            for a in s.adapters.values()
-        )
-        self.build_seconds = time.perf_counter() - started
 
     @property
     def shared_layers(self) -> int:

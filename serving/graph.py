@@ -111,12 +111,3 @@ def layer_outputs(graph: Any, num_layers: int, kept_layers: Iterable[int]) -> li
                 raise GraphShapeError(f"layer {index} has no adapter but {len(norms)} output LayerNorms (expected 1)")
             result.append(LayerOutput(index, norms[0], None, residual))
     return result
-
-
-def rename_io(node: Any, mapping: dict[str, str]) -> None:
-    for i, name in enumerate(node.input):
-        if name in mapping:
-            node.input[i] = mapping[name]
-    for i, name in enumerate(node.output):
-        if name in mapping:
-            node.output[i] = mapping[name]
