@@ -1,20 +1,37 @@
-"""Shared fixtures: tiny backbones, the demo data, the GLUE folder (from $AA_GLUE_DIR)."""
+"""Shared fixtures: tiny backbones, the demo data, the GLUE folder (from $AA_GLUE_DIR), the pre-built
+serving exports (tests/fixtures/serving_exports).
+
+``AA_BLOCK_TORCH=1`` makes ``import torch`` and ``import transformers`` fail for the whole session, the
+way they fail in a serving-only install: the serving tests must pass like that
+(tests/test_serving_fixtures.py runs one such session). Nothing here imports torch at module level.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+BLOCKED_MODULES = ("torch", "transformers")
+if os.environ.get("AA_BLOCK_TORCH") == "1":
+    for _name in BLOCKED_MODULES:
+        sys.modules[_name] = None  # type: ignore[assignment]  # `import torch` now raises ImportError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import DEMO_DATA, save_tiny_backbone  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
-torch.set_num_threads(int(os.environ.get("AA_TEST_THREADS", "1")))
+SERVING_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "serving_exports"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        import torch
+    except ImportError:  # a serving-only environment, or AA_BLOCK_TORCH=1
+        return
+    torch.set_num_threads(int(os.environ.get("AA_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,11 +48,15 @@ def private_backbone_store(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import save_tiny_backbone
+
     return save_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"), "bert")
 
 
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
+    from tiny_models import DEMO_DATA
+
     return DEMO_DATA
 
 
@@ -48,8 +69,13 @@ def glue_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def serving_exports(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path) -> dict[str, Path]:
-    """Tiny tasks exported by the real exporter for the serving tests (see tests/serving_helpers.py)."""
-    from serving_helpers import build_exports
-
-    return build_exports(tmp_path_factory.mktemp("serving"), tiny_backbone_dir)
+def serving_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny tasks exported by the real exporter (committed by tests/fixtures/build_fixtures.py, so the
+    serving tests need no torch), copied so that no test can change the committed files."""
+    root = tmp_path_factory.mktemp("serving")
+    exports = {}
+    for folder in sorted(p for p in SERVING_FIXTURES.iterdir() if p.is_dir()):
+        exports[folder.name] = Path(shutil.copytree(folder, root / folder.name))
+    if not exports:
+        raise FileNotFoundError(f"no exports in {SERVING_FIXTURES}: run tests/fixtures/build_fixtures.py")
+    return exports
