@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +81,31 @@ def serving_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     if not exports:
         raise FileNotFoundError(f"no exports in {SERVING_FIXTURES}: run tests/fixtures/build_fixtures.py")
     return exports
+
+
+@pytest.fixture(scope="session")
+def references(serving_exports: dict[str, Path]) -> dict[str, Any]:
+    """Every fixture export's own answers, computed without the server (serving_helpers.Reference)."""
+    from serving_helpers import Reference
+
+    return {name: Reference(path) for name, path in serving_exports.items()}
+
+
+@pytest.fixture(scope="module")
+def server(serving_exports: dict[str, Path]) -> Iterator[Any]:
+    """The real server on 127.0.0.1 with the HTTP tests' configuration (serving_helpers.served_config);
+    one per test module, so no module sees another's loads and unloads."""
+    from serving_helpers import served_config
+
+    from aa_deploy.serving.server import BackgroundServer
+
+    with BackgroundServer(served_config(serving_exports)) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server: Any) -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c

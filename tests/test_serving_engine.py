@@ -39,11 +39,6 @@ def inputs_for(folder: Path) -> tuple[list[str], list[str] | None]:
     return TEXTS, (PAIRS if is_pair else None)
 
 
-@pytest.fixture(scope="module")
-def references(serving_exports: dict[str, Path]) -> dict[str, Reference]:
-    return {name: Reference(path) for name, path in serving_exports.items()}
-
-
 # ---------------------------------------------------------------------------------------------- config
 def test_config_round_trips_json_and_redacts(tmp_path: Path) -> None:
     config = ServerConfig(

@@ -10,31 +10,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from serving_helpers import PAIRS, SERVED, TEXTS, TOKEN, Reference, logits_of, predict, served_config
+from serving_helpers import PAIRS, SERVED, TEXTS, TOKEN, Reference, logits_of, predict
 
 from aa_deploy.serving.config import ServerConfig, TaskSpec
 from aa_deploy.serving.server import BackgroundServer
-
-
-@pytest.fixture(scope="module")
-def references(serving_exports: dict[str, Path]) -> dict[str, Reference]:
-    return {name: Reference(serving_exports[name]) for name in SERVED}
-
-
-@pytest.fixture(scope="module")
-def server(serving_exports: dict[str, Path]):
-    with BackgroundServer(served_config(serving_exports)) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def client(server: BackgroundServer):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
 
 
 def inputs(references: dict[str, Reference], name: str) -> tuple[list[str], list[str] | None]:
@@ -359,17 +343,15 @@ def test_task_listing_health_and_metrics(client: httpx.Client) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- overload
+def sst_only(serving_exports: dict[str, Path], **options: Any) -> ServerConfig:
+    """A server of the sst task alone on one inference thread, with the options a test is about."""
+    return ServerConfig(port=0, intra_op_threads=1, tasks=[TaskSpec("sst", str(serving_exports["sst"]))], **options)
+
+
 def test_overload_answers_503_with_retry_after(serving_exports: dict[str, Path]) -> None:
     """A batch waits up to 1 s to fill; with 2 rows already queued, 3 more exceed the 4-row queue."""
-    config = ServerConfig(
-        port=0,
-        intra_op_threads=1,
-        max_batch_size=8,
-        max_delay_ms=1000,
-        max_queue_rows=4,
-        retry_after_s=2,
-        eager_dispatch=False,
-        tasks=[TaskSpec("sst", str(serving_exports["sst"]))],
+    config = sst_only(
+        serving_exports, max_batch_size=8, max_delay_ms=1000, max_queue_rows=4, retry_after_s=2, eager_dispatch=False
     )
     with BackgroundServer(config) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         with ThreadPoolExecutor(1) as pool:
@@ -386,14 +368,7 @@ def test_overload_answers_503_with_retry_after(serving_exports: dict[str, Path])
 
 # ---------------------------------------------------------------------------------------------- shutdown
 def test_graceful_shutdown_drains_queued_requests(serving_exports: dict[str, Path]) -> None:
-    config = ServerConfig(
-        port=0,
-        intra_op_threads=1,
-        max_delay_ms=800,
-        max_batch_size=64,
-        eager_dispatch=False,
-        tasks=[TaskSpec("sst", str(serving_exports["sst"]))],
-    )
+    config = sst_only(serving_exports, max_delay_ms=800, max_batch_size=64, eager_dispatch=False)
     srv = BackgroundServer(config).start()
     with httpx.Client(base_url=srv.url, timeout=30) as c, ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(predict, c, "sst", [f"text {i}"]) for i in range(4)]
@@ -403,13 +378,7 @@ def test_graceful_shutdown_drains_queued_requests(serving_exports: dict[str, Pat
 
 
 def test_protect_predict_requires_the_token(serving_exports: dict[str, Path]) -> None:
-    config = ServerConfig(
-        port=0,
-        intra_op_threads=1,
-        token="abc",
-        protect_predict=True,
-        tasks=[TaskSpec("sst", str(serving_exports["sst"]))],
-    )
+    config = sst_only(serving_exports, token="abc", protect_predict=True)
     with BackgroundServer(config) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         assert predict(c, "sst", ["x"]).status_code == 401
         r = c.post("/v1/tasks/sst/predict", json={"texts": ["x"]}, headers={"Authorization": "Bearer abc"})

@@ -3,32 +3,14 @@ binary bodies, errors, and OIP requests recorded in the same metrics as native `
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import PAIRS, SERVED, TEXTS, Reference, predict, served_config
+from serving_helpers import PAIRS, SERVED, TEXTS, Reference, predict
 
 from aa_deploy.serving.server import BackgroundServer
-
-
-@pytest.fixture(scope="module")
-def references(serving_exports: dict[str, Path]) -> dict[str, Reference]:
-    return {name: Reference(serving_exports[name]) for name in SERVED}
-
-
-@pytest.fixture(scope="module")
-def server(serving_exports: dict[str, Path]):
-    with BackgroundServer(served_config(serving_exports)) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def client(server: BackgroundServer):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
 
 
 def sample(client: httpx.Client, name: str, **labels: str) -> float:

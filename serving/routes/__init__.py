@@ -15,6 +15,6 @@ from fastapi import APIRouter
 
 from . import admin, health, oip, v1
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, v1.router, admin.router, oip.router)
+ROUTERS: tuple[APIRouter, ...] = (health.router, v1.router, v1.predict_router, admin.router, oip.router)
 
 __all__ = ["ROUTERS"]

@@ -1,4 +1,4 @@
-"""The native API: task listing and predictions (one task, or several on the same inputs)."""
+"""The native API: task listing, and predictions (one task, or several on the same inputs)."""
 
 from __future__ import annotations
 
@@ -11,42 +11,33 @@ from ..service import InferenceService, format_predictions
 from .dependencies import get_service, require_predict_token
 from .schemas import ERRORS, MultiPredictRequest, MultiPredictResponse, PredictRequest, PredictResponse
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", tags=["tasks"])
+# Predictions share their tag, error schemas and the token check (only with ``protect_predict``).
+predict_router = APIRouter(
+    prefix="/v1", tags=["predict"], responses=ERRORS, dependencies=[Depends(require_predict_token)]
+)
 
 
-@router.get("/tasks", tags=["tasks"], summary="Loaded tasks with metadata and sizes")
+@router.get("/tasks", summary="Loaded tasks with metadata and sizes")
 async def list_tasks(service: InferenceService = Depends(get_service)) -> dict[str, Any]:
     registry = service.registry
     return {"tasks": registry.list(), "failed": dict(registry.failed), "backbones": registry.backbones.stats()}
 
 
-@router.get("/tasks/{name}", tags=["tasks"], summary="One task's metadata", responses=ERRORS)
+@router.get("/tasks/{name}", summary="One task's metadata", responses=ERRORS)
 async def get_task(name: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
     return service.registry.info(name)
 
 
-@router.post(
-    "/tasks/{name}/predict",
-    tags=["predict"],
-    summary="Predict one task",
-    response_model=PredictResponse,
-    responses=ERRORS,
-    dependencies=[Depends(require_predict_token)],
-)
+@predict_router.post("/tasks/{name}/predict", summary="Predict one task", response_model=PredictResponse)
 async def predict(name: str, body: PredictRequest, service: InferenceService = Depends(get_service)) -> JSONResponse:
     outputs = await service.infer([name], body.texts, body.text_pairs, endpoint="predict")
-    output = outputs[name]
-    predictions = format_predictions(output.logits, output.label_names, body.return_logits)
+    predictions = format_predictions(outputs[name].logits, outputs[name].label_names, body.return_logits)
     return JSONResponse({"task": name, "predictions": predictions})
 
 
-@router.post(
-    "/predict",
-    tags=["predict"],
-    summary="Predict several tasks on the same inputs",
-    response_model=MultiPredictResponse,
-    responses=ERRORS,
-    dependencies=[Depends(require_predict_token)],
+@predict_router.post(
+    "/predict", summary="Predict several tasks on the same inputs", response_model=MultiPredictResponse
 )
 async def predict_many(body: MultiPredictRequest, service: InferenceService = Depends(get_service)) -> JSONResponse:
     outputs = await service.infer(body.tasks, body.texts, body.text_pairs, endpoint="multi")
