@@ -47,7 +47,7 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
     app.state.config = config
     app.state.service = service
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
-    install_error_handlers(app, metrics)
+    install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -14,12 +14,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import PayloadTooLarge, ServingError
-from .metrics import ServerMetrics
+from .oip_codec import OIP_PREFIX
 
 log = logging.getLogger("aa_deploy.serving")
-
-# The Open Inference Protocol's routes; its errors have its own (flat) shape.
-OIP_PREFIX = "/v2"
 
 
 class BodyLimitMiddleware:
@@ -107,30 +104,36 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "invalid_request", "; ".join(parts) + more
 
 
-def install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
-    """Turn every exception into the JSON error body and count it by code."""
+def _count(request: Request, code: str) -> None:
+    request.app.state.service.metrics.errors.labels(code).inc()
 
-    @app.exception_handler(ServingError)
-    async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        metrics.errors.labels(exc.code).inc()
-        return _error_response(request, exc.status, exc.code, exc.message, exc.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        status, code, message = _validation_message(exc)
-        metrics.errors.labels(code).inc()
-        return _error_response(request, status, code, message)
+async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
+    _count(request, exc.code)
+    return _error_response(request, exc.status, exc.code, exc.message, exc.headers)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        metrics.errors.labels(code).inc()
-        return _error_response(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s", request.url.path)
-        metrics.errors.labels("internal_error").inc()
-        return _error_response(
-            request, 500, "internal_error", f"internal error ({type(exc).__name__}); see the server log"
-        )
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    status, code, message = _validation_message(exc)
+    _count(request, code)
+    return _error_response(request, status, code, message)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    _count(request, code)
+    return _error_response(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s", request.url.path)
+    _count(request, "internal_error")
+    return _error_response(request, 500, "internal_error", f"internal error ({type(exc).__name__}); see the server log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Turn every exception into the JSON error body, counted by code in the service's metrics."""
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

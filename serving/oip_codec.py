@@ -20,6 +20,8 @@ import numpy as np
 from .errors import BadRequest, InvalidInput
 from .service import labels_for
 
+# Where the protocol's routes live; its errors have their own flat shape (``{"error": message}``).
+OIP_PREFIX = "/v2"
 HEADER_LENGTH = "inference-header-content-length"
 MODEL_VERSION = "1"
 

@@ -13,13 +13,13 @@ from fastapi.responses import Response
 from .. import __version__
 from ..config import ServerConfig
 from ..errors import TaskNotFound
-from ..oip_codec import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from ..oip_codec import HEADER_LENGTH, OIP_PREFIX, encode_infer_response, parse_infer_request
 from ..service import InferenceService
 from .dependencies import get_config, get_service, require_predict_token
 
 MODEL_VERSION = "1"
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol"])
 
 
 def _check_version(version: str | None) -> None:
