@@ -83,7 +83,8 @@ class SharedBackbone:
 
 
 class SharedBackbonePool:
-    """Reference-counted registry of shared backbones, keyed by content hash (or file identity)."""
+    """The memory-mapped backbone files the loaded tasks use, reference-counted, keyed by content hash (or
+    file identity): N tasks on one backbone map it once. (Not the export-side store of backbone files.)"""
 
     def __init__(self, *, verify_sha256: bool = True) -> None:
         self.verify_sha256 = verify_sha256

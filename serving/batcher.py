@@ -1,18 +1,22 @@
 """Dynamic batching on the event loop, inference in one worker thread.
 
 Requests are queued as :class:`~serving.engine.WorkItem`. The loop closes a batch when it holds
-``max_batch_rows`` rows (texts x tasks) or when the first item has waited ``max_delay`` - the Triton
+``max_batch_size`` rows (texts x tasks) or when the first item has waited ``max_delay_ms`` - the Triton
 rule. While a batch runs (ONNX Runtime releases the GIL) new items pile up, so under load batches fill
 up without waiting. Items for different tasks share a batch; the engine runs each runner's rows
 together (one run for all tasks of the multi-task graph).
 
-With ``eager`` (the default) a batch is also closed before ``max_delay`` when no other request is
+With ``eager_dispatch`` (the default) a batch is also closed before ``max_delay`` when no other request is
 being received (parsed or tokenised) at that moment: waiting could only add latency then. Under load
 requests keep arriving, so batches still fill; at concurrency 1 nobody waits for the delay.
 
-Back-pressure is explicit: once ``max_queue_rows`` rows wait, :meth:`submit` raises
+Back-pressure is explicit: once ``max_queue_rows`` rows wait, :meth:`enqueue` raises
 :class:`~serving.errors.Overloaded` (HTTP 503 + Retry-After) instead of letting latency grow without
 bound. :meth:`stop` refuses new work and drains what is queued.
+
+The batcher reads its options from :class:`~serving.config.ServerConfig` under the same names
+(``max_batch_size``, ``max_delay_ms``, ``max_queue_rows``, ``retry_after_s``, ``eager_dispatch``,
+``split_cost_tokens``); units are converted here, never by renaming.
 """
 
 from __future__ import annotations
@@ -23,29 +27,19 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from .engine import DEFAULT_SPLIT_COST, BatchStats, WorkItem, execute
+from .config import ServerConfig
+from .engine import BatchStats, WorkItem, execute
 from .errors import InferenceError, Overloaded, ServingError, ShuttingDown
-
-
-@dataclass(frozen=True)
-class BatcherSettings:
-    max_batch_rows: int = 16
-    max_delay_s: float = 0.005
-    max_queue_rows: int = 512
-    retry_after_s: int = 1
-    eager: bool = True
-    split_cost: float = DEFAULT_SPLIT_COST
-
 
 BatchObserver = Callable[[Sequence[WorkItem], BatchStats, float], None]
 
 
 class DynamicBatcher:
-    def __init__(self, settings: BatcherSettings, *, observer: BatchObserver | None = None) -> None:
-        self.settings = settings
+    def __init__(self, config: ServerConfig, *, observer: BatchObserver | None = None) -> None:
+        self.config = config
+        self._max_delay_s = config.max_delay_ms / 1000.0
         self._observer = observer
         self._queue: deque[WorkItem] = deque()
         self._queued_rows = 0
@@ -105,17 +99,18 @@ class DynamicBatcher:
                 self._wakeup.set()
 
     async def submit(self, item: WorkItem) -> dict[str, Any]:
+        """Queue ``item`` and wait for its result."""
         return await self.enqueue(item)
 
     def enqueue(self, item: WorkItem) -> asyncio.Future:
         """Queue ``item`` now (synchronously) and return the future of its result."""
         if not self._accepting or self._wakeup is None:
             raise ShuttingDown()
-        if self._queued_rows + item.rows > self.settings.max_queue_rows and self._queue:
+        if self._queued_rows + item.rows > self.config.max_queue_rows and self._queue:
             raise Overloaded(
-                f"the server is overloaded ({self._queued_rows} rows queued, limit {self.settings.max_queue_rows}); "
-                f"retry after {self.settings.retry_after_s}s",
-                retry_after=self.settings.retry_after_s,
+                f"the server is overloaded ({self._queued_rows} rows queued, limit {self.config.max_queue_rows}); "
+                f"retry after {self.config.retry_after_s}s",
+                retry_after=self.config.retry_after_s,
             )
         item.future = asyncio.get_running_loop().create_future()
         item.enqueued_at = time.perf_counter()
@@ -131,10 +126,10 @@ class DynamicBatcher:
             self._wakeup.clear()
             await self._wakeup.wait()
         first = self._queue[0]
-        deadline = first.enqueued_at + self.settings.max_delay_s
-        while self._rows_waiting() < self.settings.max_batch_rows:
+        deadline = first.enqueued_at + self._max_delay_s
+        while self._rows_waiting() < self.config.max_batch_size:
             remaining = deadline - time.perf_counter()
-            if remaining <= 0 or (self.settings.eager and self._arriving == 0):
+            if remaining <= 0 or (self.config.eager_dispatch and self._arriving == 0):
                 break
             self._wakeup.clear()
             try:
@@ -144,7 +139,7 @@ class DynamicBatcher:
         batch, rows = [], 0
         while self._queue:
             item = self._queue[0]
-            if batch and rows + item.rows > self.settings.max_batch_rows:
+            if batch and rows + item.rows > self.config.max_batch_size:
                 break
             self._queue.popleft()
             self._queued_rows -= item.rows
@@ -181,7 +176,7 @@ class DynamicBatcher:
         stats = BatchStats()
         try:
             results = await loop.run_in_executor(
-                self._pool, execute, batch, self.settings.max_batch_rows, stats, self.settings.split_cost
+                self._pool, execute, batch, self.config.max_batch_size, stats, self.config.split_cost_tokens
             )
         except Exception as exc:  # pragma: no cover - execute() catches per runner
             results = [exc] * len(batch)

@@ -13,6 +13,10 @@ from typing import Any
 # Task names become URL path segments and Prometheus label values: keep them boring, never paths.
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENGINES = ("multitask", "sessions")
+# A session run costs about as much as this many padded tokens more (the weights are streamed once per
+# run); measured on MiniLM/CPU (docs/SERVING.md). A batch is split into length-sorted runs only where
+# that saves more padding than the extra runs cost.
+DEFAULT_SPLIT_COST_TOKENS = 32.0
 
 
 def validate_task_name(name: str) -> str:
@@ -73,7 +77,7 @@ class ServerConfig:
     eager_dispatch: bool = True
     # A batch is run as length-sorted runs when that saves more than this many padded tokens per extra
     # session run (0: one run per length; a huge value: always one run padded to the longest row).
-    split_cost_tokens: float = 32.0
+    split_cost_tokens: float = DEFAULT_SPLIT_COST_TOKENS
     # Per-request limits.
     max_texts_per_request: int = 64
     max_chars_per_text: int = 10_000

@@ -23,17 +23,13 @@ from typing import Any
 import numpy as np
 
 from .backbone import SharedBackbone
+from .config import DEFAULT_SPLIT_COST_TOKENS
 from .multitask import LOGITS, TASK_IDS, CompiledGraph, MergeSource, compile_multitask, split_model
 from .sessions import SessionSettings, create_session, run_session
 from .tokenization import Encoded, pad_rows
 
-FEED_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-
-
-# A session run costs about as much as this many padded tokens more (the weights are streamed once per
-# run); measured on MiniLM/CPU (docs/SERVING.md). A batch is split into length-sorted runs only where
-# that saves more padding than the extra runs cost.
-DEFAULT_SPLIT_COST = 32.0
+# The config owns the default (``ServerConfig.split_cost_tokens``); direct callers of the engine get the same.
+DEFAULT_SPLIT_COST = DEFAULT_SPLIT_COST_TOKENS
 
 
 def plan_runs(lengths: np.ndarray, max_rows: int, split_cost: float = DEFAULT_SPLIT_COST) -> list[np.ndarray]:
@@ -95,6 +91,27 @@ class SoloRunner:
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return run_session(self.session, feeds)
 
+    def logits_for(
+        self, items: Sequence[WorkItem], pairs: Sequence[tuple[int, Target]], chunk_rows: int, split_cost: float
+    ) -> list[np.ndarray]:
+        """Logits of each ``(item index, target)`` of ``pairs``, in that order: the rows of all items
+        padded together, run in length-sorted runs (:func:`plan_runs`)."""
+        feeds = pad_feeds([items[i].encoded for i, _ in pairs], self.pad_id)
+        lengths = feeds["attention_mask"].sum(axis=1)
+        logits = np.empty((len(lengths), 0), dtype=np.float32)
+        for rows in plan_runs(lengths, chunk_rows, split_cost):
+            width = int(lengths[rows].max())
+            out = self.run({k: v[rows, :width] for k, v in feeds.items()})
+            if logits.shape[1] == 0:
+                logits = np.empty((len(lengths), out.shape[1]), dtype=out.dtype)
+            logits[rows] = out
+        outputs, begin = [], 0
+        for i, target in pairs:
+            n = len(items[i].encoded)
+            outputs.append(logits[begin : begin + n, : target.num_labels])
+            begin += n
+        return outputs
+
 
 class MergedRunner:
     """The compiled multi-task graph for one backbone: sessions for prefix and suffix (or the whole graph)."""
@@ -110,14 +127,12 @@ class MergedRunner:
         external_folder: str,
         prefix_sharing: bool = True,
     ) -> None:
-        started = time.perf_counter()
         self.members = [s.key for s in sources]
         self.slot = {key: j for j, key in enumerate(self.members)}
         self.pad_id = sources[0].manifest.pad_token_id
         compiled: CompiledGraph = compile_multitask(sources, prefix_sharing=prefix_sharing)
         self.num_labels = compiled.num_labels
         self.split_layer = compiled.split_layer
-        self.compile_seconds = time.perf_counter() - started
         if compiled.cut is not None:
             prefix, suffix = split_model(compiled.model, compiled.cut, compiled.hidden_size)
             self.prefix = create_session(prefix, settings, backbone=backbone, external_folder=external_folder)
@@ -129,17 +144,33 @@ class MergedRunner:
             self.cut = None
         self.prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix is not None else set()
         self.suffix_inputs = {i.name for i in self.suffix.get_inputs()}
-        self.stacked_bytes = sum(
-            a.down_w.nbytes + a.up_w.nbytes + a.down_b.nbytes + a.up_b.nbytes
-            for s in sources
-            for a in s.adapters.values()
-        )
-        self.build_seconds = time.perf_counter() - started
 
     @property
     def shared_layers(self) -> int:
         """How many of the lowest layers a multi-task call computes once for all tasks."""
         return self.split_layer if self.prefix is not None else 0
+
+    def logits_for(
+        self, items: Sequence[WorkItem], pairs: Sequence[tuple[int, Target]], chunk_rows: int, split_cost: float
+    ) -> list[np.ndarray]:
+        """Logits of each ``(item index, target)`` of ``pairs``, in that order, in one call of :meth:`run`:
+        each item's rows are fed once, and every task that item is for reads them."""
+        order = sorted({i for i, _ in pairs})
+        offsets, start = {}, 0
+        for i in order:
+            offsets[i] = start
+            start += len(items[i].encoded)
+        feeds = pad_feeds([items[i].encoded for i in order], self.pad_id)
+        row_map, task_ids, spans = [], [], []
+        for i, target in pairs:
+            n = len(items[i].encoded)
+            spans.append((len(row_map), n, target.num_labels))
+            row_map.extend(range(offsets[i], offsets[i] + n))
+            task_ids.extend([target.slot] * n)
+        logits = self.run(
+            feeds, np.asarray(row_map, dtype=np.int64), np.asarray(task_ids, dtype=np.int64), chunk_rows, split_cost
+        )
+        return [logits[begin : begin + n, :labels] for begin, n, labels in spans]
 
     def run(
         self,
@@ -226,74 +257,23 @@ def execute(
     length-sorted runs of at most ``chunk_rows`` rows (:func:`plan_runs`).
     """
     results: list[dict[str, np.ndarray] | BaseException] = [{} for _ in items]
-    groups: dict[int, tuple[Any, list[tuple[int, Target]]]] = {}
+    groups: dict[int, tuple[SoloRunner | MergedRunner, list[tuple[int, Target]]]] = {}
     for i, item in enumerate(items):
         for target in item.targets:
             groups.setdefault(id(target.runner), (target.runner, []))[1].append((i, target))
     for runner, pairs in groups.values():
         try:
-            if isinstance(runner, MergedRunner):
-                _run_merged(runner, items, pairs, results, chunk_rows, split_cost)
-            else:
-                _run_solo(runner, items, pairs, results, chunk_rows, split_cost)
+            logits = runner.logits_for(items, pairs, chunk_rows, split_cost)
         except Exception as exc:  # one runner failing must not fail the other tasks of the batch
             for i, _ in pairs:
                 results[i] = exc
+        else:
+            for (i, target), values in zip(pairs, logits, strict=True):
+                result = results[i]
+                if isinstance(result, dict):  # not if another runner failed this item
+                    result[target.name] = values
         if stats is not None:
             stats.runs += 1
             stats.tasks.update(t.name for _, t in pairs)
             stats.rows += sum(len(items[i].encoded) for i, _ in pairs)
     return results
-
-
-def _run_merged(
-    runner: MergedRunner,
-    items: Sequence[WorkItem],
-    pairs: list[tuple[int, Target]],
-    results: list,
-    chunk_rows: int,
-    split_cost: float,
-) -> None:
-    order = sorted({i for i, _ in pairs})
-    offsets, start = {}, 0
-    for i in order:
-        offsets[i] = start
-        start += len(items[i].encoded)
-    feeds = pad_feeds([items[i].encoded for i in order], runner.pad_id)
-    row_map, task_ids, spans = [], [], []
-    for i, target in pairs:
-        n = len(items[i].encoded)
-        spans.append((i, target, len(row_map), n))
-        row_map.extend(range(offsets[i], offsets[i] + n))
-        task_ids.extend([target.slot] * n)
-    logits = runner.run(
-        feeds, np.asarray(row_map, dtype=np.int64), np.asarray(task_ids, dtype=np.int64), chunk_rows, split_cost
-    )
-    for i, target, begin, n in spans:
-        if isinstance(results[i], dict):
-            results[i][target.name] = logits[begin : begin + n, : target.num_labels]
-
-
-def _run_solo(
-    runner: SoloRunner,
-    items: Sequence[WorkItem],
-    pairs: list[tuple[int, Target]],
-    results: list,
-    chunk_rows: int,
-    split_cost: float,
-) -> None:
-    feeds = pad_feeds([items[i].encoded for i, _ in pairs], runner.pad_id)
-    lengths = feeds["attention_mask"].sum(axis=1)
-    logits: np.ndarray | None = None
-    for rows in plan_runs(lengths, chunk_rows, split_cost):
-        width = int(lengths[rows].max())
-        out = runner.run({k: v[rows, :width] for k, v in feeds.items()})
-        if logits is None:
-            logits = np.empty((len(lengths), out.shape[1]), dtype=out.dtype)
-        logits[rows] = out
-    begin = 0
-    for i, target in pairs:
-        n = len(items[i].encoded)
-        if isinstance(results[i], dict) and logits is not None:
-            results[i][target.name] = logits[begin : begin + n, : target.num_labels]
-        begin += n

@@ -121,7 +121,7 @@ class TaskRegistry:
             graph_optimization_level=config.graph_optimization_level,
         )
         self.settings = self.settings.with_providers(self.settings.resolved_providers())
-        self.store = SharedBackbonePool(verify_sha256=config.verify_backbone_sha256)
+        self.backbones = SharedBackbonePool(verify_sha256=config.verify_backbone_sha256)
         self._artifacts: dict[str, Artifact] = {}
         self._names: dict[str, str] = {}
         self._loaded_at: dict[str, float] = {}
@@ -255,7 +255,7 @@ class TaskRegistry:
         model = load_task_graph(manifest.model_path)
         backbone, external_folder = None, None
         if manifest.shared:
-            backbone = self.store.acquire(manifest, key)
+            backbone = self.backbones.acquire(manifest, key)
             real = manifest.backbone_path.resolve()  # type: ignore[union-attr]
             point_external_data(model, manifest.backbone_file or "", str(real))
             external_folder = str(real.parent)
@@ -401,7 +401,7 @@ class TaskRegistry:
     def _release(self, artifact: Artifact) -> None:
         artifact.solo = None
         if artifact.backbone is not None:
-            self.store.release(artifact.backbone, artifact.key)
+            self.backbones.release(artifact.backbone, artifact.key)
 
     def _publish(self) -> None:
         tasks: dict[str, TaskEntry] = {}

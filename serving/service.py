@@ -1,11 +1,19 @@
-"""The request path shared by the native API and the Open Inference Protocol: check limits, tokenise,
-queue, wait, shape the answer. Everything here raises :mod:`serving.errors` types with clear messages."""
+"""The one request path every protocol calls (native ``/v1``, Open Inference Protocol ``/v2``, and any
+protocol added later): readiness, limits, tokenise, queue, wait, record metrics.
+
+Routers only translate their wire format to :meth:`InferenceService.infer` and back, so a request is
+checked, counted and timed the same way whichever protocol it came in by. Task loads and unloads go
+through here too, so the load metrics have one owner. Everything raises :mod:`serving.errors` types
+with clear messages.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -13,10 +21,14 @@ import numpy as np
 from .batcher import DynamicBatcher
 from .config import ServerConfig
 from .engine import WorkItem
-from .errors import InvalidInput, PayloadTooLarge, ServingError
+from .errors import InvalidInput, PayloadTooLarge, ServingError, ShuttingDown
 from .metrics import ServerMetrics
 from .registry import TaskEntry, TaskRegistry
 
+log = logging.getLogger("aa_deploy.serving")
+
+# Inputs up to this many characters are tokenised on the event loop (microseconds; a thread hop would
+# cost more), larger ones in a worker thread so the loop keeps serving.
 INLINE_TOKENIZE_CHARS = 4096
 
 
@@ -25,17 +37,110 @@ class TaskOutput(NamedTuple):
     label_names: tuple[str, ...] | None
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the server takes predictions: started, not draining, at least one task loaded."""
+
+    ready: bool
+    tasks: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+
+
 class InferenceService:
+    """Owns the registry and the batcher for one app; created by ``create_app``, started by its lifespan.
+
+    ``registry`` may be given pre-loaded (tests, benchmarks); the service then leaves closing it to the
+    caller.
+    """
+
     def __init__(
-        self, config: ServerConfig, registry: TaskRegistry, batcher: DynamicBatcher, metrics: ServerMetrics
+        self,
+        config: ServerConfig,
+        batcher: DynamicBatcher,
+        metrics: ServerMetrics,
+        registry: TaskRegistry | None = None,
     ) -> None:
         self.config = config
-        self.registry = registry
         self.batcher = batcher
         self.metrics = metrics
+        self._given_registry = registry
+        self._registry = registry
+        self._started = False
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    @property
+    def registry(self) -> TaskRegistry:
+        if self._registry is None:
+            raise ShuttingDown("the server is starting; retry shortly")
+        return self._registry
+
+    async def start(self) -> None:
+        """Open the registry, start the batcher, load the configured tasks (each failure is reported
+        without stopping the others)."""
+        if self._registry is None:
+            self._registry = await asyncio.to_thread(TaskRegistry, self.config)
+        await self.batcher.start()
+        for spec in self.config.tasks:
+            try:
+                await self.load_task(spec.name, spec.source, spec.revision)
+            except ServingError as exc:
+                self.registry.failed[spec.name] = exc.message
+                log.error("task %s failed to load: %s", spec.name, exc.message)
+        tasks = self.registry.view.tasks
+        if self.config.tasks and not tasks and self.config.exit_if_no_task_loads:
+            await self.batcher.stop(0)
+            raise RuntimeError(
+                "none of the tasks could be loaded (see the errors above); fix the --task folders, or pass "
+                "--start-empty to start without tasks and load them at runtime"
+            )
+        self._started = True
+        log.info("serving %d task(s): %s", len(tasks), ", ".join(sorted(tasks)))
+
+    async def stop(self) -> None:
+        """Refuse new requests, drain the queue (``drain_timeout_s``), close what this service opened."""
+        self._started = False
+        await self.batcher.stop(self.config.drain_timeout_s)
+        if self._given_registry is None and self._registry is not None:
+            self._registry.close()
+
+    def readiness(self) -> Readiness:
+        registry = self._registry
+        tasks = sorted(registry.view.tasks) if registry is not None else []
+        failed = dict(registry.failed) if registry is not None else {}
+        return Readiness(bool(self.accepting and tasks), tasks, failed)
+
+    @property
+    def accepting(self) -> bool:
+        return self._started and self.batcher.accepting
+
+    def require_accepting(self) -> InferenceService:
+        if not self.accepting:
+            raise ShuttingDown("the server is starting or shutting down; retry shortly")
+        return self
+
+    # ------------------------------------------------------------------------------------------ tasks
+    async def load_task(
+        self, name: str, source: str, revision: str | None = None, *, replace: bool = False
+    ) -> dict[str, Any]:
+        try:
+            info = await asyncio.to_thread(self.registry.load, name, source, revision, replace=replace)
+        except ServingError:
+            self.metrics.task_loads.labels("load", "failed").inc()
+            raise
+        self.metrics.task_loads.labels("load", "ok").inc()
+        self.metrics.tasks_loaded.set(len(self.registry.view.tasks))
+        return info
+
+    async def unload_task(self, name: str) -> list[str]:
+        """Unload ``name`` (requests already queued finish on it); returns the tasks still loaded."""
+        await asyncio.to_thread(self.registry.unload, name)
+        self.metrics.task_loads.labels("unload", "ok").inc()
+        self.metrics.tasks_loaded.set(len(self.registry.view.tasks))
+        return sorted(self.registry.view.tasks)
 
     # ------------------------------------------------------------------------------------------ checks
     def check_texts(self, texts: Sequence[Any], pairs: Sequence[Any] | None) -> None:
+        """The request limits and the text/pair agreement: checked here only, for every protocol."""
         cfg = self.config
         if not texts:
             raise InvalidInput("texts is empty: send at least one text")
@@ -46,20 +151,22 @@ class InferenceService:
             )
         if pairs is not None and len(pairs) != len(texts):
             raise InvalidInput(f"text_pairs has {len(pairs)} items but texts has {len(texts)}; they must match")
-        for field, values in (("texts", texts), ("text_pairs", pairs or ())):
+        for field_name, values in (("texts", texts), ("text_pairs", pairs or ())):
             for i, text in enumerate(values):
                 if not isinstance(text, str):
-                    raise InvalidInput(f"{field}[{i}] is {type(text).__name__}, expected a string")
+                    raise InvalidInput(f"{field_name}[{i}] is {type(text).__name__}, expected a string")
                 if len(text) > cfg.max_chars_per_text:
                     raise PayloadTooLarge(
-                        f"{field}[{i}] has {len(text)} characters; the limit is {cfg.max_chars_per_text} "
+                        f"{field_name}[{i}] has {len(text)} characters; the limit is {cfg.max_chars_per_text} "
                         "(texts are truncated to the model's max_length tokens anyway)",
                         code="text_too_long",
                     )
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise InvalidInput(f"{field}[{i}] is not valid Unicode (it contains a lone surrogate)") from None
+                    raise InvalidInput(
+                        f"{field_name}[{i}] is not valid Unicode (it contains a lone surrogate)"
+                    ) from None
 
     def resolve(self, tasks: Sequence[str]) -> list[TaskEntry]:
         if not tasks:
@@ -70,16 +177,37 @@ class InferenceService:
                 code="too_many_tasks",
             )
         view = self.registry.view
-        unique = list(dict.fromkeys(tasks))
-        return [view.get(name) for name in unique]
+        return [view.get(name) for name in dict.fromkeys(tasks)]
 
     # ------------------------------------------------------------------------------------------ predict
-    async def logits(
+    async def infer(
+        self, tasks: Sequence[str], texts: Sequence[str], pairs: Sequence[str] | None, *, endpoint: str
+    ) -> dict[str, TaskOutput]:
+        """``{task: TaskOutput}`` for every task on the same inputs, recorded in the request, latency and
+        texts metrics under ``endpoint`` (a failure under its HTTP status; the error code itself is counted
+        by the app's exception handler)."""
+        started = time.perf_counter()
+        known = self.registry.view.tasks
+        metric_tasks = [t if t in known else "_unknown" for t in dict.fromkeys(tasks)] or ["_none"]
+        try:
+            outputs = await self._logits(tasks, texts, pairs)
+        except ServingError as exc:
+            for task in metric_tasks:
+                self.metrics.requests.labels(task, endpoint, str(exc.status)).inc()
+            raise
+        elapsed = time.perf_counter() - started
+        for name in outputs:
+            self.metrics.requests.labels(name, endpoint, "200").inc()
+            self.metrics.latency.labels(name).observe(elapsed)
+            self.metrics.texts.labels(name).inc(len(texts))
+        return outputs
+
+    async def _logits(
         self, tasks: Sequence[str], texts: Sequence[str], pairs: Sequence[str] | None
     ) -> dict[str, TaskOutput]:
-        """``{task: TaskOutput}`` (logits [len(texts), num_labels] + labels) for every task on the same
-        inputs. The labels come from the task version that computed the logits, even if the name was
-        reloaded meanwhile."""
+        """Logits [len(texts), num_labels] + labels per task. The labels come from the task version that
+        computed the logits, even if the name was reloaded meanwhile."""
+        self.require_accepting()
         self.check_texts(texts, pairs)
         entries = self.resolve(tasks)
         for entry in entries:
@@ -91,8 +219,6 @@ class InferenceService:
         groups: dict[str, list[TaskEntry]] = {}
         for entry in entries:
             groups.setdefault(entry.artifact.tokenizer.fingerprint, []).append(entry)
-        # Small inputs are tokenised right here (microseconds; a thread hop would cost more), large ones
-        # in a worker thread so the event loop keeps serving.
         inline = sum(len(t) for t in texts) + sum(len(p) for p in pairs or ()) <= INLINE_TOKENIZE_CHARS
         text_list, pair_list = list(texts), list(pairs) if pairs is not None else None
         with self.batcher.arrival():
@@ -119,33 +245,6 @@ class InferenceService:
             for name, values in result.items():
                 merged[name] = TaskOutput(values, labels[name])
         return merged
-
-    async def predict(
-        self,
-        tasks: Sequence[str],
-        texts: Sequence[str],
-        pairs: Sequence[str] | None,
-        *,
-        endpoint: str,
-        return_logits: bool = False,
-    ) -> dict[str, list[dict[str, Any]]]:
-        started = time.perf_counter()
-        known = self.registry.view.tasks
-        metric_tasks = [t if t in known else "_unknown" for t in dict.fromkeys(tasks)] or ["_none"]
-        try:
-            logits = await self.logits(tasks, texts, pairs)
-        except ServingError as exc:  # the error itself is counted by the app's exception handler
-            for t in metric_tasks:
-                self.metrics.requests.labels(t, endpoint, str(exc.status)).inc()
-            raise
-        elapsed = time.perf_counter() - started
-        out = {}
-        for name, output in logits.items():
-            out[name] = format_predictions(output.logits, output.label_names, return_logits)
-            self.metrics.requests.labels(name, endpoint, "200").inc()
-            self.metrics.latency.labels(name).observe(elapsed)
-            self.metrics.texts.labels(name).inc(len(texts))
-        return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

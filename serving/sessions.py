@@ -175,7 +175,3 @@ def run_session(session: Any, feeds: dict[str, np.ndarray], output: str = "logit
     if missing:
         raise ValueError(f"the graph needs inputs {sorted(missing)} the server did not produce")
     return session.run([output], {k: v for k, v in feeds.items() if k in wanted})[0]
-
-
-def session_input_names(session: Any) -> Sequence[str]:
-    return [i.name for i in session.get_inputs()]

@@ -51,8 +51,7 @@ class TaskTokenizer:
         self.fingerprint = hashlib.sha256(raw + f"|{max_length}|{is_pair}".encode()).hexdigest()[:16]
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
-        if pairs is not None and len(pairs) != len(texts):
-            raise InvalidInput(f"text_pairs has {len(pairs)} items but texts has {len(texts)}; they must match")
+        """Token rows of ``texts`` (with ``pairs``, one per text: the request path checked they agree)."""
         batch = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
         try:
             encodings = self._tokenizer.encode_batch(batch, add_special_tokens=True)

@@ -3,7 +3,7 @@ serving exports (tests/fixtures/serving_exports).
 
 ``AA_BLOCK_TORCH=1`` makes ``import torch`` and ``import transformers`` fail for the whole session, the
 way they fail in a serving-only install: the serving tests must pass like that
-(tests/test_serving_fixtures.py runs one such session).
+(tests/test_serving_fixtures.py runs one such session). Nothing here imports torch at module level.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +25,6 @@ if os.environ.get("AA_BLOCK_TORCH") == "1":
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_DATA = REPO / "aa_deploy" / "demo_data"
 SERVING_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "serving_exports"
 
 
@@ -56,6 +57,8 @@ def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
+    from tiny_models import DEMO_DATA
+
     return DEMO_DATA
 
 
@@ -69,8 +72,8 @@ def glue_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def serving_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny tasks exported by the real exporter (tests/fixtures/build_fixtures.py, which the serving tests
-    need no torch for), copied so that no test can change the committed files."""
+    """Tiny tasks exported by the real exporter (committed by tests/fixtures/build_fixtures.py, so the
+    serving tests need no torch), copied so that no test can change the committed files."""
     root = tmp_path_factory.mktemp("serving")
     exports = {}
     for folder in sorted(p for p in SERVING_FIXTURES.iterdir() if p.is_dir()):
@@ -78,3 +81,31 @@ def serving_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     if not exports:
         raise FileNotFoundError(f"no exports in {SERVING_FIXTURES}: run tests/fixtures/build_fixtures.py")
     return exports
+
+
+@pytest.fixture(scope="session")
+def references(serving_exports: dict[str, Path]) -> dict[str, Any]:
+    """Every fixture export's own answers, computed without the server (serving_helpers.Reference)."""
+    from serving_helpers import Reference
+
+    return {name: Reference(path) for name, path in serving_exports.items()}
+
+
+@pytest.fixture(scope="module")
+def server(serving_exports: dict[str, Path]) -> Iterator[Any]:
+    """The real server on 127.0.0.1 with the HTTP tests' configuration (serving_helpers.served_config);
+    one per test module, so no module sees another's loads and unloads."""
+    from serving_helpers import served_config
+
+    from aa_deploy.serving.server import BackgroundServer
+
+    with BackgroundServer(served_config(serving_exports)) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server: Any) -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c

@@ -1,5 +1,6 @@
 """Export folders for the serving tests, made by the real exporter (``export.export_run``) from tiny
-trained-looking run folders, plus independent references (plain ONNX Runtime + transformers tokenizer)."""
+trained-looking run folders (tests/fixtures/build_fixtures.py commits them, so the serving tests need no
+torch), plus independent references (plain ONNX Runtime + transformers tokenizer)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _export_helpers import make_run
 
 SST = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
 RTE = {"name": "rte", "metric": "accuracy", "label_names": ["entailment", "not_entailment"], "is_pair": True}
@@ -39,6 +39,8 @@ def make_run_folder(
 ) -> Path:
     """A run folder like ``aa-deploy train`` writes, with random (non-trivial) adapters and heads;
     ``layers=None`` selects every layer."""
+    from _export_helpers import make_run  # torch: only the fixture generator builds run folders
+
     if layers is None:
         layers = list(range(json.loads((backbone / "config.json").read_text())["num_hidden_layers"]))
     return make_run(
@@ -64,16 +66,60 @@ def build_exports(root: Path, backbone: Path) -> dict[str, Path]:
     return out
 
 
+# The tasks the HTTP tests serve (the optimised export is covered by the engine tests) and their admin token.
+SERVED = ("sst", "rte", "stsb", "topic", "late", "sst_standalone")
+TOKEN = "t0ken-for-tests"
+
+
+def served_config(exports: dict[str, Path]) -> Any:
+    """The HTTP tests' server: small limits (so the limit tests stay small), the token, SERVED, and one
+    task that cannot load."""
+    from aa_deploy.serving.config import ServerConfig, TaskSpec
+
+    return ServerConfig(
+        port=0,
+        intra_op_threads=1,
+        max_batch_size=8,
+        max_delay_ms=3,
+        token=TOKEN,
+        max_texts_per_request=16,
+        max_chars_per_text=5000,
+        max_body_bytes=64 * 1024,
+        tasks=[TaskSpec(n, str(exports[n])) for n in SERVED] + [TaskSpec("broken", "/nonexistent/export")],
+    )
+
+
+def predict(client: Any, name: str, texts: list[str], pairs: list[str] | None = None) -> Any:
+    """``POST /v1/tasks/{name}/predict`` with logits, through an ``httpx.Client``."""
+    body: dict = {"texts": texts, "return_logits": True}
+    if pairs is not None:
+        body["text_pairs"] = pairs
+    return client.post(f"/v1/tasks/{name}/predict", json=body)
+
+
+def logits_of(predictions: list[dict]) -> np.ndarray:
+    return np.array([p["logits"] for p in predictions])
+
+
 class Reference:
     """What the exported model says, computed without the server: transformers' tokenizer on the export
-    folder and a plain ``onnxruntime.InferenceSession`` on its ``model.onnx``, one text at a time."""
+    folder and a plain ``onnxruntime.InferenceSession`` on its ``model.onnx``, one text at a time.
+
+    Without transformers (a serving-only install, ``AA_BLOCK_TORCH=1``) the tokenizer is the export's
+    ``tokenizer.json`` read by the ``tokenizers`` library; the model run stays independent of the server
+    (no batching, padding, graph merging). ``test_tokenizer_matches_transformers_and_truncates`` checks
+    the two tokenizers agree wherever transformers is installed."""
 
     def __init__(self, folder: Path) -> None:
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         self.manifest = json.loads((folder / "aa_export.json").read_text())
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            self.tokenizer = _TokenizersReference(folder / "tokenizer.json", self.manifest["max_length"])
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
@@ -93,6 +139,26 @@ class Reference:
         if names is None:
             return [None] * len(texts)
         return [names[int(i)] for i in np.argmax(self.logits(texts, pairs), axis=-1)]
+
+
+class _TokenizersReference:
+    """Called like a transformers tokenizer on one text (or pair): ``input_ids``, ``attention_mask`` and
+    ``token_type_ids`` as [1, length] arrays."""
+
+    def __init__(self, path: Path, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
+
+    def __call__(self, text: str, pair: str | None = None, **_: Any) -> dict[str, np.ndarray]:
+        encoding = self._tokenizer.encode(text, pair)
+        return {
+            "input_ids": np.asarray([encoding.ids], dtype=np.int64),
+            "attention_mask": np.asarray([encoding.attention_mask], dtype=np.int64),
+            "token_type_ids": np.asarray([encoding.type_ids], dtype=np.int64),
+        }
 
 
 TEXTS = [

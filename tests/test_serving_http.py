@@ -1,6 +1,6 @@
 """The real server on 127.0.0.1 (uvicorn in a background thread): predictions, mixed-task batching,
-concurrency, hot load/unload under load, every kind of bad request, overload, auth, metrics,
-the Open Inference Protocol with the real tritonclient, graceful shutdown."""
+concurrency, hot load/unload under load, every kind of bad request, overload, auth, metrics, graceful
+shutdown. The Open Inference Protocol is in test_serving_oip.py."""
 
 from __future__ import annotations
 
@@ -10,60 +10,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from serving_helpers import PAIRS, TEXTS, Reference
+from serving_helpers import PAIRS, SERVED, TEXTS, TOKEN, Reference, logits_of, predict
 
 from aa_deploy.serving.config import ServerConfig, TaskSpec
 from aa_deploy.serving.server import BackgroundServer
 
-TOKEN = "t0ken-for-tests"
-SERVED = ("sst", "rte", "stsb", "topic", "late", "sst_standalone")
-
-
-@pytest.fixture(scope="module")
-def references(serving_exports: dict[str, Path]) -> dict[str, Reference]:
-    return {name: Reference(serving_exports[name]) for name in SERVED}
-
-
-@pytest.fixture(scope="module")
-def server(serving_exports: dict[str, Path]):
-    config = ServerConfig(
-        port=0,
-        intra_op_threads=1,
-        max_batch_size=8,
-        max_delay_ms=3,
-        token=TOKEN,
-        max_texts_per_request=16,
-        max_chars_per_text=5000,
-        max_body_bytes=64 * 1024,
-        tasks=[TaskSpec(n, str(serving_exports[n])) for n in SERVED] + [TaskSpec("broken", "/nonexistent/export")],
-    )
-    with BackgroundServer(config) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def client(server: BackgroundServer):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
-
 
 def inputs(references: dict[str, Reference], name: str) -> tuple[list[str], list[str] | None]:
     return TEXTS, (PAIRS if references[name].manifest["task"]["is_pair"] else None)
-
-
-def predict(client: httpx.Client, name: str, texts: list[str], pairs: list[str] | None = None) -> httpx.Response:
-    body: dict = {"texts": texts, "return_logits": True}
-    if pairs is not None:
-        body["text_pairs"] = pairs
-    return client.post(f"/v1/tasks/{name}/predict", json=body)
-
-
-def logits_of(predictions: list[dict]) -> np.ndarray:
-    return np.array([p["logits"] for p in predictions])
 
 
 # ---------------------------------------------------------------------------------------------- predictions
@@ -383,73 +342,16 @@ def test_task_listing_health_and_metrics(client: httpx.Client) -> None:
     assert client.get("/openapi.json").json()["paths"]["/v1/tasks/{name}/predict"]
 
 
-# ---------------------------------------------------------------------------------------------- OIP v2
-def test_open_inference_protocol_with_tritonclient(server: BackgroundServer, references: dict[str, Reference]) -> None:
-    import tritonclient.http as triton
-    from tritonclient.utils import InferenceServerException
-
-    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
-    assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("rte")
-    meta = client.get_model_metadata("rte")
-    assert [i["name"] for i in meta["inputs"]] == ["text", "text_pair"]
-    assert meta["outputs"][0] == {"name": "logits", "datatype": "FP32", "shape": [-1, 2]}
-    texts, pairs = TEXTS[:5], PAIRS[:5]
-    for binary in (True, False):
-        a = triton.InferInput("text", [len(texts)], "BYTES")
-        a.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object), binary_data=binary)
-        b = triton.InferInput("text_pair", [len(pairs)], "BYTES")
-        b.set_data_from_numpy(np.array([p.encode() for p in pairs], dtype=object), binary_data=binary)
-        outputs = [
-            triton.InferRequestedOutput("logits", binary_data=binary),
-            triton.InferRequestedOutput("label", binary_data=binary),
-        ]
-        result = client.infer("rte", [a, b], outputs=outputs, request_id="r1")
-        np.testing.assert_allclose(result.as_numpy("logits"), references["rte"].logits(texts, pairs), atol=1e-4)
-        labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
-        assert labels == references["rte"].labels(texts, pairs)
-        assert result.get_response()["id"] == "r1"
-    single = triton.InferInput("text", [2], "BYTES")
-    single.set_data_from_numpy(np.array([b"good", b"bad"], dtype=object))
-    result = client.infer("sst", [single])  # default outputs
-    np.testing.assert_allclose(result.as_numpy("logits"), references["sst"].logits(["good", "bad"]), atol=1e-4)
-    with pytest.raises(InferenceServerException, match="not loaded"):
-        client.infer("nope", [single])
-    with pytest.raises(InferenceServerException, match="text_pair"):
-        client.infer("rte", [single])
-    wrong = triton.InferInput("text", [1], "FP32")
-    wrong.set_data_from_numpy(np.array([1.0], dtype=np.float32))
-    with pytest.raises(InferenceServerException, match="BYTES"):
-        client.infer("sst", [wrong])
-    client.close()
-
-
-def test_oip_raw_json_and_errors(client: httpx.Client) -> None:
-    body = {"inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["fine"], ["ok"]]}]}
-    r = client.post("/v2/models/sst/infer", json=body)
-    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 2]
-    assert client.post("/v2/models/sst/infer", content=b"{nope").json()["error"]
-    r = client.post(
-        "/v2/models/sst/infer", json={"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}
-    )
-    assert r.status_code == 422 and "elements" in r.json()["error"]
-    r = client.post("/v2/models/sst/versions/7/infer", json=body)
-    assert r.status_code == 404
-    assert client.get("/v2").json()["name"] == "aa-deploy"
-
-
 # ---------------------------------------------------------------------------------------------- overload
+def sst_only(serving_exports: dict[str, Path], **options: Any) -> ServerConfig:
+    """A server of the sst task alone on one inference thread, with the options a test is about."""
+    return ServerConfig(port=0, intra_op_threads=1, tasks=[TaskSpec("sst", str(serving_exports["sst"]))], **options)
+
+
 def test_overload_answers_503_with_retry_after(serving_exports: dict[str, Path]) -> None:
     """A batch waits up to 1 s to fill; with 2 rows already queued, 3 more exceed the 4-row queue."""
-    config = ServerConfig(
-        port=0,
-        intra_op_threads=1,
-        max_batch_size=8,
-        max_delay_ms=1000,
-        max_queue_rows=4,
-        retry_after_s=2,
-        eager_dispatch=False,
-        tasks=[TaskSpec("sst", str(serving_exports["sst"]))],
+    config = sst_only(
+        serving_exports, max_batch_size=8, max_delay_ms=1000, max_queue_rows=4, retry_after_s=2, eager_dispatch=False
     )
     with BackgroundServer(config) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         with ThreadPoolExecutor(1) as pool:
@@ -466,14 +368,7 @@ def test_overload_answers_503_with_retry_after(serving_exports: dict[str, Path])
 
 # ---------------------------------------------------------------------------------------------- shutdown
 def test_graceful_shutdown_drains_queued_requests(serving_exports: dict[str, Path]) -> None:
-    config = ServerConfig(
-        port=0,
-        intra_op_threads=1,
-        max_delay_ms=800,
-        max_batch_size=64,
-        eager_dispatch=False,
-        tasks=[TaskSpec("sst", str(serving_exports["sst"]))],
-    )
+    config = sst_only(serving_exports, max_delay_ms=800, max_batch_size=64, eager_dispatch=False)
     srv = BackgroundServer(config).start()
     with httpx.Client(base_url=srv.url, timeout=30) as c, ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(predict, c, "sst", [f"text {i}"]) for i in range(4)]
@@ -483,13 +378,7 @@ def test_graceful_shutdown_drains_queued_requests(serving_exports: dict[str, Pat
 
 
 def test_protect_predict_requires_the_token(serving_exports: dict[str, Path]) -> None:
-    config = ServerConfig(
-        port=0,
-        intra_op_threads=1,
-        token="abc",
-        protect_predict=True,
-        tasks=[TaskSpec("sst", str(serving_exports["sst"]))],
-    )
+    config = sst_only(serving_exports, token="abc", protect_predict=True)
     with BackgroundServer(config) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         assert predict(c, "sst", ["x"]).status_code == 401
         r = c.post("/v1/tasks/sst/predict", json={"texts": ["x"]}, headers={"Authorization": "Bearer abc"})
@@ -514,10 +403,11 @@ def test_server_without_loadable_tasks_is_not_ready() -> None:
 def test_real_minilm_tasks_served_exactly(tmp_path: Path) -> None:
     """The real backbone (all-MiniLM-L6-v2): two exports share it in one multi-task graph and answer as
     their own exported models do, over HTTP, alone and in one multi-task call."""
+    pytest.importorskip("torch", reason="exports the real backbone")
+    from aa_deploy.export import export_run
     from serving_helpers import RTE, SST, make_run_folder
 
     from aa_deploy.backbones import resolve_backbone_path
-    from aa_deploy.export import export_run
 
     backbone = Path(resolve_backbone_path(None))
     folders = {}

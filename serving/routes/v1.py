@@ -1,0 +1,48 @@
+"""The native API: task listing, and predictions (one task, or several on the same inputs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from ..service import InferenceService, format_predictions
+from .dependencies import get_service, require_predict_token
+from .schemas import ERRORS, MultiPredictRequest, MultiPredictResponse, PredictRequest, PredictResponse
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+# Predictions share their tag, error schemas and the token check (only with ``protect_predict``).
+predict_router = APIRouter(
+    prefix="/v1", tags=["predict"], responses=ERRORS, dependencies=[Depends(require_predict_token)]
+)
+
+
+@router.get("/tasks", summary="Loaded tasks with metadata and sizes")
+async def list_tasks(service: InferenceService = Depends(get_service)) -> dict[str, Any]:
+    registry = service.registry
+    return {"tasks": registry.list(), "failed": dict(registry.failed), "backbones": registry.backbones.stats()}
+
+
+@router.get("/tasks/{name}", summary="One task's metadata", responses=ERRORS)
+async def get_task(name: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
+    return service.registry.info(name)
+
+
+@predict_router.post("/tasks/{name}/predict", summary="Predict one task", response_model=PredictResponse)
+async def predict(name: str, body: PredictRequest, service: InferenceService = Depends(get_service)) -> JSONResponse:
+    outputs = await service.infer([name], body.texts, body.text_pairs, endpoint="predict")
+    predictions = format_predictions(outputs[name].logits, outputs[name].label_names, body.return_logits)
+    return JSONResponse({"task": name, "predictions": predictions})
+
+
+@predict_router.post(
+    "/predict", summary="Predict several tasks on the same inputs", response_model=MultiPredictResponse
+)
+async def predict_many(body: MultiPredictRequest, service: InferenceService = Depends(get_service)) -> JSONResponse:
+    outputs = await service.infer(body.tasks, body.texts, body.text_pairs, endpoint="multi")
+    results = {
+        task: format_predictions(outputs[task].logits, outputs[task].label_names, body.return_logits)
+        for task in dict.fromkeys(body.tasks)
+    }
+    return JSONResponse({"results": results})
