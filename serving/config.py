@@ -182,7 +182,9 @@ class ServerConfig:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"server config {file} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
-            raise ValueError(f"server config {file} must hold a mapping of ServerConfig fields, got {type(data).__name__}")
+            raise ValueError(
+                f"server config {file} must hold a mapping of ServerConfig fields, got {type(data).__name__}"
+            )
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> Path:
