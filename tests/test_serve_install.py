@@ -20,9 +20,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from serving_helpers import SST, TEXTS, Reference, make_run_folder
+
 from aa_deploy.serving.config import ServerConfig
 from aa_deploy.serving.server import BackgroundServer
-from serving_helpers import SST, TEXTS, Reference, make_run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
