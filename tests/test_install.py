@@ -104,3 +104,20 @@ def test_help_and_serve_need_no_training_library(tmp_path: Path) -> None:
     proc = _run_without_training_libraries("serve", "--task", f"rte={tmp_path}", "--print-config")
     assert proc.returncode == 0, proc.stderr
     assert '"rte"' in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfile_copies_every_package_folder_and_runs_unprivileged(name: str) -> None:
+    """A new package folder must reach the image: the Dockerfile copies, and .dockerignore lets through,
+    exactly pyproject's package folders (plus the files the build reads)."""
+    text = (REPO / "docker" / name).read_text()
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    needed = {"pyproject.toml", "README.md", *setuptools["package-dir"].values()}
+    copies = [line.split()[1:-1] for line in text.splitlines() if line.startswith("COPY ") and "--from" not in line]
+    copied = {source for sources in copies for source in sources}
+    assert copied == needed
+    allowed = {line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line[:1] == "!"}
+    assert needed <= allowed
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert "HEALTHCHECK" in text and "/ready" in text and "EXPOSE 8000" in text and "AA_DEPLOY_PORT=8000" in text

@@ -57,6 +57,13 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**keep, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
+def dockerfile_healthcheck(dockerfile: Path) -> list[str]:
+    """The exec-form command of a Dockerfile's HEALTHCHECK (its continuation lines joined)."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("HEALTHCHECK"))
+    return json.loads(line.partition(" CMD ")[2])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,6 +116,7 @@ def test_serve_install_without_torch_serves_an_export(
     assert (effective["port"], effective["intra_op_threads"], effective["max_batch_size"]) == (port, 1, 8)
 
     body = {"texts": TEXTS, "return_logits": True}
+    healthcheck = dockerfile_healthcheck(REPO / "docker" / "Dockerfile")
     proc = subprocess.Popen([cli, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -122,6 +130,8 @@ def test_serve_install_without_torch_serves_an_export(
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             assert time.monotonic() < deadline, "the serve-only server did not become ready"
             time.sleep(0.3)
+        # The images' HEALTHCHECK command, as written in the Dockerfile, passes against the ready server.
+        assert subprocess.run([python, *healthcheck[1:]], env=env, timeout=30).returncode == 0
         response = httpx.post(url + "/v1/tasks/sst/predict", json=body, timeout=60)
         assert response.status_code == 200, response.text
         served = np.array([p["logits"] for p in response.json()["predictions"]])
@@ -132,6 +142,8 @@ def test_serve_install_without_torch_serves_an_export(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+    assert subprocess.run([python, *healthcheck[1:]], env=env, capture_output=True, timeout=30).returncode != 0
 
     # The full environment's server, same export and settings, gives the same numbers.
     config = ServerConfig(tasks=[{"name": "sst", "source": str(tiny_export)}], port=0, intra_op_threads=1)
