@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 # Task names become URL path segments and Prometheus label values: keep them boring, never paths.
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -221,16 +221,17 @@ def _parse_env_value(variable: str, field_name: str, text: str) -> Any:
     if optional and value.lower() in ("", "none", "null"):
         return None
     try:
-        if field_name == "tasks":
-            return [vars(TaskSpec.parse(item.strip())) for item in value.split(",") if item.strip()]
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if get_origin(base) is list and get_args(base) == (TaskSpec,):
+            return [vars(TaskSpec.parse(item)) for item in items]
+        if get_origin(base) is list:
+            return items
         if base is bool:
             if value.lower() not in _TRUE + _FALSE:
                 raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
             return value.lower() in _TRUE
         if base in (int, float):
             return base(value)
-        if getattr(base, "__origin__", None) is list:
-            return [item.strip() for item in value.split(",") if item.strip()]
         return value
     except ValueError as exc:
         raise ValueError(f"environment variable {variable}={text!r} is not a valid {field_name}: {exc}") from None
