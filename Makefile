@@ -1,5 +1,7 @@
 # Two entry points for a newcomer: `make demo` (set up, then the main job end to end) and
-# `make test` (set up, then the whole suite). Both create/update the local virtual environment .venv.
+# `make test` (set up, then the whole suite). Both create/update the local virtual environment .venv
+# with every extra (`.[all,test]`). `make serve-env` builds .venv-serve: only what `aa-deploy serve`
+# needs (`aa-deploy[serve]`, no torch, no transformers), installed from a wheel as a deployment would.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,9 +14,14 @@ STAMP := $(VENV)/.aa-deploy-installed
 OPTIMUM_VENV ?= .venv-optimum
 OPTIMUM_STAMP := $(OPTIMUM_VENV)/.installed
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+SERVE_VENV ?= .venv-serve
+SERVE_EXTRA ?= serve
+SERVE_STAMP := $(SERVE_VENV)/.installed-$(SERVE_EXTRA)
+SERVE_WHEELS := build/serve-wheel
+PACKAGE_SOURCES := $(shell find aa_deploy export serving -name '*.py' -o -name '*.csv' -o -name '*.md' 2>/dev/null)
 export AA_GLUE_DIR
 
-.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env
+.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env serve-env
 
 setup: $(STAMP)
 
@@ -28,7 +35,7 @@ $(STAMP): pyproject.toml Makefile $(wildcard */__init__.py)
 	@if [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ] && $(PY) -m pip show -q onnxruntime >/dev/null 2>&1; then \
 		$(PY) -m pip uninstall -y -q onnxruntime; \
 	fi
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[all,test]"
 	@$(PY) -c "import torch, onnxruntime; print('torch', torch.__version__, '| cuda build:', torch.version.cuda, '| onnxruntime', onnxruntime.__version__)"
 	@touch $(STAMP)
 
@@ -55,6 +62,19 @@ $(OPTIMUM_STAMP): Makefile
 
 optimum-env: $(OPTIMUM_STAMP)
 
+# The serving-only install, the same steps as docker/Dockerfile: build the project's wheel, then install
+# it with one extra (SERVE_EXTRA=serve-cpu for the CPU-only ONNX Runtime) into a fresh environment.
+$(SERVE_STAMP): pyproject.toml Makefile $(PACKAGE_SOURCES)
+	@test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	rm -rf $(SERVE_WHEELS) && $(SERVE_VENV)/bin/python -m pip wheel --quiet --no-deps -w $(SERVE_WHEELS) .
+	$(SERVE_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps $(SERVE_WHEELS)/aa_deploy-*.whl
+	$(SERVE_VENV)/bin/python -m pip install --quiet "$$(ls $(SERVE_WHEELS)/aa_deploy-*.whl)[$(SERVE_EXTRA)]"
+	@rm -f $(SERVE_VENV)/.installed-* && touch $(SERVE_STAMP)
+	@du -sh $(SERVE_VENV)
+
+serve-env: $(SERVE_STAMP)
+
 demo: setup
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/aa-deploy demo --output demo-output
 
@@ -68,4 +88,4 @@ bench-train: setup
 	$(PY) benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) $(OPTIMUM_VENV) demo-output .pytest_cache
+	rm -rf $(VENV) $(OPTIMUM_VENV) $(SERVE_VENV) .venv-serve-cpu $(SERVE_WHEELS) demo-output .pytest_cache

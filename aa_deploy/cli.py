@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .cli_options import add_options, options_from_args
+from .extras import missing_extra_message
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -81,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aa-deploy: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc, args.command)
+        if message is None or os.environ.get("AA_DEPLOY_DEBUG"):
+            raise
+        print(f"aa-deploy: error: {message}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as exc:
         if os.environ.get("AA_DEPLOY_DEBUG"):
             raise

@@ -59,6 +59,11 @@ def _wait_ready(base: str, server: subprocess.Popen, timeout: float = 120.0) -> 
 
 
 def run_demo(output: Path, epochs: int, backbone: str | None) -> int:
+    from .extras import require_modules
+
+    # Each step runs in a subprocess: check every step's libraries first, so a partial install fails
+    # with one message naming the extra instead of half-way through the demo.
+    require_modules("torch", "transformers", "onnx", "onnxruntime", "fastapi", "uvicorn")
     exe = [sys.executable, "-m", "aa_deploy.cli"]
     run_dir, export_dir = output / "run", output / "export" / "sentiment"
     train_cmd = [*exe, "train", "--task", str(DEMO_DATA / "sentiment_train.csv"), "--test-file",

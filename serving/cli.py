@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -37,7 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve DIR (an export folder or Hub id[@revision]) as task NAME; repeatable; "
         "the same folder may be served under several names",
     )
-    p.add_argument("--config", metavar="FILE", help="JSON server config (ServerConfig); flags override its fields")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="server config file, JSON or YAML (ServerConfig fields; default: $AA_DEPLOY_CONFIG); "
+        "AA_DEPLOY_<FIELD> environment variables override it, and flags override both",
+    )
     p.add_argument("--host", help="bind address (default 127.0.0.1: local only)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument(
@@ -118,23 +124,35 @@ _OVERRIDES = (
 )
 
 
-def build_config(args: argparse.Namespace):
-    from .config import ServerConfig
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None):
+    """The effective ServerConfig: defaults < config file (--config, else $AA_DEPLOY_CONFIG) <
+    environment (AA_DEPLOY_<FIELD>, see serving/config.py) < command-line flags."""
+    from .config import CONFIG_ENV, ServerConfig, config_from_env
 
-    data = ServerConfig.load(args.config).to_dict() if args.config else {}
+    environ = os.environ if environ is None else environ
+    config_file = args.config or environ.get(CONFIG_ENV)
+    data = ServerConfig.load(config_file).to_dict() if config_file else {}
+    env = config_from_env(environ)
+    _merge_tasks(data, env.pop("tasks", None))
+    data.update(env)
     for key in _OVERRIDES:
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
-    if args.task:
-        names = {t.name for t in args.task}
-        data["tasks"] = [t for t in data.get("tasks", []) if t["name"] not in names] + [vars(t) for t in args.task]
-    token = args.token
+    _merge_tasks(data, [vars(t) for t in args.task] if args.task else None)
     if args.token_file:
-        token = Path(args.token_file).read_text().strip()
-    token = token or os.environ.get("AA_DEPLOY_TOKEN") or data.get("token")
-    data["token"] = token or None
+        data["token"] = Path(args.token_file).read_text().strip()
+    elif args.token:
+        data["token"] = args.token
+    data["token"] = data.get("token") or None
     return ServerConfig.from_dict(data)
+
+
+def _merge_tasks(data: dict, tasks: list[dict] | None) -> None:
+    """Tasks from a later source replace same-named ones from an earlier source and add the rest."""
+    if tasks:
+        names = {t["name"] for t in tasks}
+        data["tasks"] = [t for t in data.get("tasks", []) if t["name"] not in names] + tasks
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -143,7 +161,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(redact=True), indent=2, sort_keys=True))
         return 0
     if not config.tasks:
-        raise ValueError("nothing to serve: give at least one --task NAME=DIR (or tasks in --config)")
+        raise ValueError(
+            "nothing to serve: give at least one --task NAME=DIR (or tasks in --config, or AA_DEPLOY_TASKS=NAME=DIR,...)"
+        )
     from .server import run
 
     return run(config)

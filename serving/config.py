@@ -1,14 +1,21 @@
 """Server configuration: one dataclass that round-trips JSON, so a deployment can be described in a file
-(``aa-deploy serve --config server.json``) and every CLI flag is just an override of a field."""
+(``aa-deploy serve --config server.json``, or YAML) and every CLI flag is just an override of a field.
+
+Containers configure the server through the environment instead: every field ``f`` is read from
+``AA_DEPLOY_<F>`` (``AA_DEPLOY_PORT=9000``, ``AA_DEPLOY_TASKS=rte=/models/rte,sst2=org/id``), and
+``AA_DEPLOY_CONFIG`` names a config file. The variable names and their parsing are derived from the
+dataclass fields below, so a new field is configurable from the environment without further code.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 # Task names become URL path segments and Prometheus label values: keep them boring, never paths.
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -160,15 +167,88 @@ class ServerConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ServerConfig:
+        """Read a config file: JSON, or YAML when the name ends in .yaml/.yml (the same keys)."""
         file = Path(path)
         try:
-            return cls.from_json(file.read_text())
+            text = file.read_text()
         except FileNotFoundError:
             raise FileNotFoundError(f"server config {file} not found") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"server config {file} is not valid JSON: {exc}") from exc
+        if file.suffix.lower() in YAML_SUFFIXES:
+            import yaml
+
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"server config {file} is not valid YAML: {exc}") from exc
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"server config {file} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"server config {file} must hold a mapping of ServerConfig fields, got {type(data).__name__}"
+            )
+        return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> Path:
         file = Path(path)
         file.write_text(self.to_json())
         return file
+
+
+# ------------------------------------------------------------------------------------------- environment
+YAML_SUFFIXES = (".yaml", ".yml")
+ENV_PREFIX = "AA_DEPLOY_"
+# The config file to start from (the environment's form of --config).
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+# Short names kept for the CLI flags they mirror (--threads).
+ENV_ALIASES: dict[str, str] = {ENV_PREFIX + "THREADS": "intra_op_threads"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_variable(field_name: str) -> str:
+    """The environment variable of a ServerConfig field: ``port`` -> ``AA_DEPLOY_PORT``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def env_variables() -> dict[str, str]:
+    """Every environment variable the server reads, mapped to the ServerConfig field it sets."""
+    return {**{env_variable(f.name): f.name for f in fields(ServerConfig)}, **ENV_ALIASES}
+
+
+def _parse_env_value(variable: str, field_name: str, text: str) -> Any:
+    kind = get_type_hints(ServerConfig)[field_name]
+    optional = type(None) in get_args(kind)
+    base = next((a for a in get_args(kind) if a is not type(None)), kind) if optional else kind
+    value = text.strip()
+    if optional and value.lower() in ("", "none", "null"):
+        return None
+    try:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if get_origin(base) is list and get_args(base) == (TaskSpec,):
+            return [vars(TaskSpec.parse(item)) for item in items]
+        if get_origin(base) is list:
+            return items
+        if base is bool:
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
+            return value.lower() in _TRUE
+        if base in (int, float):
+            return base(value)
+        return value
+    except ValueError as exc:
+        raise ValueError(f"environment variable {variable}={text!r} is not a valid {field_name}: {exc}") from None
+
+
+def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ServerConfig fields set in ``environ`` (parsed to their types), to lay over a config file.
+
+    Lists are comma-separated (``AA_DEPLOY_ALLOWED_ROOTS=/models,/data``); ``AA_DEPLOY_TASKS`` holds
+    ``NAME=DIR`` items like ``--task``; booleans take 1/0, true/false, yes/no, on/off.
+    """
+    data: dict[str, Any] = {}
+    for variable, field_name in env_variables().items():
+        if variable in environ:
+            data[field_name] = _parse_env_value(variable, field_name, environ[variable])
+    return data

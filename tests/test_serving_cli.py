@@ -138,3 +138,78 @@ def test_serve_exits_when_no_named_task_loads(tmp_path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3
     assert "is not an aa-deploy export" in proc.stderr and "--start-empty" in proc.stderr
+
+
+def test_every_config_field_has_an_environment_variable_and_is_documented() -> None:
+    from dataclasses import fields
+
+    from aa_deploy.serving.config import CONFIG_ENV, ServerConfig, env_variable, env_variables
+
+    variables = env_variables()
+    assert {f.name for f in fields(ServerConfig)} == set(variables.values())
+    assert variables[env_variable("port")] == "port" and variables["AA_DEPLOY_THREADS"] == "intra_op_threads"
+    deploy_doc = (REPO / "docs" / "DEPLOY.md").read_text()
+    missing = [v for v in [*variables, CONFIG_ENV] if f"`{v}`" not in deploy_doc]
+    assert not missing, f"document these in docs/DEPLOY.md: {missing}"
+
+
+def test_environment_values_are_parsed_to_the_field_types() -> None:
+    from aa_deploy.serving.config import config_from_env
+
+    env = {
+        "AA_DEPLOY_TASKS": "rte=/models/rte, sst2=org/sst2@v1",
+        "AA_DEPLOY_PORT": "9000",
+        "AA_DEPLOY_THREADS": "2",
+        "AA_DEPLOY_MAX_DELAY_MS": "2.5",
+        "AA_DEPLOY_ALLOW_HUB": "false",
+        "AA_DEPLOY_PREFIX_SHARING": "On",
+        "AA_DEPLOY_ALLOWED_ROOTS": "/models,/data",
+        "AA_DEPLOY_PROVIDERS": "",
+        "AA_DEPLOY_HOME": "/not/a/server/field",
+    }
+    data = config_from_env(env)
+    assert data == {
+        "tasks": [
+            {"name": "rte", "source": "/models/rte", "revision": None},
+            {"name": "sst2", "source": "org/sst2", "revision": "v1"},
+        ],
+        "port": 9000,
+        "intra_op_threads": 2,
+        "max_delay_ms": 2.5,
+        "allow_hub": False,
+        "prefix_sharing": True,
+        "allowed_roots": ["/models", "/data"],
+        "providers": None,
+    }
+    with pytest.raises(ValueError, match="AA_DEPLOY_PORT='eighty'"):
+        config_from_env({"AA_DEPLOY_PORT": "eighty"})
+    with pytest.raises(ValueError, match="AA_DEPLOY_ALLOW_HUB"):
+        config_from_env({"AA_DEPLOY_ALLOW_HUB": "maybe"})
+    with pytest.raises(ValueError, match="AA_DEPLOY_TASKS"):
+        config_from_env({"AA_DEPLOY_TASKS": "no-equals-sign"})
+
+
+def test_config_file_then_environment_then_flags(tmp_path: Path) -> None:
+    """defaults < config file ($AA_DEPLOY_CONFIG, YAML here) < AA_DEPLOY_* variables < flags."""
+    (tmp_path / "server.yaml").write_text(
+        "max_batch_size: 4\nport: 8100\nintra_op_threads: 3\ntasks:\n  - {name: rte, source: /file/rte}\n"
+        "  - {name: cola, source: /file/cola}\n"
+    )
+    env = {
+        "AA_DEPLOY_CONFIG": str(tmp_path / "server.yaml"),
+        "AA_DEPLOY_PORT": "8200",
+        "AA_DEPLOY_TASKS": "rte=/env/rte,sst2=/env/sst2",
+        "AA_DEPLOY_TOKEN": "from-env",
+    }
+    config = build_config(parse(), env)
+    assert (config.max_batch_size, config.port, config.intra_op_threads, config.token) == (4, 8200, 3, "from-env")
+    assert {t.name: t.source for t in config.tasks} == {"cola": "/file/cola", "rte": "/env/rte", "sst2": "/env/sst2"}
+    config = build_config(parse("--port", "8300", "--task", "sst2=/flag/sst2", "--token", "flag"), env)
+    assert config.port == 8300 and config.token == "flag"
+    assert {t.name: t.source for t in config.tasks}["sst2"] == "/flag/sst2"
+    # A JSON config file given by flag wins over $AA_DEPLOY_CONFIG; a config that is not a mapping is refused.
+    (tmp_path / "server.json").write_text(json.dumps({"max_batch_size": 7}))
+    assert build_config(parse("--config", str(tmp_path / "server.json")), env).max_batch_size == 7
+    (tmp_path / "list.yml").write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="mapping of ServerConfig fields"):
+        build_config(parse("--config", str(tmp_path / "list.yml")), {})
