@@ -37,6 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve DIR (an export folder or Hub id[@revision]) as task NAME; repeatable; "
         "the same folder may be served under several names",
     )
+    p.add_argument(
+        "--models-dir",
+        metavar="DIR",
+        help="serve every export folder DIR/<task>/ as task <task> (the layout KServe leaves in /mnt/models)",
+    )
+    p.add_argument(
+        "--models-tasks",
+        metavar="A,B",
+        help="with --models-dir: serve only these task folders (default: $AA_DEPLOY_TASKS, else all)",
+    )
     p.add_argument("--config", metavar="FILE", help="JSON server config (ServerConfig); flags override its fields")
     p.add_argument("--host", help="bind address (default 127.0.0.1: local only)")
     p.add_argument("--port", type=int, help="port (default 8000)")
@@ -126,9 +136,11 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
-    if args.task:
-        names = {t.name for t in args.task}
-        data["tasks"] = [t for t in data.get("tasks", []) if t["name"] not in names] + [vars(t) for t in args.task]
+    explicit = {t.name for t in args.task}
+    given = [t for t in _models_dir_tasks(args) if t.name not in explicit] + list(args.task)
+    if given:
+        names = {t.name for t in given}
+        data["tasks"] = [t for t in data.get("tasks", []) if t["name"] not in names] + [vars(t) for t in given]
     token = args.token
     if args.token_file:
         token = Path(args.token_file).read_text().strip()
@@ -137,13 +149,24 @@ def build_config(args: argparse.Namespace):
     return ServerConfig.from_dict(data)
 
 
+def _models_dir_tasks(args: argparse.Namespace) -> list:
+    """The tasks of ``--models-dir`` (filtered by ``--models-tasks`` or $AA_DEPLOY_TASKS); --task wins on a name."""
+    from .config import MODELS_DIR_TASKS_ENV, discover_tasks
+
+    if not getattr(args, "models_dir", None):
+        return []
+    wanted = getattr(args, "models_tasks", None) or os.environ.get(MODELS_DIR_TASKS_ENV, "")
+    only = [name.strip() for name in wanted.split(",") if name.strip()]
+    return discover_tasks(args.models_dir, only or None)
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     config = build_config(args)
     if args.print_config:
         print(json.dumps(config.to_dict(redact=True), indent=2, sort_keys=True))
         return 0
     if not config.tasks:
-        raise ValueError("nothing to serve: give at least one --task NAME=DIR (or tasks in --config)")
+        raise ValueError("nothing to serve: give at least one --task NAME=DIR, --models-dir DIR or tasks in --config")
     from .server import run
 
     return run(config)
