@@ -66,6 +66,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "aa_gpu_multitask"))
     p.add_argument("--output", default=str(RESULTS), help="JSON results file")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.backbone = args.backbone or ("tiny" if args.quick else "minilm")
     args.batches = (
         [int(b) for b in args.batches.split(",")]
@@ -297,7 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     return {
         "benchmark": "gpu_multitask",
-        "command": "python benchmarks/gpu_multitask.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python", "benchmarks/gpu_multitask.py", *args.argv]),
         "device": device,
         "providers": sessions["bare"].get_providers(),
         "gpu_figures": "missing" if device != "cuda" else "measured",

@@ -119,9 +119,17 @@ class RuntimeSpec:
             "args": self.args(),
             "ports": [{"containerPort": PORT, "name": "http1", "protocol": "TCP"}],
             "resources": self.resources.to_dict(),
-            "livenessProbe": {"httpGet": {"path": LIVENESS_PATH, "port": PORT}, "initialDelaySeconds": 10, **probe},
-            # Loading and checking the tasks takes seconds per task: readiness is polled until it says yes.
-            "readinessProbe": {"httpGet": {"path": READINESS_PATH, "port": PORT}, "initialDelaySeconds": 5, **probe},
+            # The server answers nothing until its tasks are loaded and checked (seconds per task), so the
+            # startup probe gives it up to 10 minutes before liveness (restart on failure) takes over.
+            "startupProbe": {
+                "httpGet": {"path": LIVENESS_PATH, "port": PORT},
+                "periodSeconds": 5,
+                "timeoutSeconds": 5,
+                "failureThreshold": 120,
+            },
+            "livenessProbe": {"httpGet": {"path": LIVENESS_PATH, "port": PORT}, **probe},
+            # Ready: tasks loaded and not draining (a draining replica leaves the rotation first).
+            "readinessProbe": {"httpGet": {"path": READINESS_PATH, "port": PORT}, **probe},
         }
         return {
             "apiVersion": RUNTIME_API_VERSION,

@@ -125,6 +125,7 @@ def check(doc: dict[str, Any]) -> dict[str, Any]:
             image=container.image,
             command=list(container.command or []) + list(container.args or []),
             ports=[p.container_port for p in container.ports],
+            startup=[container.startup_probe.http_get.path, container.startup_probe.http_get.port],
             liveness=[container.liveness_probe.http_get.path, container.liveness_probe.http_get.port],
             readiness=[container.readiness_probe.http_get.path, container.readiness_probe.http_get.port],
             limits=dict(container.resources.limits),

@@ -71,7 +71,7 @@ def test_kserve_cli_manifests_are_valid_sdk_objects_that_fit_together(tmp_path: 
     # The container runs the server on KServe's port over KServe's model folder; probes hit that port.
     assert runtime["container"] == "kserve-container" and runtime["image"] == "registry.example/aa-deploy:0.1.0-cuda"
     assert runtime["ports"] == [8080]
-    assert runtime["liveness"] == ["/health", 8080] and runtime["readiness"] == ["/ready", 8080]
+    assert runtime["startup"] == runtime["liveness"] == ["/health", 8080] and runtime["readiness"] == ["/ready", 8080]
     command = runtime["command"]
     assert command[:2] == ["aa-deploy", "serve"] and command[-1] == "--max-batch=32"
     assert command[command.index("--models-dir") + 1] == "/mnt/models"
@@ -161,7 +161,7 @@ def test_kserve_runtime_command_serves_the_named_tasks_with_v2_and_probes(
     assert sorted(t.name for t in config.tasks) == ["rte", "sst2"]
 
     with BackgroundServer(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        for probe in ("livenessProbe", "readinessProbe"):
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             r = client.get(container[probe]["httpGet"]["path"])
             assert r.status_code == 200, (probe, r.text)
         assert client.get("/ready").json()["tasks"] == ["rte", "sst2"]
