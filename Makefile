@@ -13,6 +13,8 @@ THREADS ?= 2
 STAMP := $(VENV)/.aa-deploy-installed
 OPTIMUM_VENV ?= .venv-optimum
 OPTIMUM_STAMP := $(OPTIMUM_VENV)/.installed
+KSERVE_VENV ?= .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 SERVE_VENV ?= .venv-serve
 SERVE_EXTRA ?= serve
@@ -21,7 +23,7 @@ SERVE_WHEELS := build/serve-wheel
 PACKAGE_SOURCES := $(shell find aa_deploy export serving -name '*.py' -o -name '*.csv' -o -name '*.md' 2>/dev/null)
 export AA_GLUE_DIR
 
-.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env serve-env
+.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env serve-env kserve-env
 
 setup: $(STAMP)
 
@@ -75,11 +77,22 @@ $(SERVE_STAMP): pyproject.toml Makefile $(PACKAGE_SOURCES)
 
 serve-env: $(SERVE_STAMP)
 
+# The KServe SDK pins protobuf<7, psutil<6 and python-dateutil<3 (older than this project's), so the tests
+# that check our manifests against its typed models run its interpreter (AA_KSERVE_PYTHON) on a script.
+$(KSERVE_STAMP): Makefile
+	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install --quiet "kserve==0.21.0" "kubernetes==37.0.1" pyyaml
+	@touch $(KSERVE_STAMP)
+
+kserve-env: $(KSERVE_STAMP)
+
 demo: setup
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/aa-deploy demo --output demo-output
 
-test: setup optimum-env
-	OMP_NUM_THREADS=$(THREADS) AA_OPTIMUM_PYTHON=$(abspath $(OPTIMUM_VENV))/bin/python $(PY) -m pytest -q
+test: setup optimum-env kserve-env
+	OMP_NUM_THREADS=$(THREADS) AA_OPTIMUM_PYTHON=$(abspath $(OPTIMUM_VENV))/bin/python \
+		AA_KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python $(PY) -m pytest -q
 
 test-fast: setup
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q -m "not slow"
@@ -88,4 +101,4 @@ bench-train: setup
 	$(PY) benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) $(OPTIMUM_VENV) $(SERVE_VENV) .venv-serve-cpu $(SERVE_WHEELS) demo-output .pytest_cache
+	rm -rf $(VENV) $(OPTIMUM_VENV) $(KSERVE_VENV) $(SERVE_VENV) .venv-serve-cpu $(SERVE_WHEELS) demo-output .pytest_cache

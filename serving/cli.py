@@ -39,6 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the same folder may be served under several names",
     )
     p.add_argument(
+        "--models-dir",
+        metavar="DIR",
+        help="serve every export folder DIR/<task>/ as task <task> (the layout KServe leaves in /mnt/models)",
+    )
+    p.add_argument(
+        "--models-tasks",
+        metavar="A,B",
+        help="with --models-dir: serve only these task folders (default: $AA_DEPLOY_MODELS_TASKS, else all)",
+    )
+    p.add_argument(
         "--config",
         metavar="FILE",
         help="server config file, JSON or YAML (ServerConfig fields; default: $AA_DEPLOY_CONFIG); "
@@ -139,7 +149,9 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
-    _merge_tasks(data, [vars(t) for t in args.task] if args.task else None)
+    explicit = {t.name for t in args.task or []}
+    discovered = [vars(t) for t in _models_dir_tasks(args) if t.name not in explicit]
+    _merge_tasks(data, discovered + ([vars(t) for t in args.task] if args.task else []))
     if args.token_file:
         data["token"] = Path(args.token_file).read_text().strip()
     elif args.token:
@@ -148,11 +160,9 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
     return ServerConfig.from_dict(data)
 
 
-def _merge_tasks(data: dict, tasks: list[dict] | None) -> None:
-    """Tasks from a later source replace same-named ones from an earlier source and add the rest."""
-    if tasks:
-        names = {t["name"] for t in tasks}
-        data["tasks"] = [t for t in data.get("tasks", []) if t["name"] not in names] + tasks
+    explicit = {t.name for t in args.task or []}
+    discovered = [vars(t) for t in _models_dir_tasks(args) if t.name not in explicit]
+    _merge_tasks(data, discovered + ([vars(t) for t in args.task] if args.task else []))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -162,7 +172,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 0
     if not config.tasks:
         raise ValueError(
-            "nothing to serve: give at least one --task NAME=DIR (or tasks in --config, or AA_DEPLOY_TASKS=NAME=DIR,...)"
+            "nothing to serve: give at least one --task NAME=DIR, --models-dir DIR (or tasks in --config, or AA_DEPLOY_TASKS=NAME=DIR,...)"
         )
     from .server import run
 

@@ -24,6 +24,11 @@ ENGINES = ("multitask", "sessions")
 # run); measured on MiniLM/CPU (docs/SERVING.md). A batch is split into length-sorted runs only where
 # that saves more padding than the extra runs cost.
 DEFAULT_SPLIT_COST_TOKENS = 32.0
+# ``aa-deploy serve --models-dir DIR`` serves only these task folders of DIR when the variable is set
+# (not AA_DEPLOY_TASKS, which is the `tasks` field: NAME=SOURCE pairs)
+# (comma-separated). KServe merges a predictor's env into its runtime's container by name, so one generic
+# ServingRuntime serves whichever tasks each InferenceService names (serving/kserve.py sets it).
+MODELS_DIR_TASKS_ENV = "AA_DEPLOY_MODELS_TASKS"
 
 
 def validate_task_name(name: str) -> str:
@@ -59,6 +64,39 @@ class TaskSpec:
         if "@" in source and not os.path.exists(source):
             source, _, revision = source.rpartition("@")
         return cls(name=name.strip(), source=source.strip(), revision=revision or None)
+
+
+def discover_tasks(models_dir: str | os.PathLike, only: list[str] | None = None) -> list[TaskSpec]:
+    """One task per sub-folder of ``models_dir`` holding an export manifest, named after the folder.
+
+    This is the layout KServe's storage initializer leaves in ``/mnt/models`` when a ``storageUri`` points
+    at a folder of exports (``<uri>/<task>/aa_export.json``). ``only``: serve just these folders (each must
+    exist); sub-folders without a manifest are skipped, so a bucket may hold other files too.
+    """
+    from .manifest import MANIFEST_NAME
+
+    root = Path(models_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"models dir {root} is not a folder: give the folder holding one export folder per task"
+        )
+    if (root / MANIFEST_NAME).is_file():
+        raise ValueError(
+            f"{root} is itself an export folder: serve it with --task NAME={root}, or put each export in "
+            f"{root}/<task>/ to use --models-dir"
+        )
+    found = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and (d / MANIFEST_NAME).is_file()}
+    if only:
+        missing = [name for name in only if name not in found]
+        if missing:
+            raise FileNotFoundError(
+                f"no export folder for task(s) {missing} in {root} (found: {sorted(found) or 'none'}); each task "
+                f"needs {root}/<task>/{MANIFEST_NAME}"
+            )
+        found = {name: found[name] for name in only}
+    if not found:
+        raise FileNotFoundError(f"no export folders in {root}: expected {root}/<task>/{MANIFEST_NAME} for each task")
+    return [TaskSpec(name=validate_task_name(name), source=str(folder)) for name, folder in found.items()]
 
 
 @dataclass
