@@ -75,7 +75,14 @@ def _run_train(args: argparse.Namespace) -> int:
 def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands contributed by the export and serving packages, when present."""
     registrars = []
-    for module_name in ("aa_deploy.export.cli", "aa_deploy.serving.cli", "aa_deploy.hub_cli", "aa_deploy.demo"):
+    modules = (
+        "aa_deploy.export.cli",
+        "aa_deploy.serving.cli",
+        "aa_deploy.serving.ray_cli",
+        "aa_deploy.hub_cli",
+        "aa_deploy.demo",
+    )
+    for module_name in modules:
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -24,8 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .batcher import BatcherSettings, DynamicBatcher
-from .config import ServerConfig
-from .errors import InvalidInput, PayloadTooLarge, ServingError, ShuttingDown, Unauthorized
+from .config import RAY_TASK_CHANGES_MESSAGE, ServerConfig
+from .errors import InvalidInput, PayloadTooLarge, ServingError, ShuttingDown, TaskChangesRefused, Unauthorized
 from .metrics import ServerMetrics
 from .registry import TaskRegistry
 from .service import InferenceService
@@ -265,6 +265,10 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
             raise Unauthorized("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
 
     async def admin(request: Request) -> None:
+        # Ray Serve deployment: the Serve config owns the task set (checked before the token, so the
+        # operator learns where to make the change).
+        if config.deployment == "ray":
+            raise TaskChangesRefused(RAY_TASK_CHANGES_MESSAGE)
         _check_token(request)
 
     async def predict_auth(request: Request) -> None:
