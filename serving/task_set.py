@@ -99,6 +99,9 @@ class TaskSetApplier:
     def converge(self, wanted: list[TaskSpec]) -> TaskSetPlan:
         """Load new, swap changed, then unload removed. Blocking (graph compilation): call it in a thread."""
         plan = plan_task_set(self.applied, wanted)
+        wanted_names = {s.name for s in wanted}
+        for name in [n for n in self.registry.failed if n not in wanted_names]:  # errors of a config now gone
+            self.registry.failed.pop(name, None)
         failures: list[str] = []
         for spec, replace in [(s, False) for s in plan.add] + [(s, True) for s in plan.replace]:
             try:
