@@ -139,7 +139,8 @@ class LocalRayCluster:
             fresh = after is None or float(info.get("last_deployed_time_s") or 0) >= after
             deployments = (info.get("deployments") or {}).values()
             if info.get("status") == "DEPLOY_FAILED":
-                raise RuntimeError(f"application {app} failed to deploy: {info.get('message')}")
+                why = "; ".join(f"{n}: {d.get('message')}" for n, d in (info.get("deployments") or {}).items())
+                raise RuntimeError(f"application {app} failed to deploy: {info.get('message')} ({why})")
             if fresh and info.get("status") == "RUNNING" and all(d.get("status") == "HEALTHY" for d in deployments):
                 return info
             time.sleep(1)

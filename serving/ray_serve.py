@@ -58,31 +58,33 @@ class AdapterServer:
     """One replica: the full multi-task server, its task set driven by ``user_config``."""
 
     def __init__(self, server_config: dict[str, Any]) -> None:
-        self.config = ServerConfig.from_dict(server_config)
-        self.app: Any = None
-        self.tasks: TaskSetApplier | None = None
+        # Attribute names chosen not to collide with Serve's ASGI wrapper (it defines ``app``).
+        self.server_config = ServerConfig.from_dict(server_config)
+        self.fastapi_app: Any = None
+        self.task_set: TaskSetApplier | None = None
         self._reconfigure_lock = asyncio.Lock()
 
     def __serve_build_asgi_app__(self) -> Any:
         """Called by Serve after ``__init__`` in the replica; Serve then runs the app's lifespan (start-up)."""
         from .app import create_app
 
-        self.app = create_app(self.config)
-        return self.app
+        self.fastapi_app = create_app(self.server_config)
+        return self.fastapi_app
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Converge this replica's tasks to ``user_config.tasks``; requests keep being served meanwhile."""
         wanted = parse_task_set(user_config)
         async with self._reconfigure_lock:
-            state = self.app.state
-            if self.tasks is None:
-                self.tasks = TaskSetApplier(state.registry)
-            await asyncio.to_thread(self.tasks.converge, wanted)
+            state = self.fastapi_app.state
+            if self.task_set is None:
+                self.task_set = TaskSetApplier(state.registry)
+            await asyncio.to_thread(self.task_set.converge, wanted)
             state.metrics.tasks_loaded.set(len(state.registry.view.tasks))
 
     def check_health(self) -> None:
         """Serve's health probe: the app started and its batcher accepts work."""
-        if self.app is None or not self.app.state.ready or not self.app.state.batcher.accepting:
+        app = self.fastapi_app
+        if app is None or not app.state.ready or not app.state.batcher.accepting:
             raise RuntimeError("the aa-deploy server in this replica is not ready")
 
 
