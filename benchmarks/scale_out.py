@@ -183,7 +183,8 @@ def main() -> int:
     def measure(url: str) -> dict[str, Any]:
         return asyncio.run(closed_loop(url, args.concurrency, args.seconds, texts))
 
-    rounds: dict[str, list[dict[str, Any]]] = {"direct": [], "ray proxy, 1 replica": [], "ray proxy, 2 replicas": []}
+    # Each phase measures the direct server and the proxy in alternating rounds; ratios are paired per round.
+    rounds: dict[str, list[dict[str, Any]]] = {}
     direct = start_direct(exports, direct_port)
     try:
         with LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
@@ -193,16 +194,31 @@ def main() -> int:
                 cluster.wait_running("aa-deploy", timeout=600)
                 wait_replicas(proxy_url, replicas)
                 measure(direct_url), measure(proxy_url)  # warm-up (arenas, connections)
+                plural = "s" if replicas > 1 else ""
+                direct_rounds = rounds.setdefault(f"direct (next to {replicas} replica{plural})", [])
+                proxy_rounds = rounds.setdefault(f"ray proxy, {replicas} replica{plural}", [])
                 for _ in range(args.rounds):
-                    rounds["direct"].append(measure(direct_url))
-                    rounds[f"ray proxy, {replicas} replica{'s' if replicas > 1 else ''}"].append(measure(proxy_url))
-                    print({k: round(v[-1]["rps"], 1) for k, v in rounds.items() if v}, flush=True)
+                    direct_rounds.append(measure(direct_url))
+                    proxy_rounds.append(measure(proxy_url))
+                    print(f"{replicas} replica(s): direct {direct_rounds[-1]['rps']:.1f} req/s, "
+                          f"proxy {proxy_rounds[-1]['rps']:.1f} req/s", flush=True)  # fmt: skip
             cluster.serve("shutdown", "-y")
     finally:
         direct.terminate()
         direct.wait(30)
 
     setups = {name: median_of(r) for name, r in rounds.items()}
+
+    def paired(replicas: int) -> float:
+        """Median over rounds of proxy/direct throughput measured back to back (the load drifts)."""
+        plural = "s" if replicas > 1 else ""
+        proxy, direct_ = (
+            rounds[f"ray proxy, {replicas} replica{plural}"],
+            rounds[f"direct (next to {replicas} replica{plural})"],
+        )
+        return round(statistics.median(p["rps"] / d["rps"] for p, d in zip(proxy, direct_, strict=True)), 2)
+
+    one, two = paired(1), paired(2)
     import ray
 
     result = {
@@ -213,10 +229,9 @@ def main() -> int:
         "tasks": list(TASKS),
         "setups": setups,
         "ratios": {
-            "ray proxy (1 replica) / direct": round(setups["ray proxy, 1 replica"]["rps"] / setups["direct"]["rps"], 2),
-            "2 replicas / 1 replica": round(
-                setups["ray proxy, 2 replicas"]["rps"] / setups["ray proxy, 1 replica"]["rps"], 2
-            ),
+            "ray proxy (1 replica) / direct": one,
+            "ray proxy (2 replicas) / direct": two,
+            "2 replicas / 1 replica (each against its direct rounds)": round(two / one, 2),
         },
         "note": "2 cores shared by both replicas, Ray's proxy and controller, and the clients: no scaling can show "
         "here; the proxy/direct ratio is the number that carries over to larger machines.",

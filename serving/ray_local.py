@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 MARKER = "AA_DEPLOY_LOCAL_RAY_CLUSTER"
 
 

@@ -45,10 +45,14 @@ def parse_task_set(user_config: Mapping[str, Any] | None) -> list[TaskSpec]:
     if user_config is None:
         return []
     if not isinstance(user_config, Mapping):
-        raise ValueError(f"user_config must be a mapping with a {USER_CONFIG_TASKS!r} key, got {type(user_config).__name__}")
+        raise ValueError(
+            f"user_config must be a mapping with a {USER_CONFIG_TASKS!r} key, got {type(user_config).__name__}"
+        )
     unknown = sorted(set(user_config) - {USER_CONFIG_TASKS})
     if unknown:
-        raise ValueError(f"unknown user_config keys {unknown}: only {USER_CONFIG_TASKS!r} (task name -> export) is read")
+        raise ValueError(
+            f"unknown user_config keys {unknown}: only {USER_CONFIG_TASKS!r} (task name -> export) is read"
+        )
     tasks = user_config.get(USER_CONFIG_TASKS) or {}
     if not isinstance(tasks, Mapping):
         raise ValueError(
@@ -83,7 +87,9 @@ def plan_task_set(current: Mapping[str, TaskSpec], wanted: list[TaskSpec]) -> Ta
     wanted_names = {s.name for s in wanted}
     add = tuple(s for s in wanted if s.name not in current)
     replace = tuple(
-        s for s in wanted if s.name in current and (current[s.name].source, current[s.name].revision) != (s.source, s.revision)
+        s
+        for s in wanted
+        if s.name in current and (current[s.name].source, current[s.name].revision) != (s.source, s.revision)
     )
     remove = tuple(sorted(n for n in current if n not in wanted_names))
     return TaskSetPlan(add, replace, remove)
@@ -113,9 +119,7 @@ class TaskSetApplier:
             self.applied[spec.name] = spec
         if failures:
             # Keep every task that still serves: removing tasks now would leave a half-applied config.
-            raise TaskLoadError(
-                "the new task set was not applied (no task was removed): " + "; ".join(failures)
-            )
+            raise TaskLoadError("the new task set was not applied (no task was removed): " + "; ".join(failures))
         for name in plan.remove:
             self.registry.unload(name)
             self.applied.pop(name, None)

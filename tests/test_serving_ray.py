@@ -99,7 +99,9 @@ def test_ray_user_config_task_set_parsing() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             parse_task_set(bad)
-    plan = plan_task_set({"a": TaskSpec("a", "org/a"), "b": TaskSpec("b", "org/b")}, [TaskSpec("a", "org/a", "v2"), TaskSpec("c", "x/c")])
+    plan = plan_task_set(
+        {"a": TaskSpec("a", "org/a"), "b": TaskSpec("b", "org/b")}, [TaskSpec("a", "org/a", "v2"), TaskSpec("c", "x/c")]
+    )
     assert [s.name for s in plan.add] == ["c"] and [s.name for s in plan.replace] == ["a"] and plan.remove == ("b",)
 
 
@@ -116,7 +118,9 @@ def test_ray_reconfigure_converges_a_real_registry(serving_exports: dict[str, Pa
     server = BackgroundServer(config, app=create_app(config, registry=registry)).start()
 
     def logits(name: str) -> np.ndarray:
-        r = httpx.post(f"{server.url}/v1/tasks/{name}/predict", json={"texts": TEXTS, "return_logits": True}, timeout=60)
+        r = httpx.post(
+            f"{server.url}/v1/tasks/{name}/predict", json={"texts": TEXTS, "return_logits": True}, timeout=60
+        )
         assert r.status_code == 200, r.text
         return np.asarray([p["logits"] for p in r.json()["predictions"]])
 
@@ -254,7 +258,11 @@ def test_ray_cluster_two_replicas_serve_mixed_traffic_while_tasks_change(
                         outcomes.append((i, -1, type(exc).__name__))
                         continue
                     if r.status_code != 200:
-                        err = r.json().get("error") if r.headers.get("content-type", "").startswith("application/json") else r.text
+                        err = (
+                            r.json().get("error")
+                            if r.headers.get("content-type", "").startswith("application/json")
+                            else r.text
+                        )
                         outcomes.append((i, r.status_code, str(err)))
                         continue
                     outcomes.append((i, 200, ""))
