@@ -1,12 +1,14 @@
 """Scale-out benchmark: the server as a Ray Serve application on a local two-node Ray cluster.
 
     python benchmarks/scale_out.py [--workdir /tmp/aa_serving_bench] [--seconds 8] [--rounds 3] [--concurrency 8]
+                                   [--ingress proxy haproxy]
 
 Measures, on the real MiniLM backbone (two exports made like benchmarks/serving_bench.py's, mixed sst/late
 traffic of single SST-2 dev sentences, closed loop of ``--concurrency`` clients):
 
 1. the direct server (``aa-deploy serve`` in a subprocess, 1 ONNX Runtime thread) against the same server
-   behind Ray's HTTP proxy with 1 replica (1 CPU, 1 thread): what the proxy costs;
+   behind Ray's HTTP ingress with 1 replica (1 CPU, 1 thread): what Ray's ingress costs. Two ingress
+   modes: Ray Serve's default Python proxy, and HAProxy (Ray's ``RAY_SERVE_ENABLE_HA_PROXY=1``);
 2. Ray Serve with 1 and with 2 replicas (each pinned to its own 1-CPU node by its CPU request).
 
 Both sides of every comparison run interleaved in rounds (the machine is shared) and the medians are
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import statistics
@@ -35,6 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 RESULTS = REPO / "benchmarks" / "results" / "scale_out.json"
 TASKS = ("sst", "late")
+# Ray's HTTP ingress: its Python proxy (default), or HAProxy routing to replicas that serve HTTP themselves
+# (Ray's RAY_SERVE_ENABLE_HA_PROXY feature flag, read by the Serve controller: set when the cluster starts).
+INGRESS_ENV = {"proxy": {}, "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"}}
+INGRESS_NOTES = {
+    "proxy": "Ray Serve's default Python HTTP proxy (an actor call per request)",
+    "haproxy": "RAY_SERVE_ENABLE_HA_PROXY=1 at `ray start`: HAProxy forwards HTTP to the replicas",
+}
 SERVER_ARGS = {"max_batch_size": 16, "max_delay_ms": 2.0, "max_queue_rows": 4096, "intra_op_threads": 1}
 
 
@@ -169,6 +179,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per measurement round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--ingress", nargs="+", choices=sorted(INGRESS_ENV), default=["proxy", "haproxy"], help="Ray ingress modes"
+    )
     args = parser.parse_args()
 
     from serving_bench import build_exports, load_texts
@@ -183,58 +196,49 @@ def main() -> int:
     def measure(url: str) -> dict[str, Any]:
         return asyncio.run(closed_loop(url, args.concurrency, args.seconds, texts))
 
-    # Each phase measures the direct server and the proxy in alternating rounds; ratios are paired per round.
+    # Each phase measures the direct server and Ray's ingress in alternating rounds; ratios are paired per round.
     rounds: dict[str, list[dict[str, Any]]] = {}
+    ratios: dict[str, float] = {}
     direct = start_direct(exports, direct_port)
     try:
-        with LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
-            for replicas in (1, 2):
-                config = ray_config(exports, replicas, proxy_port, args.workdir / f"serve_{replicas}.yaml")
-                cluster.serve("deploy", str(config))
-                cluster.wait_running("aa-deploy", timeout=600)
-                wait_replicas(proxy_url, replicas)
-                measure(direct_url), measure(proxy_url)  # warm-up (arenas, connections)
-                plural = "s" if replicas > 1 else ""
-                direct_rounds = rounds.setdefault(f"direct (next to {replicas} replica{plural})", [])
-                proxy_rounds = rounds.setdefault(f"ray proxy, {replicas} replica{plural}", [])
-                for _ in range(args.rounds):
-                    direct_rounds.append(measure(direct_url))
-                    proxy_rounds.append(measure(proxy_url))
-                    print(f"{replicas} replica(s): direct {direct_rounds[-1]['rps']:.1f} req/s, "
-                          f"proxy {proxy_rounds[-1]['rps']:.1f} req/s", flush=True)  # fmt: skip
-            cluster.serve("shutdown", "-y")
+        for ingress in args.ingress:
+            env = INGRESS_ENV[ingress]
+            with LocalRayCluster(nodes=2, cpus_per_node=1, env=env) as cluster:
+                for replicas in (1, 2):
+                    config = ray_config(exports, replicas, proxy_port, args.workdir / f"serve_{replicas}.yaml")
+                    cluster.serve("deploy", str(config))
+                    cluster.wait_running("aa-deploy", timeout=600)
+                    wait_replicas(proxy_url, replicas)
+                    measure(direct_url), measure(proxy_url)  # warm-up (arenas, connections)
+                    name = f"ray {ingress}, {replicas} replica{'s' if replicas > 1 else ''}"
+                    direct_rounds = rounds.setdefault(f"direct (next to {name})", [])
+                    ray_rounds = rounds.setdefault(name, [])
+                    for _ in range(args.rounds):
+                        direct_rounds.append(measure(direct_url))
+                        ray_rounds.append(measure(proxy_url))
+                        print(f"{name}: direct {direct_rounds[-1]['rps']:.1f} req/s, "
+                              f"ray {ray_rounds[-1]['rps']:.1f} req/s", flush=True)  # fmt: skip
+                    # Median over rounds of ray/direct measured back to back (the machine's load drifts).
+                    pairs = zip(ray_rounds, direct_rounds, strict=True)
+                    ratios[f"{name} / direct"] = round(statistics.median(r["rps"] / d["rps"] for r, d in pairs), 2)
+                cluster.serve("shutdown", "-y")
     finally:
         direct.terminate()
         direct.wait(30)
 
-    setups = {name: median_of(r) for name, r in rounds.items()}
-
-    def paired(replicas: int) -> float:
-        """Median over rounds of proxy/direct throughput measured back to back (the load drifts)."""
-        plural = "s" if replicas > 1 else ""
-        proxy, direct_ = (
-            rounds[f"ray proxy, {replicas} replica{plural}"],
-            rounds[f"direct (next to {replicas} replica{plural})"],
-        )
-        return round(statistics.median(p["rps"] / d["rps"] for p, d in zip(proxy, direct_, strict=True)), 2)
-
-    one, two = paired(1), paired(2)
     import ray
 
     result = {
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(), "ray": ray.__version__},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__},
         "concurrency": args.concurrency,
         "seconds_per_round": args.seconds,
         "server": SERVER_ARGS,
         "tasks": list(TASKS),
-        "setups": setups,
-        "ratios": {
-            "ray proxy (1 replica) / direct": one,
-            "ray proxy (2 replicas) / direct": two,
-            "2 replicas / 1 replica (each against its direct rounds)": round(two / one, 2),
-        },
+        "ingress": {k: INGRESS_NOTES[k] for k in args.ingress},
+        "setups": {name: median_of(r) for name, r in rounds.items()},
+        "ratios": ratios,
         "note": "2 cores shared by both replicas, Ray's proxy and controller, and the clients: no scaling can show "
-        "here; the proxy/direct ratio is the number that carries over to larger machines.",
+        "here; the ingress/direct ratio is the number that carries over to larger machines.",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
