@@ -210,9 +210,11 @@ def _answer(path: str, body: dict[str, Any]) -> list[np.ndarray]:
 
 @pytest.mark.slow
 @needs_ray
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
 def test_ray_cluster_two_replicas_serve_mixed_traffic_while_tasks_change(
-    serving_exports: dict[str, Path], tmp_path: Path
+    ingress: str, serving_exports: dict[str, Path], tmp_path: Path
 ) -> None:
+    """``ingress``: Ray Serve's Python proxy, or its HAProxy ingress (feature flag set at ``ray start``)."""
     from aa_deploy.serving.ray_config import RayServeSpec
     from aa_deploy.serving.ray_local import LocalRayCluster, free_port
 
@@ -237,7 +239,8 @@ def test_ray_cluster_two_replicas_serve_mixed_traffic_while_tasks_change(
         )  # fmt: skip
         return spec.save(tmp_path / "serve.yaml")
 
-    with LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if ingress == "haproxy" else {}
+    with LocalRayCluster(nodes=2, cpus_per_node=1, env=env) as cluster:
         cluster.serve("deploy", str(write_config(BASE)))
         info = cluster.wait_running("aa-deploy", timeout=600)
         assert info["deployments"]["AdapterServer"]["replica_states"] == {"RUNNING": 2}
