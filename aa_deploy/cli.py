@@ -49,6 +49,7 @@ def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
         "aa_deploy.export.cli",
         "aa_deploy.serving.cli",
         "aa_deploy.serving.kserve_cli",
+        "aa_deploy.serving.ray_cli",
         "aa_deploy.hub_cli",
         "aa_deploy.demo",
     ):

@@ -25,10 +25,16 @@ ENGINES = ("multitask", "sessions")
 # that saves more padding than the extra runs cost.
 DEFAULT_SPLIT_COST_TOKENS = 32.0
 # ``aa-deploy serve --models-dir DIR`` serves only these task folders of DIR when the variable is set
-# (not AA_DEPLOY_TASKS, which is the `tasks` field: NAME=SOURCE pairs)
-# (comma-separated). KServe merges a predictor's env into its runtime's container by name, so one generic
+# (comma-separated; not AA_DEPLOY_TASKS, which is the `tasks` field: NAME=SOURCE pairs). KServe merges a predictor's env into its runtime's container by name, so one generic
 # ServingRuntime serves whichever tasks each InferenceService names (serving/kserve.py sets it).
 MODELS_DIR_TASKS_ENV = "AA_DEPLOY_MODELS_TASKS"
+# How the server is run: one process (`aa-deploy serve`), or as replicas of a Ray Serve application, where
+# the task set belongs to the Serve config so that every replica converges to it.
+DEPLOYMENTS = ("process", "ray")
+RAY_TASK_CHANGES_MESSAGE = (
+    "in a Ray Serve deployment, change the task set through the Serve config: edit user_config.tasks and run "
+    "`serve deploy` (a per-replica change would reach only one replica)"
+)
 
 
 def validate_task_name(name: str) -> str:
@@ -152,11 +158,16 @@ class ServerConfig:
     # server running); set False to start empty and load tasks at runtime.
     exit_if_no_task_loads: bool = True
     log_level: str = "info"
+    # "process": PUT/DELETE /v1/tasks change this process's task set; "ray": they are refused (409) because
+    # the Serve config owns the task set (see aa_deploy.serving.ray_serve).
+    deployment: str = "process"
 
     def __post_init__(self) -> None:
         self.tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
+        if self.deployment not in DEPLOYMENTS:
+            raise ValueError(f"unknown deployment {self.deployment!r}: choose one of {', '.join(DEPLOYMENTS)}")
         positive = (
             "max_batch_size",
             "max_queue_rows",

@@ -55,6 +55,12 @@ class TaskExists(ServingError):
     status, code = 409, "task_exists"
 
 
+class TaskChangesRefused(ServingError):
+    """Runtime task changes are not this process's to make (e.g. a Ray Serve replica)."""
+
+    status, code = 409, "task_changes_refused"
+
+
 class PayloadTooLarge(ServingError):
     status, code = 413, "payload_too_large"
 

@@ -202,6 +202,11 @@ class TaskRegistry:
                 raise TaskLoadError(f"cannot load task {name!r} from {source}: {exc}") from None
             except Exception as exc:  # ORT and friends: report, keep serving the others
                 raise TaskLoadError(f"cannot load task {name!r} from {source}: {type(exc).__name__}: {exc}") from None
+            if replace and self._names.get(name) == key:
+                # Already serving exactly these files: detaching would free the artifact this load is
+                # about to reuse (and leave the registry pointing at nothing), so there is nothing to do.
+                self.failed.pop(name, None)
+                return self.info(name)
             if replace and name in self._names:
                 self._detach(name)
             artifact.names.add(name)

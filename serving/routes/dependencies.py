@@ -6,8 +6,8 @@ import hmac
 
 from fastapi import Depends, Request
 
-from ..config import ServerConfig
-from ..errors import Unauthorized
+from ..config import RAY_TASK_CHANGES_MESSAGE, ServerConfig
+from ..errors import TaskChangesRefused, Unauthorized
 from ..service import InferenceService
 
 
@@ -28,7 +28,13 @@ def _check_token(request: Request, token: str | None) -> None:
 
 
 def require_admin_token(request: Request, config: ServerConfig = Depends(get_config)) -> None:
-    """Loading and unloading need the token whenever one is configured."""
+    """Loading and unloading need the token whenever one is configured.
+
+    In a Ray Serve deployment the Serve config owns the task set, so every replica converges to it: a
+    per-replica change is refused before the token check, so that the operator learns where to make it.
+    """
+    if config.deployment == "ray":
+        raise TaskChangesRefused(RAY_TASK_CHANGES_MESSAGE)
     _check_token(request, config.token)
 
 
