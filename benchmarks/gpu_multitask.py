@@ -122,13 +122,13 @@ class Graphs:
     """Sessions for the bare backbone and the multi-task graphs, built the way the server builds them."""
 
     def __init__(self, exports: dict[str, Path], providers: list[str], threads: int) -> None:
-        from aa_deploy.serving.backbone import BackboneStore
-        from aa_deploy.serving.manifest import ExportManifest
+        from aa_deploy.serving.backbone import SharedBackbonePool
+        from aa_deploy.contract.manifest import ExportManifest
         from aa_deploy.serving.multitask import MergeSource, load_task_graph
         from aa_deploy.serving.sessions import SessionSettings
 
         self.settings = SessionSettings(intra_op_threads=threads, providers=tuple(providers))
-        self.store = BackboneStore()
+        self.store = SharedBackbonePool()
         self.folders = [exports[name] for name in BASE_TASKS]
         self.manifests = [ExportManifest.load(folder) for folder in self.folders]
         self.graphs = [load_task_graph(folder / "model.onnx") for folder in self.folders]

@@ -160,9 +160,23 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
     return ServerConfig.from_dict(data)
 
 
-    explicit = {t.name for t in args.task or []}
-    discovered = [vars(t) for t in _models_dir_tasks(args) if t.name not in explicit]
-    _merge_tasks(data, discovered + ([vars(t) for t in args.task] if args.task else []))
+def _merge_tasks(data: dict, tasks: list[dict] | None) -> None:
+    """Tasks from a later source replace same-named ones from an earlier source and add the rest."""
+    if tasks:
+        names = {t["name"] for t in tasks}
+        data["tasks"] = [t for t in data.get("tasks", []) if t["name"] not in names] + tasks
+
+
+def _models_dir_tasks(args: argparse.Namespace) -> list:
+    """The tasks of ``--models-dir`` (filtered by ``--models-tasks`` or $AA_DEPLOY_MODELS_TASKS); --task
+    wins on a name."""
+    from .config import MODELS_DIR_TASKS_ENV, discover_tasks
+
+    if not getattr(args, "models_dir", None):
+        return []
+    wanted = getattr(args, "models_tasks", None) or os.environ.get(MODELS_DIR_TASKS_ENV, "")
+    only = [name.strip() for name in wanted.split(",") if name.strip()]
+    return discover_tasks(args.models_dir, only or None)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from aa_deploy.serving.manifest import ExportManifest
+from aa_deploy.contract.manifest import ExportManifest
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
