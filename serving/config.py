@@ -79,7 +79,7 @@ def discover_tasks(models_dir: str | os.PathLike, only: list[str] | None = None)
     at a folder of exports (``<uri>/<task>/aa_export.json``). ``only``: serve just these folders (each must
     exist); sub-folders without a manifest are skipped, so a bucket may hold other files too.
     """
-    from .manifest import MANIFEST_NAME
+    from aa_deploy.contract.layout import MANIFEST_NAME
 
     root = Path(models_dir)
     if not root.is_dir():

@@ -33,7 +33,7 @@ from ..contract.rules import adapterdrop_keeps_layer, kept_by_switches, switch_a
 
 # The GLUE tasks aa-deploy trains, with their config names in the Hub's GLUE dataset. Kept here instead of
 # imported from aa_deploy.data because that package imports scipy (over half a second), and the card must
-# stay fast; tests/test_card.py checks that the two lists agree.
+# stay fast; tests/test_share_card.py checks that the two lists agree.
 GLUE_HUB_CONFIGS: dict[str, str] = {
     "cola": "cola", "sst2": "sst2", "mrpc": "mrpc", "stsb": "stsb", "qnli": "qnli", "rte": "rte",
 }  # fmt: skip

@@ -3,7 +3,7 @@
 ``random.Random(seed).shuffle`` is used rather than numpy or torch generators because its
 output for an integer seed is the same on every platform and has not changed since Python
 3.2, so a (seed, size) pair names the same examples everywhere. (Python formally promises
-only ``random()`` to be stable; tests/test_data.py pins a known permutation so a change
+only ``random()`` to be stable; tests/test_train_data.py pins a known permutation so a change
 would be noticed.) Shuffling indices
 once and taking a prefix also makes the sizes nested: for one seed the 100 kept examples
 are the first 100 of the 1000 kept at size 1000.

@@ -61,7 +61,7 @@ def test_every_extra_named_in_a_message_exists() -> None:
 
 
 # Runs the real CLI in a subprocess where the training libraries cannot be imported, as in a serve-only
-# install (the clean-environment test in test_serve_install.py checks the same in a real one).
+# install (the clean-environment test in test_install_serve_only.py checks the same in a real one).
 BLOCKED_RUNNER = textwrap.dedent(
     """
     import importlib.abc, sys
