@@ -22,6 +22,20 @@ def _task(value: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_task_argument(p: argparse.ArgumentParser, where: str) -> None:
+    """``--task NAME=DIR`` (repeatable), parsed into ``TaskSpec``s: one definition for every command that
+    names tasks (``serve``, ``ray-config``); ``where`` says which folders the server can read."""
+    p.add_argument(
+        "--task",
+        action="append",
+        type=_task,
+        default=[],
+        metavar="NAME=DIR",
+        help=f"serve DIR ({where}, or a Hub id[@revision]) as task NAME; repeatable; "
+        "the same folder may be served under several names",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -29,15 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve one or more folders written by `aa-deploy export` (or Hub ids) as tasks. "
         "Native API under /v1, Open Inference Protocol v2 under /v2, OpenAPI docs at /docs, metrics at /metrics.",
     )
-    p.add_argument(
-        "--task",
-        action="append",
-        type=_task,
-        default=[],
-        metavar="NAME=DIR",
-        help="serve DIR (an export folder or Hub id[@revision]) as task NAME; repeatable; "
-        "the same folder may be served under several names",
-    )
+    add_task_argument(p, "an export folder")
     p.add_argument(
         "--models-dir",
         metavar="DIR",

@@ -8,14 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _task(value: str):
-    from .config import TaskSpec
-
-    try:
-        return TaskSpec.parse(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from .cli import add_task_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,14 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "whole multi-task server; the task set is the deployment's user_config.tasks (edit it and run "
         "`serve deploy` again to add, replace or remove tasks).",
     )
-    p.add_argument(
-        "--task",
-        action="append",
-        type=_task,
-        default=[],
-        metavar="NAME=DIR",
-        help="serve DIR (an export folder every node can read, or a Hub id[@revision]) as NAME; repeatable",
-    )
+    add_task_argument(p, "an export folder every node can read at this path")
     p.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default 1)")
     p.add_argument("--autoscale-min", type=int, metavar="N", help="autoscale: minimum replicas (with --autoscale-max)")
     p.add_argument("--autoscale-max", type=int, metavar="N", help="autoscale: maximum replicas")

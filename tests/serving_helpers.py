@@ -5,6 +5,8 @@ torch), plus independent references (plain ONNX Runtime + transformers tokenizer
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +183,19 @@ PAIRS = [
     "tabs\tand\nnewlines",
     "short",
 ]
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Poll ``url``/ready until it answers 200; fail with the server's output if the process exits first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, f"the server at {url} did not become ready in {timeout_s:.0f} s"
+        time.sleep(0.2)

@@ -14,13 +14,12 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from serving_helpers import SST, TEXTS, Reference, make_run_folder
+from serving_helpers import SST, TEXTS, Reference, make_run_folder, wait_until_ready
 
 from aa_deploy.serving.config import ServerConfig
 from aa_deploy.serving.server import BackgroundServer
@@ -120,16 +119,7 @@ def test_serve_install_without_torch_serves_an_export(
     proc = subprocess.Popen([cli, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "the serve-only server did not become ready"
-            time.sleep(0.3)
+        wait_until_ready(url, proc, 120)
         # The images' HEALTHCHECK command, as written in the Dockerfile, passes against the ready server.
         assert subprocess.run([python, *healthcheck[1:]], env=env, timeout=30).returncode == 0
         response = httpx.post(url + "/v1/tasks/sst/predict", json=body, timeout=60)

@@ -8,11 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from serving_helpers import wait_until_ready
 
 from aa_deploy.cli import build_parser
 from aa_deploy.serving.cli import build_config
@@ -100,16 +100,7 @@ def test_serve_process_answers_and_stops_cleanly_on_sigterm(serving_exports: dic
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(url, proc, 90)
         r = httpx.post(
             url + "/v1/predict", json={"tasks": ["rte", "entail"], "texts": ["a cat"], "text_pairs": ["a dog"]}
         )
