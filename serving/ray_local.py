@@ -67,6 +67,7 @@ class LocalRayCluster:
     dashboard_port: int = field(default_factory=free_port)
     temp_dirs: list[str] = field(default_factory=list)
     marker: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
+    home: str | None = None
 
     @property
     def address(self) -> str:
@@ -79,6 +80,12 @@ class LocalRayCluster:
     def _environ(self) -> dict[str, str]:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", MARKER: self.marker, **self.env}
         env.pop("RAY_ADDRESS", None)
+        # A user's ~/.ray (an auth token left by `serve run`, say) switches some of Ray's processes to
+        # token authentication and not others, so the second node cannot join: this throwaway cluster
+        # gets a home of its own.
+        if self.home is None:
+            self.home = self._temp_dir()
+        env["HOME"] = self.home
         return env
 
     def _run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:

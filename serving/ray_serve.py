@@ -75,16 +75,16 @@ class AdapterServer:
         """Converge this replica's tasks to ``user_config.tasks``; requests keep being served meanwhile."""
         wanted = parse_task_set(user_config)
         async with self._reconfigure_lock:
-            state = self.fastapi_app.state
+            service = self.fastapi_app.state.service
             if self.task_set is None:
-                self.task_set = TaskSetApplier(state.registry)
+                self.task_set = TaskSetApplier(service.registry)
             await asyncio.to_thread(self.task_set.converge, wanted)
-            state.metrics.tasks_loaded.set(len(state.registry.view.tasks))
+            service.metrics.tasks_loaded.set(len(service.registry.view.tasks))
 
     def check_health(self) -> None:
         """Serve's health probe: the app started and its batcher accepts work."""
         app = self.fastapi_app
-        if app is None or not app.state.ready or not app.state.batcher.accepting:
+        if app is None or not app.state.service.accepting:
             raise RuntimeError("the aa-deploy server in this replica is not ready")
 
 

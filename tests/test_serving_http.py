@@ -349,21 +349,31 @@ def sst_only(serving_exports: dict[str, Path], **options: Any) -> ServerConfig:
 
 
 def test_overload_answers_503_with_retry_after(serving_exports: dict[str, Path]) -> None:
-    """A batch waits up to 1 s to fill; with 2 rows already queued, 3 more exceed the 4-row queue."""
+    """A batch waits up to 5 s to fill; with 2 rows already queued, 3 more exceed the 4-row queue, and the
+    refusal comes while the queued request is still waiting (answered at once, never after the queue drains)."""
     config = sst_only(
-        serving_exports, max_batch_size=8, max_delay_ms=1000, max_queue_rows=4, retry_after_s=2, eager_dispatch=False
+        serving_exports, max_batch_size=8, max_delay_ms=5000, max_queue_rows=4, retry_after_s=2, eager_dispatch=False
     )
     with BackgroundServer(config) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(predict, c, "sst", ["one", "two"])
-            time.sleep(0.3)
-            started = time.perf_counter()
+            _wait_for_queued_rows(c, 2)
             r = predict(c, "sst", ["a", "b", "c"])
-            assert time.perf_counter() - started < 0.5, "overload must be answered at once, never hang"
+            assert not first.done(), "overload must be answered at once, not after the queued batch ran"
             assert r.status_code == 503 and r.headers["Retry-After"] == "2"
             assert r.json()["error"]["code"] == "overloaded"
             assert first.result().status_code == 200
         assert predict(c, "sst", ["a", "b", "c"]).status_code == 200
+
+
+def _wait_for_queued_rows(client: httpx.Client, rows: int) -> None:
+    """Until /metrics shows ``rows`` rows waiting in the batching queue (bounded: fails after 20 s)."""
+    for _ in range(200):
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith("aa_queue_rows ") and float(line.split()[1]) >= rows:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{rows} rows never showed up in the queue")
 
 
 # ---------------------------------------------------------------------------------------------- shutdown
