@@ -220,7 +220,11 @@ class ServerConfig:
             kind, value = hints[f.name], getattr(self, f.name)
             if kind not in (int, float):
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (kind is int and not isinstance(value, int))
+            ):
                 raise ValueError(f"{f.name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
             if not math.isfinite(value) and f.name not in UNBOUNDED_FIELDS:
                 raise ValueError(f"{f.name} must be a finite number, got {value!r}")
