@@ -53,25 +53,16 @@ def lexical_path(source: str) -> Path:
     return Path(os.path.normpath(os.path.abspath(os.path.expanduser(source))))
 
 
-def _root_paths(allowed_roots: Sequence[str]) -> list[Path]:
-    """The roots, absolute and with their symlinks resolved (the operator's own paths: safe to look at)."""
-    return [Path(os.path.realpath(os.path.expanduser(root))) for root in allowed_roots]
+def _root_paths(allowed_roots: Sequence[str]) -> tuple[list[Path], list[Path]]:
+    """The roots as written (absolute, normalised) and with their symlinks resolved (the operator's own
+    paths: safe to look at). A request may name a root either way (``/models`` linked to
+    ``/data/models``); its real path must lie under a real root."""
+    written = [lexical_path(root) for root in allowed_roots]
+    return written + [Path(os.path.realpath(root)) for root in written], [Path(os.path.realpath(r)) for r in written]
 
 
 def _within(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
-
-
-def check_allowed(folder: Path, allowed_roots: Sequence[str] | None) -> None:
-    """Raise the neutral refusal unless ``folder`` lies under one of ``allowed_roots`` both as written
-    and with its symlinks followed (``None``: anywhere). The real path is resolved only for a path that
-    is inside a root as written, so nothing outside the roots is ever looked at."""
-    if allowed_roots is None:
-        return
-    roots = _root_paths(allowed_roots)
-    written = lexical_path(str(folder))
-    if not _within(written, roots) or not _within(Path(os.path.realpath(written)), roots):
-        raise not_allowed()
 
 
 def check_hub_id(repo_id: str, allowed_hub_repos: Sequence[str] | None) -> None:
@@ -122,14 +113,14 @@ def _restricted_local_folder(source: str, allowed_roots: Sequence[str]) -> Path 
     """The export folder ``source`` names under the allowed roots; ``None`` when ``source`` is a Hub id
     (not path-like, and no such folder under a root); the neutral refusal for everything else. Nothing
     outside the roots is looked at: the check is on the string first."""
-    roots = _root_paths(allowed_roots)
+    either, real_roots = _root_paths(allowed_roots)
     written = lexical_path(source)
-    if not _within(written, roots):
+    if not _within(written, either):
         if looks_like_path(source):
             raise not_allowed()
         return None  # a Hub id (org/name): the Hub policy decides
     real = Path(os.path.realpath(written))
-    if not _within(real, roots):  # a symlink inside a root pointing out of it
+    if not _within(real, real_roots):  # a symlink inside a root pointing out of it
         raise not_allowed()
     if real.is_dir():
         return real

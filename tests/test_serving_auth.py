@@ -250,3 +250,19 @@ def test_paths_outside_the_roots_are_never_looked_at(tmp_path: Path, monkeypatch
     # The Hub allow-list is checked before any download is tried.
     with pytest.raises(Forbidden):
         resolve_source("other-org/x", allowed_roots=[str(root)], allowed_hub_repos=["trusted-org/*"])
+
+
+def test_a_symlinked_root_is_allowed_both_ways(tmp_path: Path) -> None:
+    """``--allow-root /models`` where /models links to the real folder: both spellings load, a folder
+    missing under it gets the neutral answer. With the real folder as the root, the link (outside it)
+    is not followed."""
+    real = tmp_path / "data" / "models"
+    (real / "rte").mkdir(parents=True)
+    link = tmp_path / "models"
+    link.symlink_to(real)
+    for source in (str(link / "rte"), str(real / "rte")):
+        assert resolve_source(source, allowed_roots=[str(link)], allow_hub=False) == real / "rte"
+    assert resolve_source(str(real / "rte"), allowed_roots=[str(real)], allow_hub=False) == real / "rte"
+    for roots, source in (([str(link)], link / "missing"), ([str(real)], link / "rte")):
+        with pytest.raises(Forbidden, match="source not allowed or not found"):
+            resolve_source(str(source), allowed_roots=roots, allow_hub=False)
