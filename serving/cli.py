@@ -95,18 +95,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--token",
         help="bearer token required for load/unload (prefer --token-file or $AA_DEPLOY_TOKEN: "
-        "command lines are visible to other users)",
+        "command lines are visible to other users); without a token, load/unload are off",
     )
-    p.add_argument("--token-file", help="read the bearer token from this file")
-    p.add_argument("--protect-predict", action="store_true", default=None, help="require the token for predictions too")
+    p.add_argument("--token-file", help="read the bearer token from this file (an empty file is an error)")
+    p.add_argument(
+        "--protect-predict",
+        action="store_true",
+        default=None,
+        help="require the token for predictions and the task listing too",
+    )
+    p.add_argument(
+        "--allow-unauthenticated-admin",
+        action="store_true",
+        default=None,
+        help="without a token, allow load/unload to every local client (only with a loopback --host)",
+    )
     p.add_argument(
         "--allow-root",
         action="append",
         dest="allowed_roots",
         metavar="DIR",
-        help="runtime loads may only use folders under DIR (repeatable)",
+        help="load only export folders under DIR (repeatable); anything else answers 'source not allowed or not found'",
     )
     p.add_argument("--no-hub", action="store_false", dest="allow_hub", default=None, help="never load from the Hub")
+    p.add_argument(
+        "--allow-hub-repo",
+        action="append",
+        dest="allowed_hub_repos",
+        metavar="PATTERN",
+        help="load only Hub repos matching PATTERN (fnmatch, e.g. 'my-org/*'; repeatable; default: any)",
+    )
     p.add_argument(
         "--start-empty",
         action="store_false",
@@ -133,8 +151,10 @@ _OVERRIDES = (
     "prepacking",
     "prefix_sharing",
     "protect_predict",
+    "allow_unauthenticated_admin",
     "allowed_roots",
     "allow_hub",
+    "allowed_hub_repos",
     "exit_if_no_task_loads",
     "log_level",
 )
@@ -159,11 +179,23 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
     discovered = [vars(t) for t in _models_dir_tasks(args) if t.name not in explicit]
     _merge_tasks(data, discovered + ([vars(t) for t in args.task] if args.task else []))
     if args.token_file:
-        data["token"] = Path(args.token_file).read_text().strip()
-    elif args.token:
+        data["token"] = read_token_file(args.token_file)
+    elif args.token is not None:
         data["token"] = args.token
-    data["token"] = data.get("token") or None
     return ServerConfig.from_dict(data)
+
+
+def read_token_file(path: str | os.PathLike) -> str:
+    """The token in ``path`` (surrounding whitespace and the trailing newline removed); an error when
+    the file is missing or holds nothing, so a secret that was not mounted never means "no token"."""
+    file = Path(path)
+    try:
+        token = file.read_text().strip()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"token file {file} not found: create it, or drop --token-file") from None
+    if not token:
+        raise ValueError(f"token file {file} is empty: write the bearer token into it, or drop --token-file")
+    return token
 
 
 def _merge_tasks(data: dict, tasks: list[dict] | None) -> None:

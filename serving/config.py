@@ -9,7 +9,9 @@ dataclass fields below, so a new field is configurable from the environment with
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +37,32 @@ RAY_TASK_CHANGES_MESSAGE = (
     "in a Ray Serve deployment, change the task set through the Serve config: edit user_config.tasks and run "
     "`serve deploy` (a per-replica change would reach only one replica)"
 )
+
+
+# Numeric fields with a minimum above 0 (every other number must be >= 0).
+POSITIVE_FIELDS: dict[str, int] = {
+    "max_batch_size": 1,
+    "max_queue_rows": 1,
+    "retry_after_s": 1,
+    "max_texts_per_request": 1,
+    "max_chars_per_text": 1,
+    "max_tasks_per_request": 1,
+    "max_body_bytes": 1,
+}
+# Numbers where infinity means "no limit" (split_cost_tokens: always one run padded to the longest row).
+UNBOUNDED_FIELDS = ("split_cost_tokens",)
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server reachable from this machine only (127.0.0.0/8, ::1,
+    ``localhost``); any other name or address counts as reachable from the network."""
+    if host.strip().lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def validate_task_name(name: str) -> str:
@@ -145,12 +173,17 @@ class ServerConfig:
     validate_merged: bool = True
     validation_atol: float = 1e-4
     verify_backbone_sha256: bool = True
-    # Security: a bearer token (required for load/unload when set; for predictions too if protect_predict).
+    # Security: a bearer token (required for load/unload when set; for predictions and the task listing
+    # too if protect_predict). Without a token, load/unload are off (403) unless
+    # allow_unauthenticated_admin is set, which is accepted only on a loopback host.
     token: str | None = None
     protect_predict: bool = False
-    # Runtime loads: restrict local folders to these roots (None: anywhere), allow Hub ids or not.
+    allow_unauthenticated_admin: bool = False
+    # Loads: restrict local folders to these roots (None: anywhere), allow Hub ids or not, and restrict
+    # Hub ids to these fnmatch patterns (``org/*``; None: any id). See serving/sources.py.
     allowed_roots: list[str] | None = None
     allow_hub: bool = True
+    allowed_hub_repos: list[str] | None = None
     hub_token: str | None = None
     # Shutdown: how long to wait for queued work when stopping.
     drain_timeout_s: float = 30.0
@@ -168,19 +201,7 @@ class ServerConfig:
             raise ValueError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if self.deployment not in DEPLOYMENTS:
             raise ValueError(f"unknown deployment {self.deployment!r}: choose one of {', '.join(DEPLOYMENTS)}")
-        positive = (
-            "max_batch_size",
-            "max_queue_rows",
-            "max_texts_per_request",
-            "max_chars_per_text",
-            "max_tasks_per_request",
-            "max_body_bytes",
-        )
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_delay_ms < 0:
-            raise ValueError(f"max_delay_ms must be >= 0, got {self.max_delay_ms}")
+        self._check_numbers()
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.graph_optimization_level not in ("disable", "basic", "extended", "all"):
@@ -189,6 +210,63 @@ class ServerConfig:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"task names must be unique; repeated: {duplicates}")
+        self._check_security()
+
+    def _check_numbers(self) -> None:
+        """Every number is of its field's type, finite and at least its minimum (``--threads -3`` is an error
+        at start, not an ONNX Runtime failure at the first load)."""
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            kind, value = hints[f.name], getattr(self, f.name)
+            if kind not in (int, float):
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (kind is int and not isinstance(value, int))
+            ):
+                raise ValueError(f"{f.name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+            if not math.isfinite(value) and f.name not in UNBOUNDED_FIELDS:
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+            low = POSITIVE_FIELDS.get(f.name, 0)
+            if value < low:
+                raise ValueError(f"{f.name} must be >= {low}, got {value!r}")
+
+    def _check_security(self) -> None:
+        """Fail closed: a token that is set must be usable, and the admin endpoints without a token are
+        opened only explicitly and only to this machine."""
+        if self.token is not None:
+            if not isinstance(self.token, str) or not self.token.strip():
+                raise ValueError(
+                    "the bearer token is empty (from --token, --token-file, the config file or AA_DEPLOY_TOKEN): "
+                    "put the token in it, or leave the token unset"
+                )
+            if self.token != self.token.strip():
+                raise ValueError(
+                    "the bearer token starts or ends with whitespace, which HTTP headers cannot carry: remove it"
+                )
+        if self.protect_predict and self.token is None:
+            raise ValueError("protect_predict needs a token: set --token-file (or AA_DEPLOY_TOKEN)")
+        if self.allow_unauthenticated_admin and self.token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"allow_unauthenticated_admin is honoured only on a loopback host, and host is {self.host!r}: "
+                "set a token (--token-file or AA_DEPLOY_TOKEN) to load and unload tasks on a reachable server"
+            )
+
+    @property
+    def admin_open_without_token(self) -> bool:
+        """``PUT``/``DELETE /v1/tasks`` work without a token (explicitly enabled, on loopback only)."""
+        return self.token is None and self.allow_unauthenticated_admin and is_loopback(self.host)
+
+    def security_warnings(self) -> list[str]:
+        """What the operator should know at start: predictions open to a network without a token."""
+        if self.token is None and not is_loopback(self.host) and self.deployment == "process":
+            return [
+                f"no token is set and the server listens on {self.host}: predictions are open to every client "
+                "that can reach it (runtime loads and unloads stay off); set --token-file and --protect-predict "
+                "unless that is intended"
+            ]
+        return []
 
     # ----------------------------------------------------------------------------------- JSON round trip
     def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
@@ -254,6 +332,9 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # Short names kept for the CLI flags they mirror (--threads).
 ENV_ALIASES: dict[str, str] = {ENV_PREFIX + "THREADS": "intra_op_threads"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# Taken as written: an empty AA_DEPLOY_TOKEN (a secret that was not mounted) is an error at start, never
+# "no token".
+VERBATIM_ENV_FIELDS = ("token",)
 
 
 def env_variable(field_name: str) -> str:
@@ -271,6 +352,8 @@ def _parse_env_value(variable: str, field_name: str, text: str) -> Any:
     optional = type(None) in get_args(kind)
     base = next((a for a in get_args(kind) if a is not type(None)), kind) if optional else kind
     value = text.strip()
+    if field_name in VERBATIM_ENV_FIELDS:
+        return text
     if optional and value.lower() in ("", "none", "null"):
         return None
     try:

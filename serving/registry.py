@@ -188,6 +188,7 @@ class TaskRegistry:
                     revision,
                     allowed_roots=self.config.allowed_roots,
                     allow_hub=self.config.allow_hub,
+                    allowed_hub_repos=self.config.allowed_hub_repos,
                     token=self.config.hub_token,
                 )
                 manifest = ExportManifest.load(folder)

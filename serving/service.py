@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,20 @@ log = logging.getLogger("aa_deploy.serving")
 # Inputs up to this many characters are tokenised on the event loop (microseconds; a thread hop would
 # cost more), larger ones in a worker thread so the loop keeps serving.
 INLINE_TOKENIZE_CHARS = 4096
+# Failed loads are public (``/ready``, ``/v1/tasks``): their reasons are shown with absolute paths
+# replaced (POSIX, ``~`` and Windows drive paths; URLs and the API's own /v1, /v2 paths are kept) and
+# cut to this length. The full message is in the server log.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:~?/(?!v[12]/)|[A-Za-z]:\\)[^\s'\"`,;:()]*")
+PATH_PLACEHOLDER = "<path>"
+MAX_FAILURE_REASON_CHARS = 300
+
+
+def redact_paths(message: str) -> str:
+    """``message`` without absolute server paths, short enough to list (a reason, not a report)."""
+    reason = _ABSOLUTE_PATH.sub(PATH_PLACEHOLDER, message)
+    if len(reason) > MAX_FAILURE_REASON_CHARS:
+        reason = reason[: MAX_FAILURE_REASON_CHARS - 3] + "..."
+    return reason
 
 
 class TaskOutput(NamedTuple):
@@ -77,6 +92,8 @@ class InferenceService:
     async def start(self) -> None:
         """Open the registry, start the batcher, load the configured tasks (each failure is reported
         without stopping the others)."""
+        for warning in self.config.security_warnings():
+            log.warning("SECURITY: %s", warning)
         if self._registry is None:
             self._registry = await asyncio.to_thread(TaskRegistry, self.config)
         await self.batcher.start()
@@ -106,8 +123,14 @@ class InferenceService:
     def readiness(self) -> Readiness:
         registry = self._registry
         tasks = sorted(registry.view.tasks) if registry is not None else []
+        return Readiness(bool(self.accepting and tasks), tasks, self.failures())
+
+    def failures(self) -> dict[str, str]:
+        """The tasks that failed to load, each with a short reason without server paths (public:
+        ``/ready`` and the task listing show it)."""
+        registry = self._registry
         failed = dict(registry.failed) if registry is not None else {}
-        return Readiness(bool(self.accepting and tasks), tasks, failed)
+        return {name: redact_paths(message) for name, message in sorted(failed.items())}
 
     @property
     def accepting(self) -> bool:

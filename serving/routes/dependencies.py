@@ -7,7 +7,7 @@ import hmac
 from fastapi import Depends, Request
 
 from ..config import RAY_TASK_CHANGES_MESSAGE, ServerConfig
-from ..errors import TaskChangesRefused, Unauthorized
+from ..errors import Forbidden, TaskChangesRefused, Unauthorized
 from ..service import InferenceService
 
 
@@ -19,6 +19,13 @@ def get_config(request: Request) -> ServerConfig:
     return request.app.state.config
 
 
+ADMIN_OFF_MESSAGE = (
+    "loading and unloading tasks is off on this server because it has no token: start it with a token "
+    "(--token-file or AA_DEPLOY_TOKEN) and send 'Authorization: Bearer <token>', or, on a loopback host "
+    "only, with --allow-unauthenticated-admin (AA_DEPLOY_ALLOW_UNAUTHENTICATED_ADMIN=1)"
+)
+
+
 def _check_token(request: Request, token: str | None) -> None:
     if not token:
         return
@@ -28,17 +35,22 @@ def _check_token(request: Request, token: str | None) -> None:
 
 
 def require_admin_token(request: Request, config: ServerConfig = Depends(get_config)) -> None:
-    """Loading and unloading need the token whenever one is configured.
+    """Loading and unloading fail closed: they need the token, and without a token they are off (403)
+    unless explicitly opened to loopback clients (``allow_unauthenticated_admin``).
 
     In a Ray Serve deployment the Serve config owns the task set, so every replica converges to it: a
     per-replica change is refused before the token check, so that the operator learns where to make it.
     """
     if config.deployment == "ray":
         raise TaskChangesRefused(RAY_TASK_CHANGES_MESSAGE)
+    if config.token is None:
+        if not config.admin_open_without_token:
+            raise Forbidden(ADMIN_OFF_MESSAGE, code="admin_disabled")
+        return
     _check_token(request, config.token)
 
 
 def require_predict_token(request: Request, config: ServerConfig = Depends(get_config)) -> None:
-    """Predictions need the token only with ``protect_predict``."""
+    """Predictions, and the task listing and metadata, need the token only with ``protect_predict``."""
     if config.protect_predict:
         _check_token(request, config.token)

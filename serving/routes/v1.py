@@ -11,7 +11,8 @@ from ..service import InferenceService, format_predictions
 from .dependencies import get_service, require_predict_token
 from .schemas import ERRORS, MultiPredictRequest, MultiPredictResponse, PredictRequest, PredictResponse
 
-router = APIRouter(prefix="/v1", tags=["tasks"])
+# The task listing and metadata name the loaded tasks: with ``protect_predict`` they need the token too.
+router = APIRouter(prefix="/v1", tags=["tasks"], dependencies=[Depends(require_predict_token)])
 # Predictions share their tag, error schemas and the token check (only with ``protect_predict``).
 predict_router = APIRouter(
     prefix="/v1", tags=["predict"], responses=ERRORS, dependencies=[Depends(require_predict_token)]
@@ -21,7 +22,7 @@ predict_router = APIRouter(
 @router.get("/tasks", summary="Loaded tasks with metadata and sizes")
 async def list_tasks(service: InferenceService = Depends(get_service)) -> dict[str, Any]:
     registry = service.registry
-    return {"tasks": registry.list(), "failed": dict(registry.failed), "backbones": registry.backbones.stats()}
+    return {"tasks": registry.list(), "failed": service.failures(), "backbones": registry.backbones.stats()}
 
 
 @router.get("/tasks/{name}", summary="One task's metadata", responses=ERRORS)
