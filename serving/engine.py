@@ -227,6 +227,8 @@ class WorkItem:
     enqueued_at: float = field(default_factory=time.perf_counter)
     future: Any = None
     started_at: float | None = None
+    # A part of a larger request (the batcher splits those): which of the request's texts it holds.
+    row_index: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -262,18 +264,55 @@ def execute(
         for target in item.targets:
             groups.setdefault(id(target.runner), (target.runner, []))[1].append((i, target))
     for runner, pairs in groups.values():
-        try:
-            logits = runner.logits_for(items, pairs, chunk_rows, split_cost)
-        except Exception as exc:  # one runner failing must not fail the other tasks of the batch
-            for i, _ in pairs:
-                results[i] = exc
-        else:
-            for (i, target), values in zip(pairs, logits, strict=True):
-                result = results[i]
-                if isinstance(result, dict):  # not if another runner failed this item
-                    result[target.name] = values
+        answers = _isolated_logits(runner, items, pairs, chunk_rows, split_cost)
+        for (i, target), values in zip(pairs, answers, strict=True):
+            result = results[i]
+            if isinstance(values, BaseException):
+                results[i] = values  # the item fails: it asked for the task that failed
+            elif isinstance(result, dict):  # not if another of its tasks failed
+                result[target.name] = values
         if stats is not None:
             stats.runs += 1
             stats.tasks.update(t.name for _, t in pairs)
             stats.rows += sum(len(items[i].encoded) for i, _ in pairs)
     return results
+
+
+def _isolated_logits(
+    runner: SoloRunner | MergedRunner,
+    items: Sequence[WorkItem],
+    pairs: Sequence[tuple[int, Target]],
+    chunk_rows: int,
+    split_cost: float,
+) -> list[np.ndarray | BaseException]:
+    """``runner.logits_for(pairs)``, but a failure fails only the rows that cause it.
+
+    When the run of all pairs fails (one task's graph raises, or one input trips it), the pairs are run
+    again per task, and a task that still fails per item: the healthy tasks of a mixed batch (and the
+    healthy requests of a failing task) are answered, the others get the error. Costs extra runs only
+    when something failed.
+    """
+    try:
+        return list(runner.logits_for(items, pairs, chunk_rows, split_cost))
+    except Exception as exc:
+        if len(pairs) == 1:
+            return [exc]
+        error: BaseException = exc
+    by_task: dict[str, list[int]] = {}
+    for position, (_, target) in enumerate(pairs):
+        by_task.setdefault(target.name, []).append(position)
+    if len(by_task) > 1:
+        parts = list(by_task.values())
+    else:  # one task: per item
+        by_item: dict[int, list[int]] = {}
+        for position, (i, _) in enumerate(pairs):
+            by_item.setdefault(i, []).append(position)
+        if len(by_item) == 1:
+            return [error] * len(pairs)
+        parts = list(by_item.values())
+    out: list[np.ndarray | BaseException] = [error] * len(pairs)
+    for positions in parts:
+        subset = [pairs[p] for p in positions]
+        for p, values in zip(positions, _isolated_logits(runner, items, subset, chunk_rows, split_cost), strict=True):
+            out[p] = values
+    return out
