@@ -35,9 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from .config import ServerConfig
 import numpy as np
 
+from .config import ServerConfig
 from .engine import BatchStats, WorkItem, execute
 from .errors import InferenceError, Overloaded, RequestTooLarge, ServingError, ShuttingDown
 from .tokenization import Encoded
@@ -244,9 +244,7 @@ def split_item(item: WorkItem, max_rows: int) -> list[WorkItem]:
     parts = []
     for begin in range(0, texts, per_part):
         index = order[begin : begin + per_part]
-        encoded = Encoded(
-            tuple(item.encoded.ids[i] for i in index), tuple(item.encoded.type_ids[i] for i in index)
-        )
+        encoded = Encoded(tuple(item.encoded.ids[i] for i in index), tuple(item.encoded.type_ids[i] for i in index))
         parts.append(WorkItem(encoded, item.targets, row_index=index))
     return parts
 

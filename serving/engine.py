@@ -129,6 +129,12 @@ class MergedRunner:
     ) -> None:
         self.members = [s.key for s in sources]
         self.slot = {key: j for j, key in enumerate(self.members)}
+        # For isolating a failure (see task_runner): what a member's own session is built from.
+        self._sources = list(sources)
+        self._settings = settings
+        self._backbone = backbone
+        self._external_folder = external_folder
+        self._task_runners: dict[int, SoloRunner] = {}
         self.pad_id = sources[0].manifest.pad_token_id
         compiled: CompiledGraph = compile_multitask(sources, prefix_sharing=prefix_sharing)
         self.num_labels = compiled.num_labels
@@ -144,6 +150,27 @@ class MergedRunner:
             self.cut = None
         self.prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix is not None else set()
         self.suffix_inputs = {i.name for i in self.suffix.get_inputs()}
+
+    def task_runner(self, slot: int) -> SoloRunner:
+        """Member ``slot``'s own graph as a session (made on first use, sharing the backbone tensors).
+
+        Every head of the multi-task graph runs on every row, so a member whose graph raises fails the
+        whole run; :func:`execute` then answers each task through its own session, so that only the
+        failing task's rows fail. Created only after such a failure.
+        """
+        runner = self._task_runners.get(slot)
+        if runner is None:
+            source = self._sources[slot]
+            runner = SoloRunner(
+                source.model,
+                self._settings,
+                backbone=self._backbone,
+                model_path=str(source.manifest.model_path),
+                external_folder=self._external_folder,
+                pad_id=source.manifest.pad_token_id,
+            )
+            self._task_runners[slot] = runner
+        return runner
 
     @property
     def shared_layers(self) -> int:
@@ -287,31 +314,40 @@ def _isolated_logits(
 ) -> list[np.ndarray | BaseException]:
     """``runner.logits_for(pairs)``, but a failure fails only the rows that cause it.
 
-    When the run of all pairs fails (one task's graph raises, or one input trips it), the pairs are run
-    again per task, and a task that still fails per item: the healthy tasks of a mixed batch (and the
-    healthy requests of a failing task) are answered, the others get the error. Costs extra runs only
-    when something failed.
+    When the run of all pairs fails (one task's graph raises, or one input trips it), a multi-task graph
+    answers each of its tasks through that task's own session (:meth:`MergedRunner.task_runner`), and a
+    session that still fails is retried per item: the healthy tasks of a mixed batch, and the healthy
+    requests of a failing task, are answered; the others get the error. Costs extra runs only when
+    something failed.
     """
     try:
         return list(runner.logits_for(items, pairs, chunk_rows, split_cost))
     except Exception as exc:
-        if len(pairs) == 1:
-            return [exc]
         error: BaseException = exc
-    by_task: dict[str, list[int]] = {}
-    for position, (_, target) in enumerate(pairs):
-        by_task.setdefault(target.name, []).append(position)
-    if len(by_task) > 1:
-        parts = list(by_task.values())
-    else:  # one task: per item
-        by_item: dict[int, list[int]] = {}
-        for position, (i, _) in enumerate(pairs):
-            by_item.setdefault(i, []).append(position)
-        if len(by_item) == 1:
-            return [error] * len(pairs)
-        parts = list(by_item.values())
     out: list[np.ndarray | BaseException] = [error] * len(pairs)
-    for positions in parts:
+    if isinstance(runner, MergedRunner):
+        by_slot: dict[int, list[int]] = {}
+        for position, (_, target) in enumerate(pairs):
+            by_slot.setdefault(int(target.slot or 0), []).append(position)
+        for slot, positions in by_slot.items():
+            try:
+                alone = runner.task_runner(slot)
+            except Exception as exc:  # pragma: no cover - the member's own graph loaded at load time
+                for p in positions:
+                    out[p] = exc
+                continue
+            subset = [pairs[p] for p in positions]
+            for p, values in zip(
+                positions, _isolated_logits(alone, items, subset, chunk_rows, split_cost), strict=True
+            ):
+                out[p] = values
+        return out
+    by_item: dict[int, list[int]] = {}
+    for position, (i, _) in enumerate(pairs):
+        by_item.setdefault(i, []).append(position)
+    if len(by_item) == 1:
+        return out
+    for positions in by_item.values():
         subset = [pairs[p] for p in positions]
         for p, values in zip(positions, _isolated_logits(runner, items, subset, chunk_rows, split_cost), strict=True):
             out[p] = values
