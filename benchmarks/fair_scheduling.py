@@ -10,7 +10,7 @@ and the large request's total time, median of ``--repeats`` rounds, for
 
 * ``before``: whole requests, first come first served (the batcher without splitting: what the server
   did before this change, when a large request formed one batch that the small one waited behind);
-* ``after``: large requests split into parts of at most ``max_batch_size`` rows, taken round robin.
+* ``after``: large requests split into parts of at most ``max_batch_size`` texts, taken round robin.
 
 Tasks: the MiniLM exports of ``benchmarks/serving_bench.py`` (cached in ``--workdir``; building them needs
 torch), or with ``--fixtures`` the tiny test exports. Prints a table and writes
@@ -89,7 +89,7 @@ def main() -> None:
     large_texts = [TEXTS[i % len(TEXTS)] for i in range(256)]  # x 2 tasks = 512 rows
     asyncio.run(one_round(registry, config, large_texts[:32]))  # warm-up
     split = batcher_module.split_item
-    modes = {"before": lambda item, max_rows: [item], "after": split}
+    modes = {"before": lambda item, max_texts: [item], "after": split}
     rounds: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):  # interleaved, so both sides see the same machine load
         for mode, splitter in modes.items():
