@@ -6,6 +6,12 @@ swaps the view; requests already queued keep their references and finish on the 
 freed when the last of them completes. That is how a task can be loaded or unloaded under load with
 no failed request.
 
+Every change is a transaction: :meth:`TaskRegistry._plan` builds the complete next state (the export
+opened and checked by :mod:`serving.export_checks`, the affected multi-task graphs compiled and
+validated, sessions for tasks that leave a graph) without touching the published one, and
+:meth:`TaskRegistry._commit` publishes it with assignments that cannot fail. An error before the commit
+releases what was built, so the previous tasks keep serving exactly as they were.
+
 Load/unload are serialised by one lock and run in a worker thread (graph compilation and session
 creation take about a second for MiniLM); the event loop keeps serving meanwhile.
 """
