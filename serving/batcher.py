@@ -12,11 +12,16 @@ requests keep arriving, so batches still fill; at concurrency 1 nobody waits for
 
 Back-pressure is explicit: once ``max_queue_rows`` rows wait, :meth:`enqueue` raises
 :class:`~serving.errors.Overloaded` (HTTP 503 + Retry-After) instead of letting latency grow without
-bound. :meth:`stop` refuses new work and drains what is queued.
+bound; a request that alone needs more than ``max_queue_rows`` rows could never fit and is refused with
+:class:`~serving.errors.RequestTooLarge` (413). :meth:`stop` refuses new work and drains what is queued.
 
-The batcher reads its options from :class:`~serving.config.ServerConfig` under the same names
-(``max_batch_size``, ``max_delay_ms``, ``max_queue_rows``, ``retry_after_s``, ``eager_dispatch``,
-``split_cost_tokens``); units are converted here, never by renaming.
+Fairness: a request of more than ``max_batch_size`` texts is split into parts of at most that many
+texts (its texts sorted by length first, so each part pads little), and every queued request is a
+lane; batches take one part from each lane in turn. A small request that arrives behind a large one
+waits for about one part, not for the whole large request. Parts count texts, not rows (texts x
+tasks), on purpose: the multi-task graph computes the shared lower layers once per text, and parts of
+``max_batch_size // tasks`` texts made a 2-task 512-row request 1.6x slower on MiniLM
+(benchmarks/fair_scheduling.py).
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 from .config import ServerConfig
 from .engine import BatchStats, WorkItem, execute
-from .errors import InferenceError, Overloaded, ServingError, ShuttingDown
+from .errors import InferenceError, Overloaded, RequestTooLarge, ServingError, ShuttingDown
+from .tokenization import Encoded
 
 BatchObserver = Callable[[Sequence[WorkItem], BatchStats, float], None]
 
@@ -41,7 +49,8 @@ class DynamicBatcher:
         self.config = config
         self._max_delay_s = config.max_delay_ms / 1000.0
         self._observer = observer
-        self._queue: deque[WorkItem] = deque()
+        # One lane per queued request (its parts, in order); batches take a part from each lane in turn.
+        self._lanes: deque[deque[WorkItem]] = deque()
         self._queued_rows = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -61,7 +70,7 @@ class DynamicBatcher:
         """Refuse new work, finish what is queued (up to ``timeout`` s), then fail the rest with 503."""
         self._accepting = False
         deadline = time.monotonic() + timeout
-        while (self._queue or self._busy) and time.monotonic() < deadline:
+        while (self._lanes or self._busy) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -69,10 +78,10 @@ class DynamicBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        while self._queue:
-            item = self._queue.popleft()
-            if not item.future.done():
-                item.future.set_exception(ShuttingDown())
+        while self._lanes:
+            for item in self._lanes.popleft():
+                if not item.future.done():
+                    item.future.set_exception(ShuttingDown())
         self._queued_rows = 0
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -106,15 +115,29 @@ class DynamicBatcher:
         """Queue ``item`` now (synchronously) and return the future of its result."""
         if not self._accepting or self._wakeup is None:
             raise ShuttingDown()
-        if self._queued_rows + item.rows > self.config.max_queue_rows and self._queue:
+        limit = self.config.max_queue_rows
+        if item.rows > limit:
+            raise RequestTooLarge(
+                f"this request needs {item.rows} rows (texts x tasks) but the queue holds at most {limit}; "
+                f"send at most {max(1, limit // max(1, len(item.targets)))} texts per request for "
+                f"{len(item.targets)} task(s)"
+            )
+        if self._queued_rows + item.rows > limit and self._lanes:
             raise Overloaded(
-                f"the server is overloaded ({self._queued_rows} rows queued, limit {self.config.max_queue_rows}); "
+                f"the server is overloaded ({self._queued_rows} rows queued, limit {limit}); "
                 f"retry after {self.config.retry_after_s}s",
                 retry_after=self.config.retry_after_s,
             )
-        item.future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        item.future = loop.create_future()
         item.enqueued_at = time.perf_counter()
-        self._queue.append(item)
+        parts = split_item(item, self.config.max_batch_size)
+        if len(parts) > 1:
+            for part in parts:
+                part.future = loop.create_future()
+                part.enqueued_at = item.enqueued_at
+            join_parts(item, parts)
+        self._lanes.append(deque(parts))
         self._queued_rows += item.rows
         self._wakeup.set()
         return item.future
@@ -122,10 +145,10 @@ class DynamicBatcher:
     # ------------------------------------------------------------------------------------------ loop
     async def _next_batch(self) -> list[WorkItem]:
         assert self._wakeup is not None
-        while not self._queue:
+        while not self._lanes:
             self._wakeup.clear()
             await self._wakeup.wait()
-        first = self._queue[0]
+        first = self._lanes[0][0]
         deadline = first.enqueued_at + self._max_delay_s
         while self._rows_waiting() < self.config.max_batch_size:
             remaining = deadline - time.perf_counter()
@@ -136,12 +159,18 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except asyncio.TimeoutError:
                 break
-        batch, rows = [], 0
-        while self._queue:
-            item = self._queue[0]
+        batch: list[WorkItem] = []
+        rows = 0
+        # Round robin over the lanes: one part of each request per turn, until the batch is full.
+        while self._lanes:
+            lane = self._lanes[0]
+            item = lane[0]
             if batch and rows + item.rows > self.config.max_batch_size:
                 break
-            self._queue.popleft()
+            self._lanes.popleft()
+            lane.popleft()
+            if lane:
+                self._lanes.append(lane)
             self._queued_rows -= item.rows
             if item.future.done():  # cancelled by a disconnected client
                 continue
@@ -200,3 +229,61 @@ class DynamicBatcher:
                 self._observer(batch, stats, elapsed)
             except Exception:  # pragma: no cover - metrics must never break serving
                 pass
+
+
+def split_item(item: WorkItem, max_texts: int) -> list[WorkItem]:
+    """``item`` as parts of at most ``max_texts`` texts, its texts sorted by length so that each part
+    pads little; ``part.row_index`` says which of ``item``'s texts a part holds."""
+    texts = len(item.encoded)
+    per_part = max(1, max_texts)
+    if texts <= per_part:
+        return [item]
+    lengths = np.fromiter((len(ids) for ids in item.encoded.ids), dtype=np.int64, count=texts)
+    order = np.argsort(lengths, kind="stable")
+    parts = []
+    for begin in range(0, texts, per_part):
+        index = order[begin : begin + per_part]
+        encoded = Encoded(tuple(item.encoded.ids[i] for i in index), tuple(item.encoded.type_ids[i] for i in index))
+        parts.append(WorkItem(encoded, item.targets, row_index=index))
+    return parts
+
+
+def join_parts(item: WorkItem, parts: Sequence[WorkItem]) -> None:
+    """Resolve ``item.future`` from its parts' futures: the logits in ``item``'s row order once all are
+    done, the first error as soon as one fails; cancelling ``item`` (client gone) cancels the parts."""
+    texts = len(item.encoded)
+    pending = {id(part) for part in parts}
+
+    def part_done(part: WorkItem, future: asyncio.Future) -> None:
+        pending.discard(id(part))
+        if item.future.done():
+            return
+        if future.cancelled():
+            item.future.cancel()
+            return
+        error = future.exception()
+        if error is not None:
+            item.future.set_exception(error)
+            for other in parts:
+                other.future.cancel()
+            return
+        if pending:
+            return
+        merged: dict[str, np.ndarray] = {}
+        for p in parts:
+            for name, values in p.future.result().items():
+                out = merged.get(name)
+                if out is None:
+                    out = merged[name] = np.empty((texts, *values.shape[1:]), dtype=values.dtype)
+                out[p.row_index] = values
+        item.future.set_result(merged)
+
+    for part in parts:
+        part.future.add_done_callback(lambda future, part=part: part_done(part, future))
+
+    def cancel_parts(future: asyncio.Future) -> None:
+        if future.cancelled():
+            for part in parts:
+                part.future.cancel()
+
+    item.future.add_done_callback(cancel_parts)

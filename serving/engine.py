@@ -129,6 +129,12 @@ class MergedRunner:
     ) -> None:
         self.members = [s.key for s in sources]
         self.slot = {key: j for j, key in enumerate(self.members)}
+        # For isolating a failure (see task_runner): what a member's own session is built from.
+        self._sources = list(sources)
+        self._settings = settings
+        self._backbone = backbone
+        self._external_folder = external_folder
+        self._task_runners: dict[int, SoloRunner] = {}
         self.pad_id = sources[0].manifest.pad_token_id
         compiled: CompiledGraph = compile_multitask(sources, prefix_sharing=prefix_sharing)
         self.num_labels = compiled.num_labels
@@ -144,6 +150,27 @@ class MergedRunner:
             self.cut = None
         self.prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix is not None else set()
         self.suffix_inputs = {i.name for i in self.suffix.get_inputs()}
+
+    def task_runner(self, slot: int) -> SoloRunner:
+        """Member ``slot``'s own graph as a session (made on first use, sharing the backbone tensors).
+
+        Every head of the multi-task graph runs on every row, so a member whose graph raises fails the
+        whole run; :func:`execute` then answers each task through its own session, so that only the
+        failing task's rows fail. Created only after such a failure.
+        """
+        runner = self._task_runners.get(slot)
+        if runner is None:
+            source = self._sources[slot]
+            runner = SoloRunner(
+                source.model,
+                self._settings,
+                backbone=self._backbone,
+                model_path=str(source.manifest.model_path),
+                external_folder=self._external_folder,
+                pad_id=source.manifest.pad_token_id,
+            )
+            self._task_runners[slot] = runner
+        return runner
 
     @property
     def shared_layers(self) -> int:
@@ -227,6 +254,8 @@ class WorkItem:
     enqueued_at: float = field(default_factory=time.perf_counter)
     future: Any = None
     started_at: float | None = None
+    # A part of a larger request (the batcher splits those): which of the request's texts it holds.
+    row_index: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -262,18 +291,64 @@ def execute(
         for target in item.targets:
             groups.setdefault(id(target.runner), (target.runner, []))[1].append((i, target))
     for runner, pairs in groups.values():
-        try:
-            logits = runner.logits_for(items, pairs, chunk_rows, split_cost)
-        except Exception as exc:  # one runner failing must not fail the other tasks of the batch
-            for i, _ in pairs:
-                results[i] = exc
-        else:
-            for (i, target), values in zip(pairs, logits, strict=True):
-                result = results[i]
-                if isinstance(result, dict):  # not if another runner failed this item
-                    result[target.name] = values
+        answers = _isolated_logits(runner, items, pairs, chunk_rows, split_cost)
+        for (i, target), values in zip(pairs, answers, strict=True):
+            result = results[i]
+            if isinstance(values, BaseException):
+                results[i] = values  # the item fails: it asked for the task that failed
+            elif isinstance(result, dict):  # not if another of its tasks failed
+                result[target.name] = values
         if stats is not None:
             stats.runs += 1
             stats.tasks.update(t.name for _, t in pairs)
             stats.rows += sum(len(items[i].encoded) for i, _ in pairs)
     return results
+
+
+def _isolated_logits(
+    runner: SoloRunner | MergedRunner,
+    items: Sequence[WorkItem],
+    pairs: Sequence[tuple[int, Target]],
+    chunk_rows: int,
+    split_cost: float,
+) -> list[np.ndarray | BaseException]:
+    """``runner.logits_for(pairs)``, but a failure fails only the rows that cause it.
+
+    When the run of all pairs fails (one task's graph raises, or one input trips it), a multi-task graph
+    answers each of its tasks through that task's own session (:meth:`MergedRunner.task_runner`), and a
+    session that still fails is retried per item: the healthy tasks of a mixed batch, and the healthy
+    requests of a failing task, are answered; the others get the error. Costs extra runs only when
+    something failed.
+    """
+    try:
+        return list(runner.logits_for(items, pairs, chunk_rows, split_cost))
+    except Exception as exc:
+        error: BaseException = exc
+    out: list[np.ndarray | BaseException] = [error] * len(pairs)
+    if isinstance(runner, MergedRunner):
+        by_slot: dict[int, list[int]] = {}
+        for position, (_, target) in enumerate(pairs):
+            by_slot.setdefault(int(target.slot or 0), []).append(position)
+        for slot, positions in by_slot.items():
+            try:
+                alone = runner.task_runner(slot)
+            except Exception as exc:  # pragma: no cover - the member's own graph loaded at load time
+                for p in positions:
+                    out[p] = exc
+                continue
+            subset = [pairs[p] for p in positions]
+            for p, values in zip(
+                positions, _isolated_logits(alone, items, subset, chunk_rows, split_cost), strict=True
+            ):
+                out[p] = values
+        return out
+    by_item: dict[int, list[int]] = {}
+    for position, (i, _) in enumerate(pairs):
+        by_item.setdefault(i, []).append(position)
+    if len(by_item) == 1:
+        return out
+    for positions in by_item.values():
+        subset = [pairs[p] for p in positions]
+        for p, values in zip(positions, _isolated_logits(runner, items, subset, chunk_rows, split_cost), strict=True):
+            out[p] = values
+    return out

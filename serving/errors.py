@@ -90,3 +90,16 @@ class TaskLoadError(ServingError):
 
 class InferenceError(ServingError):
     status, code = 500, "inference_failed"
+
+
+class InvalidExport(TaskLoadError):
+    """The export folder loads but contradicts itself (manifest vs graph vs backbone config): serving it
+    would fail at predict time, so the load is refused and the registry stays as it was."""
+
+    status, code = 422, "invalid_export"
+
+
+class RequestTooLarge(PayloadTooLarge):
+    """One request needs more queue rows than the queue may ever hold: it could never be admitted."""
+
+    status, code = 413, "request_too_large"

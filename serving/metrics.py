@@ -48,6 +48,28 @@ class ServerMetrics:
             "aa_task_loads", "Task loads and unloads by outcome", ["action", "status"], registry=r
         )
 
+    def forget_task(self, name: str) -> None:
+        """Remove every series labelled with task ``name`` (called on unload): without this, the series of
+        every task ever loaded stay in /metrics forever, and a reloaded name would continue old counts."""
+        for metric, labelnames in (
+            (self.requests, ("task", "endpoint", "status")),
+            (self.latency, ("task",)),
+            (self.queue_time, ("task",)),
+            (self.texts, ("task",)),
+        ):
+            position = labelnames.index("task")
+            seen: set[tuple[str, ...]] = set()
+            for family in metric.collect():
+                for sample in family.samples:
+                    values = tuple(sample.labels.get(n, "") for n in labelnames)
+                    if values[position] == name:
+                        seen.add(values)
+            for values in seen:
+                try:
+                    metric.remove(*values)
+                except KeyError:  # pragma: no cover - removed meanwhile
+                    pass
+
     def observe_batch(self, items: Sequence[WorkItem], stats: BatchStats, seconds: float) -> None:
         self.inference_time.observe(seconds)
         self.batch_rows.observe(sum(item.rows for item in items))

@@ -6,6 +6,12 @@ swaps the view; requests already queued keep their references and finish on the 
 freed when the last of them completes. That is how a task can be loaded or unloaded under load with
 no failed request.
 
+Every change is a transaction: :meth:`TaskRegistry._plan` builds the complete next state (the export
+opened and checked by :mod:`serving.export_checks`, the affected multi-task graphs compiled and
+validated, sessions for tasks that leave a graph) without touching the published one, and
+:meth:`TaskRegistry._commit` publishes it with assignments that cannot fail. An error before the commit
+releases what was built, so the previous tasks keep serving exactly as they were.
+
 Load/unload are serialised by one lock and run in a worker thread (graph compilation and session
 creation take about a second for MiniLM); the event loop keeps serving meanwhile.
 """
@@ -13,6 +19,7 @@ creation take about a second for MiniLM); the event loop keeps serving meanwhile
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import weakref
@@ -29,7 +36,8 @@ from aa_deploy.contract.manifest import ExportManifest, ManifestError
 from .backbone import SharedBackbone, SharedBackbonePool
 from .config import ServerConfig, validate_task_name
 from .engine import MergedRunner, SoloRunner, Target, pad_feeds
-from .errors import ServingError, TaskExists, TaskLoadError, TaskNotFound
+from .errors import InferenceError, ServingError, TaskExists, TaskLoadError, TaskNotFound
+from .export_checks import check_io_names, check_max_length, check_outputs
 from .graph_analysis import GraphShapeError
 from .multitask import MergeSource, load_task_graph
 from .sessions import SessionSettings, point_external_data
@@ -129,6 +137,7 @@ class TaskRegistry:
         self._tokenizers: weakref.WeakValueDictionary[str, TaskTokenizer] = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
         self._view = RegistryView(MappingProxyType({}), 0)
+        # Names whose last load failed -> why (no absolute paths), until a later load succeeds or an unload.
         self.failed: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------------ reads
@@ -173,7 +182,8 @@ class TaskRegistry:
 
     # ------------------------------------------------------------------------------------------ writes
     def load(self, name: str, source: str, revision: str | None = None, *, replace: bool = False) -> dict[str, Any]:
-        """Load ``source`` as task ``name``; raises a ServingError that says what is wrong."""
+        """Load ``source`` as task ``name`` (a transaction: on any error nothing changes and the error,
+        a ServingError that says what is wrong, is also recorded in :attr:`failed`)."""
         try:
             validate_task_name(name)
         except ValueError as exc:
@@ -183,46 +193,21 @@ class TaskRegistry:
                 raise TaskExists(f"task {name!r} is already loaded; unload it first (DELETE /v1/tasks/{name})")
             started = time.perf_counter()
             try:
-                folder = resolve_source(
-                    source,
-                    revision,
-                    allowed_roots=self.config.allowed_roots,
-                    allow_hub=self.config.allow_hub,
-                    allowed_hub_repos=self.config.allowed_hub_repos,
-                    token=self.config.hub_token,
-                )
-                manifest = ExportManifest.load(folder)
-                key = artifact_key(folder, manifest)
-                artifact = self._artifacts.get(key)
-                fresh = artifact is None
-                if artifact is None:
-                    artifact = self._open(key, manifest)
-            except ServingError:
+                artifact, fresh = self._artifact_for(name, source, revision)
+                if self._names.get(name) == artifact.key:  # replace with exactly the files it serves: no-op
+                    self.failed.pop(name, None)
+                    return self.info(name)
+                plan = self._plan({**self._names, name: artifact.key}, fresh=artifact if fresh else None)
+            except ServingError as exc:
+                self.failed[name] = short_reason(exc.message)
                 raise
-            except (ManifestError, ValueError, OSError) as exc:
-                raise TaskLoadError(f"cannot load task {name!r} from {source}: {exc}") from None
-            except Exception as exc:  # ORT and friends: report, keep serving the others
-                raise TaskLoadError(f"cannot load task {name!r} from {source}: {type(exc).__name__}: {exc}") from None
-            if replace and self._names.get(name) == key:
-                # Already serving exactly these files: detaching would free the artifact this load is
-                # about to reuse (and leave the registry pointing at nothing), so there is nothing to do.
-                self.failed.pop(name, None)
-                return self.info(name)
-            if replace and name in self._names:
-                self._detach(name)
-            artifact.names.add(name)
-            self._names[name] = key
-            self._loaded_at[name] = time.time()
+            except Exception as exc:  # pragma: no cover - _artifact_for and _plan wrap what they expect
+                self.failed[name] = short_reason(f"{type(exc).__name__}: {exc}")
+                raise TaskLoadError(f"cannot load task {name!r}: {type(exc).__name__}: {exc}") from None
             if fresh:
-                self._artifacts[key] = artifact
-                try:
-                    self._place(artifact)
-                except Exception:
-                    self._detach(name)
-                    raise
                 artifact.load_seconds = time.perf_counter() - started
+            self._commit(plan, {**self._loaded_at, name: time.time()})
             self.failed.pop(name, None)
-            self._publish()
             log.info(
                 "loaded task %s (%s engine) in %.2fs",
                 name,
@@ -232,20 +217,58 @@ class TaskRegistry:
             return self.info(name)
 
     def unload(self, name: str) -> None:
+        """Unload ``name`` (a transaction: if the tasks left cannot be re-placed, nothing changes).
+        Also forgets a recorded load failure of that name."""
         with self._lock:
             if name not in self._names:
+                if self.failed.pop(name, None) is not None:
+                    return
                 raise TaskNotFound(f"task {name!r} is not loaded")
-            self._detach(name)
-            self._publish()
+            names = {n: k for n, k in self._names.items() if n != name}
+            try:
+                plan = self._plan(names, fresh=None)
+            except Exception as exc:
+                raise InferenceError(
+                    f"cannot unload task {name!r}: re-placing the other tasks failed ({type(exc).__name__}: {exc}); "
+                    "it keeps serving"
+                ) from None
+            self._commit(plan, {n: t for n, t in self._loaded_at.items() if n != name})
+            self.failed.pop(name, None)
             log.info("unloaded task %s", name)
 
     def close(self) -> None:
         with self._lock:
-            for name in list(self._names):
-                self._detach(name)
-            self._publish()
+            dropped = list(self._artifacts.values())
+            self._names, self._artifacts, self._groups, self._loaded_at = {}, {}, {}, {}
+            self._view = RegistryView(MappingProxyType({}), self._view.version + 1)
+            for artifact in dropped:
+                self._release(artifact)
 
     # ------------------------------------------------------------------------------------------ internals
+    def _artifact_for(self, name: str, source: str, revision: str | None) -> tuple[Artifact, bool]:
+        """The artifact serving ``source`` (already loaded, or opened and checked now) and whether it is new."""
+        try:
+            folder = resolve_source(
+                source,
+                revision,
+                allowed_roots=self.config.allowed_roots,
+                allow_hub=self.config.allow_hub,
+                allowed_hub_repos=self.config.allowed_hub_repos,
+                token=self.config.hub_token,
+            )
+            manifest = ExportManifest.load(folder)
+            key = artifact_key(folder, manifest)
+            artifact = self._artifacts.get(key)
+            if artifact is not None:
+                return artifact, False
+            return self._open(key, manifest), True
+        except ServingError:
+            raise
+        except (ManifestError, ValueError, OSError) as exc:
+            raise TaskLoadError(f"cannot load task {name!r} from {source}: {exc}") from None
+        except Exception as exc:  # ORT and friends: report, keep serving the others
+            raise TaskLoadError(f"cannot load task {name!r} from {source}: {type(exc).__name__}: {exc}") from None
+
     def _tokenizer(self, manifest: ExportManifest) -> TaskTokenizer:
         """One tokenizer object per distinct (tokenizer.json, max_length, pairs): tasks on the same
         backbone share it (a BERT vocabulary costs ~7 MiB per copy, more than a task's adapters)."""
@@ -257,13 +280,19 @@ class TaskRegistry:
         return tokenizer
 
     def _open(self, key: str, manifest: ExportManifest) -> Artifact:
+        """A new artifact, checked (:mod:`serving.export_checks`) on its own graph; nothing published."""
+        check_max_length(manifest)
         tokenizer = self._tokenizer(manifest)
         model = load_task_graph(manifest.model_path)
         backbone, external_folder = None, None
         if manifest.shared:
             backbone = self.backbones.acquire(manifest, key)
             real = manifest.backbone_path.resolve()  # type: ignore[union-attr]
-            point_external_data(model, manifest.backbone_file or "", str(real))
+            try:
+                point_external_data(model, manifest.backbone_file or "", str(real))
+            except Exception:
+                self.backbones.release(backbone, key)
+                raise
             external_folder = str(real.parent)
         else:
             model = None  # standalone: ORT loads the folder's file itself
@@ -285,10 +314,28 @@ class TaskRegistry:
                     artifact.merge_note = f"served by its own session: {exc}"
             elif not manifest.shared:
                 artifact.merge_note = "standalone export: served as its own model"
+            self._check(artifact)
         except Exception:
             self._release(artifact)
             raise
         return artifact
+
+    def _check(self, artifact: Artifact) -> None:
+        """Run the task's own graph once on the probe inputs (one row at max_length): inputs, output shape.
+
+        A task that will be served alone gets its serving session here; a task for the multi-task graph
+        gets a throwaway one, and keeps its answers as the reference the merged graph must reproduce.
+        """
+        merging = artifact.merge is not None
+        session = self._solo(artifact, throwaway=merging)
+        check_io_names(artifact.manifest, session.session)
+        probe = self._probe(artifact)
+        logits = session.run(pad_feeds([probe], artifact.manifest.pad_token_id))
+        check_outputs(artifact.manifest, logits, len(probe))
+        if merging:
+            artifact.reference = (probe, logits)
+        else:
+            artifact.solo = session
 
     def _solo(self, artifact: Artifact, *, throwaway: bool = False) -> SoloRunner:
         return SoloRunner(
@@ -302,56 +349,91 @@ class TaskRegistry:
         )
 
     def _probe(self, artifact: Artifact) -> Encoded:
-        texts = list(PROBE_TEXTS)
-        pairs = list(reversed(PROBE_TEXTS)) if artifact.manifest.is_pair else None
+        """Short, Unicode and one input truncated to exactly ``max_length`` tokens (position overflow)."""
+        long_text = " ".join(["word"] * (2 * artifact.manifest.max_length))
+        texts = [*PROBE_TEXTS, long_text]
+        pairs = list(reversed(texts)) if artifact.manifest.is_pair else None
         return artifact.tokenizer.encode(texts, pairs)
 
-    def _place(self, artifact: Artifact) -> None:
-        """Give a fresh artifact a runner: join its backbone's multi-task graph, or its own session."""
-        if artifact.merge is None:
-            artifact.solo = self._solo(artifact)
-            return
-        if self.config.validate_merged:
-            probe = self._probe(artifact)
-            reference = self._solo(artifact, throwaway=True)
-            feeds = pad_feeds([probe], artifact.manifest.pad_token_id)
-            artifact.reference = (probe, reference.run(feeds))
-            del reference
-        group = artifact.group
-        members = [a for a in self._artifacts.values() if a.group == group and a is not artifact] + [artifact]
+    def _plan(self, names: dict[str, str], *, fresh: Artifact | None) -> Plan:
+        """Build everything the registry needs for task set ``names`` (multi-task graphs, sessions of
+        tasks leaving a graph) without changing the published state; on failure releases ``fresh``."""
         try:
-            runner = self._build_group(members)
-        except Exception as exc:
-            artifact.merge, artifact.merge_note = None, f"served by its own session: merging failed ({exc})"
-            log.warning("task %s cannot join the multi-task graph: %s", artifact.key, exc)
-            artifact.solo = self._solo(artifact)
-            return
-        if artifact.merge is None and artifact.solo is None:  # rejected by validation inside _build_group
-            artifact.solo = self._solo(artifact)
-        self._set_group(group, runner)
+            return self._build_plan(names, fresh)
+        except Exception:
+            if fresh is not None:
+                self._release(fresh)
+            raise
 
-    def _build_group(self, members: list[Artifact]) -> MergedRunner | None:
-        """Compile and validate; members that do not reproduce their own graph leave the group."""
+    def _build_plan(self, names: dict[str, str], fresh: Artifact | None) -> Plan:
+        artifacts = {key: self._artifacts.get(key) or fresh for key in dict.fromkeys(names.values())}
+        assert all(a is not None for a in artifacts.values())
+        dropped = [a for key, a in self._artifacts.items() if key not in artifacts]
+        affected = {a.group for a in dropped if a.group is not None}
+        if fresh is not None and fresh.group is not None:
+            affected.add(fresh.group)
+        groups = dict(self._groups)
+        demoted: list[tuple[Artifact, str, SoloRunner]] = []
+        for group in affected:
+            members = [a for a in artifacts.values() if a is not None and a.group == group]
+            runner, rejected = None, []
+            if members:
+                try:
+                    runner, rejected = self._build_group(members)
+                except Exception as exc:
+                    if fresh is not None and fresh in members:
+                        # The newcomer cannot join: it serves alone, the others stay as they were (or are
+                        # rebuilt without it when one of them left too).
+                        log.warning("task %s cannot join the multi-task graph: %s", fresh.key, exc)
+                        rejected = [(fresh, f"served by its own session: merging failed ({exc})")]
+                        rest = [a for a in members if a is not fresh]
+                        if [a.key for a in rest] == (groups[group].members if group in groups else None):
+                            runner = groups[group]
+                        elif rest:
+                            try:
+                                runner, more = self._build_group(rest)
+                                rejected += more
+                            except Exception as again:
+                                rejected += self._all_alone(rest, again)
+                    else:
+                        rejected = self._all_alone(members, exc)
+            for a, note in rejected:
+                solo = a.solo or self._solo(a)
+                demoted.append((a, note, solo))
+            if runner is None:
+                groups.pop(group, None)
+            else:
+                groups[group] = runner
+        return Plan(names=dict(names), artifacts=artifacts, groups=groups, demoted=demoted, dropped=dropped)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _all_alone(members: list[Artifact], exc: Exception) -> list[tuple[Artifact, str]]:
+        log.error("building the multi-task graph failed (%s); its tasks use their own sessions", exc)
+        return [(a, f"served by its own session: building the multi-task graph failed ({exc})") for a in members]
+
+    def _build_group(self, members: list[Artifact]) -> tuple[MergedRunner | None, list[tuple[Artifact, str]]]:
+        """Compile and validate; members that do not reproduce their own graph are returned as rejected
+        (with the note they get) instead of being changed: the caller commits or drops the result."""
+        rejected: list[tuple[Artifact, str]] = []
         while members:
             first = members[0]
             runner = MergedRunner(
-                [a.merge for a in members],
+                [a.merge for a in members],  # type: ignore[misc]
                 self.settings,
-                first.backbone,
-                external_folder=first.external_folder,
+                first.backbone,  # type: ignore[arg-type]
+                external_folder=first.external_folder,  # type: ignore[arg-type]
                 prefix_sharing=self.config.prefix_sharing,
             )
             bad = self._validate(runner, members) if self.config.validate_merged else []
             if not bad:
-                return runner
+                return runner, rejected
             for a, diff in bad:
-                a.merge = None
-                a.merge_note = f"served by its own session: the multi-task graph differs from its export by {diff:.2e}"
                 log.warning("task %s left the multi-task graph (max abs diff %.2e)", a.key, diff)
-                if a.solo is None and a.names:
-                    a.solo = self._solo(a)
-            members = [a for a in members if a.merge is not None]
-        return None
+                rejected.append(
+                    (a, f"served by its own session: the multi-task graph differs from its export by {diff:.2e}")
+                )
+            members = [a for a in members if all(a is not b for b, _ in bad)]
+        return None, rejected
 
     def _validate(self, runner: MergedRunner, members: list[Artifact]) -> list[tuple[Artifact, float]]:
         probes = [a for a in members if a.reference is not None]
@@ -372,54 +454,61 @@ class TaskRegistry:
                 bad.append((a, diff))
         return bad
 
-    def _set_group(self, group: str | None, runner: MergedRunner | None) -> None:
-        if group is None:
-            return
-        if runner is None:
-            self._groups.pop(group, None)
-        else:
-            self._groups[group] = runner
+    def _commit(self, plan: Plan, loaded_at: dict[str, float]) -> None:
+        """Publish ``plan`` in one step: plain assignments that cannot fail, then the new view."""
+        for a, note, solo in plan.demoted:
+            a.merge, a.merge_note, a.solo = None, note, solo
+        for key, artifact in plan.artifacts.items():
+            artifact.names = {n for n, k in plan.names.items() if k == key}
+        view = self._view_of(plan, loaded_at)
+        self._names, self._artifacts, self._groups, self._loaded_at = (
+            plan.names,
+            plan.artifacts,
+            plan.groups,
+            loaded_at,
+        )
+        self._view = view
+        for artifact in plan.dropped:
+            artifact.names = set()
+            self._release(artifact)
+        release_free_memory()
 
-    def _detach(self, name: str) -> None:
-        key = self._names.pop(name)
-        self._loaded_at.pop(name, None)
-        artifact = self._artifacts[key]
-        artifact.names.discard(name)
-        if artifact.names:
-            return
-        del self._artifacts[key]
-        group = artifact.group
-        if group is not None:
-            rest = [a for a in self._artifacts.values() if a.group == group]
-            try:
-                self._set_group(group, self._build_group(rest) if rest else None)
-            except Exception as exc:  # keep the others serving, each on its own session
-                log.error("rebuilding the multi-task graph failed (%s); remaining tasks use their own sessions", exc)
-                for a in rest:
-                    a.merge, a.merge_note = (
-                        None,
-                        f"served by its own session: rebuilding the multi-task graph failed ({exc})",
-                    )
-                    a.solo = a.solo or self._solo(a)
-                self._set_group(group, None)
-        self._release(artifact)
+    def _view_of(self, plan: Plan, loaded_at: dict[str, float]) -> RegistryView:
+        tasks: dict[str, TaskEntry] = {}
+        for name, key in plan.names.items():
+            artifact = plan.artifacts[key]
+            group = plan.groups.get(artifact.group) if artifact.group else None
+            if group is not None:
+                target = Target(name, group, group.slot[key], artifact.manifest.num_labels)
+            elif artifact.solo is not None:
+                target = Target(name, artifact.solo, None, artifact.manifest.num_labels)
+            else:  # pragma: no cover - every placed artifact has a runner
+                raise RuntimeError(f"task {name!r} has no runner")
+            tasks[name] = TaskEntry(name, artifact, target, loaded_at.get(name, 0.0))
+        return RegistryView(MappingProxyType(tasks), self._view.version + 1)
 
     def _release(self, artifact: Artifact) -> None:
         artifact.solo = None
         if artifact.backbone is not None:
             self.backbones.release(artifact.backbone, artifact.key)
 
-    def _publish(self) -> None:
-        tasks: dict[str, TaskEntry] = {}
-        for name, key in self._names.items():
-            artifact = self._artifacts[key]
-            group = self._groups.get(artifact.group) if artifact.group else None
-            if group is not None:
-                target = Target(name, group, group.slot[key], artifact.manifest.num_labels)
-            elif artifact.solo is not None:
-                target = Target(name, artifact.solo, None, artifact.manifest.num_labels)
-            else:  # pragma: no cover - every placed artifact has a runner
-                continue
-            tasks[name] = TaskEntry(name, artifact, target, self._loaded_at.get(name, 0.0))
-        self._view = RegistryView(MappingProxyType(tasks), self._view.version + 1)
-        release_free_memory()
+
+@dataclass
+class Plan:
+    """The registry's next state, fully built (graphs compiled, sessions created) before it is published."""
+
+    names: dict[str, str]
+    artifacts: dict[str, Artifact]
+    groups: dict[str, MergedRunner]
+    demoted: list[tuple[Artifact, str, SoloRunner]]
+    dropped: list[Artifact]
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:/[^\s/'\"():,]+)+/?")
+
+
+def short_reason(message: str, limit: int = 300) -> str:
+    """A load error as ``/v1/tasks`` and ``/ready`` list it: absolute paths cut to their last part (the
+    listing is public; the server's folders are not), at most ``limit`` characters."""
+    text = _ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -100,8 +100,7 @@ class InferenceService:
         for spec in self.config.tasks:
             try:
                 await self.load_task(spec.name, spec.source, spec.revision)
-            except ServingError as exc:
-                self.registry.failed[spec.name] = exc.message
+            except ServingError as exc:  # the registry lists it in `failed` (without local paths)
                 log.error("task %s failed to load: %s", spec.name, exc.message)
         tasks = self.registry.view.tasks
         if self.config.tasks and not tasks and self.config.exit_if_no_task_loads:
@@ -157,6 +156,7 @@ class InferenceService:
     async def unload_task(self, name: str) -> list[str]:
         """Unload ``name`` (requests already queued finish on it); returns the tasks still loaded."""
         await asyncio.to_thread(self.registry.unload, name)
+        self.metrics.forget_task(name)
         self.metrics.task_loads.labels("unload", "ok").inc()
         self.metrics.tasks_loaded.set(len(self.registry.view.tasks))
         return sorted(self.registry.view.tasks)

@@ -199,3 +199,48 @@ def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.monotonic() < deadline, f"the server at {url} did not become ready in {timeout_s:.0f} s"
         time.sleep(0.2)
+
+
+# A text that the graph of ``break_at_length`` fails on: 5 words -> [CLS] + 5 + [SEP] = 7 tokens with the
+# fixtures' tokenizer, a length none of the registry's load-time probe inputs has.
+BREAKING_TEXT = "this one breaks the graph"
+BREAKING_TOKENS = 7
+
+
+def break_at_length(folder: Path, tokens: int = BREAKING_TOKENS) -> Path:
+    """Edit ``folder/model.onnx`` (in place) so that it loads and answers like before, except that a run
+    containing a row of exactly ``tokens`` tokens raises in ONNX Runtime (a Gather out of bounds): a task
+    that passes every load-time check and fails at predict time on some inputs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = folder / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    producer = next(n for n in graph.node if "logits" in n.output)
+    producer.output[list(producer.output).index("logits")] = "aa_break/raw_logits"
+    graph.initializer.extend(
+        [
+            helper.make_tensor("aa_break/axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("aa_break/length", TensorProto.FLOAT, [], [float(tokens)]),
+            helper.make_tensor("aa_break/far", TensorProto.INT64, [], [1000]),
+            helper.make_tensor("aa_break/table", TensorProto.FLOAT, [1], [0.0]),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Cast", ["attention_mask"], ["aa_break/mask"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["aa_break/mask", "aa_break/axes"], ["aa_break/lengths"], keepdims=0),
+            helper.make_node("Equal", ["aa_break/lengths", "aa_break/length"], ["aa_break/hit"]),
+            helper.make_node("Cast", ["aa_break/hit"], ["aa_break/hit_int"], to=TensorProto.INT64),
+            helper.make_node("ReduceMax", ["aa_break/hit_int"], ["aa_break/any"], keepdims=0),
+            helper.make_node("Mul", ["aa_break/any", "aa_break/far"], ["aa_break/index"]),
+            helper.make_node("Gather", ["aa_break/table", "aa_break/index"], ["aa_break/zero"]),
+            helper.make_node("Add", ["aa_break/raw_logits", "aa_break/zero"], ["logits"]),
+        ]
+    )
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            node.name = f"aa_break/node_{i}"
+    onnx.save(model, str(path))
+    return folder

@@ -365,3 +365,136 @@ def test_tasks_load_from_the_hub(
         registry.load("x", "org/not-an-export")
     with pytest.raises(TaskLoadError, match="Hub"):
         registry.load("y", "org/missing")
+
+
+# ---------------------------------------------------------------------------------------------- transactions
+def _copy(serving_exports: dict[str, Path], name: str, to: Path) -> Path:
+    return Path(shutil.copytree(serving_exports[name], to))
+
+
+def test_replace_swaps_folders_and_a_failed_replace_keeps_the_old_task(
+    serving_exports: dict[str, Path], tmp_path: Path, references: dict[str, Reference]
+) -> None:
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    registry.load("swap", str(serving_exports["sst"]))
+    registry.load("rte", str(serving_exports["rte"]))
+    texts = TEXTS[:3]
+    for source in ("late", "sst", "sst", "topic", "sst"):  # another folder, back, the same folder (no-op)
+        before = registry.view
+        registry.load("swap", str(serving_exports[source]), replace=True)
+        assert registry.info("swap")["task"] == references[source].manifest["task"]["name"]
+        assert sorted(registry.view.tasks) == ["rte", "swap"] and not registry.failed
+        np.testing.assert_allclose(run_task(registry, "swap", texts), references[source].logits(texts), atol=1e-4)
+        np.testing.assert_allclose(
+            run_task(registry, "rte", texts, PAIRS[:3]), references["rte"].logits(texts, PAIRS[:3]), atol=1e-4
+        )
+        old = before.get("swap")  # requests bound to the previous view still finish
+        assert execute([WorkItem(old.artifact.tokenizer.encode(["x"]), (old.target,))], 4)[0]["swap"].shape[0] == 1
+    # Failed replaces (missing folder, export that contradicts its manifest): the old task keeps serving.
+    bad = _copy(serving_exports, "late", tmp_path / "bad")
+    manifest = json.loads((bad / "aa_export.json").read_text())
+    manifest["num_labels"], manifest["task"]["label_names"] = 5, ["a", "b", "c", "d", "e"]
+    (bad / "aa_export.json").write_text(json.dumps(manifest))
+    view = registry.view
+    for source, code in ((tmp_path / "missing", "task_load_failed"), (bad, "invalid_export")):
+        with pytest.raises(TaskLoadError) as info:
+            registry.load("swap", str(source), replace=True)
+        assert info.value.code == code and info.value.status == 422
+        assert registry.view is view, "a failed load publishes nothing"
+        assert registry.info("swap")["task"] == "sst2"
+        np.testing.assert_allclose(run_task(registry, "swap", texts), references["sst"].logits(texts), atol=1e-4)
+        assert str(tmp_path) not in registry.failed["swap"], "listed reasons carry no local paths"
+    assert registry.backbones.stats()[0]["exports"] == 2, "the refused exports released the backbone"
+    registry.unload("swap")
+    assert "swap" not in registry.failed, "an unload forgets the failure"
+    with pytest.raises(TaskLoadError):
+        registry.load("never", str(bad))
+    assert "never" in registry.failed and "never" not in registry.view.tasks
+    registry.unload("never")  # forgets the failure
+    assert "never" not in registry.failed
+    assert sorted(registry.view.tasks) == ["rte"]
+
+
+def test_exports_that_contradict_their_manifest_are_refused_at_load(
+    serving_exports: dict[str, Path], tmp_path: Path
+) -> None:
+    """Labels declared vs produced, input names, max_length vs the backbone's positions: 422, nothing loaded."""
+    cases = {
+        "labels": lambda m, c: m.update(num_labels=5, task={**m["task"], "label_names": list("abcde")}),
+        "inputs": lambda m, c: m.update(inputs=["input_ids", "attention_mask"]),
+        "positions": lambda m, c: m.update(max_length=c["max_position_embeddings"] + 1),
+    }
+    for engine in ("multitask", "sessions"):
+        registry = TaskRegistry(ServerConfig(intra_op_threads=1, engine=engine))
+        registry.load("sst", str(serving_exports["sst"]))
+        for case, edit in cases.items():
+            folder = _copy(serving_exports, "late", tmp_path / f"{engine}-{case}")
+            manifest = json.loads((folder / "aa_export.json").read_text())
+            config = json.loads((folder / "config.json").read_text())
+            edit(manifest, config)
+            (folder / "aa_export.json").write_text(json.dumps(manifest))
+            view = registry.view
+            with pytest.raises(TaskLoadError) as info:
+                registry.load(case, str(folder))
+            assert info.value.code == "invalid_export", (case, info.value.message)
+            assert registry.view is view and case in registry.failed
+        assert sorted(registry.view.tasks) == ["sst"]
+        assert registry.backbones.stats()[0]["exports"] == 1
+
+
+def test_a_task_whose_graph_raises_fails_alone(serving_exports: dict[str, Path], tmp_path: Path) -> None:
+    """A task that passes the load checks but raises at run time on some inputs (tests/serving_helpers
+    ``break_at_length``): in the multi-task graph or in its own session, only its failing rows fail."""
+    from serving_helpers import BREAKING_TEXT, break_at_length
+
+    broken = break_at_length(_copy(serving_exports, "sst", tmp_path / "broken"))
+    for engine in ("multitask", "sessions"):
+        registry = TaskRegistry(ServerConfig(intra_op_threads=1, engine=engine))
+        for name in ("sst", "topic", "broken"):
+            registry.load(name, str(broken if name == "broken" else serving_exports[name]))
+        assert registry.info("broken")["engine"] == ("multitask" if engine == "multitask" else "session")
+        entries = {n: registry.view.get(n) for n in ("sst", "topic", "broken")}
+        tok = entries["sst"].artifact.tokenizer
+        trigger, fine = tok.encode([BREAKING_TEXT, "fine"]), tok.encode(["fine", "also fine"])
+        items = [
+            WorkItem(trigger, (entries["broken"].target,)),  # fails
+            WorkItem(trigger, (entries["sst"].target, entries["topic"].target)),  # same rows, healthy tasks
+            WorkItem(fine, (entries["broken"].target,)),  # the broken task, on inputs it answers
+            WorkItem(trigger, (entries["sst"].target, entries["broken"].target)),  # asks for the broken one
+        ]
+        results = execute(items, chunk_rows=4)
+        assert isinstance(results[0], Exception) and "Gather" in str(results[0])
+        assert sorted(results[1]) == ["sst", "topic"] and results[1]["sst"].shape == (2, 2)
+        np.testing.assert_allclose(results[1]["sst"], run_task(registry, "sst", [BREAKING_TEXT, "fine"]), atol=1e-5)
+        assert results[2]["broken"].shape == (2, 2)
+        assert isinstance(results[3], Exception)
+
+
+# ---------------------------------------------------------------------------------------------- fairness
+def test_requests_larger_than_the_queue_are_refused_and_large_ones_do_not_block_small_ones(
+    serving_exports: dict[str, Path],
+) -> None:
+    from aa_deploy.serving.errors import RequestTooLarge
+
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    registry.load("sst", str(serving_exports["sst"]))
+    registry.load("topic", str(serving_exports["topic"]))
+    big_texts = [f"text number {i} " + "word " * (i % 7) for i in range(48)]
+    big_reference = run_task(registry, "sst", big_texts)
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(ServerConfig(max_batch_size=4, max_delay_ms=0, max_queue_rows=48))
+        await batcher.start()
+        entry = registry.view.get("sst")
+        with pytest.raises(RequestTooLarge) as info:
+            batcher.enqueue(WorkItem(entry.artifact.tokenizer.encode(["x"] * 25), (entry.target, entry.target)))
+        assert info.value.status == 413 and "at most 48" in info.value.message
+        big = batcher.enqueue(WorkItem(entry.artifact.tokenizer.encode(big_texts), (entry.target,)))
+        await asyncio.sleep(0)
+        small = asyncio.ensure_future(batcher.submit(_item(registry, "topic", 1)))
+        done, _ = await asyncio.wait({big, small}, return_when=asyncio.FIRST_COMPLETED)
+        assert small in done and not big.done(), "the small request is served between the large one's parts"
+        np.testing.assert_allclose((await big)["sst"], big_reference, atol=1e-5)  # parts reassembled in order
+        await batcher.stop(timeout=5)
+
+    asyncio.run(scenario())
