@@ -113,7 +113,6 @@ class TaskSetApplier:
             try:
                 self.registry.load(spec.name, spec.source, spec.revision, replace=replace)
             except ServingError as exc:
-                self.registry.failed[spec.name] = exc.message
                 failures.append(exc.message)
                 continue
             self.applied[spec.name] = spec
