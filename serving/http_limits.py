@@ -39,15 +39,17 @@ def _bounded_httptools_protocol() -> type | None:
         return None
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
-        """Counts the bytes of each request head and arms a deadline from the connection's first byte
-        (or its opening) to the end of the head; either limit answers and closes the connection."""
+        """Counts the bytes of each request head before the parser sees them (up to the blank line that
+        ends it, so body bytes in the same read do not count) and arms a deadline from the connection's
+        opening, or a message's first byte, to the end of the head; either limit answers and closes."""
 
         def __init__(self, *args: Any, max_head_bytes: int, head_timeout_s: float, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._max_head_bytes = max_head_bytes
             self._head_timeout_s = head_timeout_s
-            self._head_bytes = 0
             self._in_head = True
+            self._head_bytes = 0
+            self._head_tail = b""  # the last bytes seen, for a blank line split between two reads
             self._head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -60,22 +62,29 @@ def _bounded_httptools_protocol() -> type | None:
 
         def data_received(self, data: bytes) -> None:
             if self._in_head:
-                self._head_bytes += len(data)
+                seen = self._head_tail + data
+                end = seen.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._head_tail))
+                self._head_tail = seen[-3:]
+                if self._head_bytes > self._max_head_bytes:
+                    message = f"request head over {self._max_head_bytes} bytes: send shorter headers"
+                    self._refuse(431, "Request Header Fields Too Large", message)
+                    return
             super().data_received(data)
-            # Checked after parsing: body bytes that came in the same chunk as the head are not counted.
-            if self._in_head and self._head_bytes > self._max_head_bytes and not self.transport.is_closing():
-                self._refuse(431, "Request Header Fields Too Large", f"request head over {self._max_head_bytes} bytes")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._in_head = True
             self._arm_head_timer()
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            self._head_bytes = 0
             self._cancel_head_timer()
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            # What follows on this connection is the next request's head.
+            self._in_head, self._head_bytes, self._head_tail = True, 0, b""
 
         def _arm_head_timer(self) -> None:
             if self._head_timer is None:
