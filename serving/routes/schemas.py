@@ -11,7 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(min_length=1, description="Texts to classify (first segment for pair tasks).")
+    # minItems is documented, not enforced here: the service refuses empty lists with its own message.
+    texts: list[StrictStr] = Field(
+        description="Texts to classify (first segment for pair tasks).", json_schema_extra={"minItems": 1}
+    )
     text_pairs: list[StrictStr] | None = Field(
         None, description="Second segments, one per text, for pair tasks (e.g. NLI)."
     )
@@ -19,7 +22,9 @@ class PredictRequest(BaseModel):
 
 
 class MultiPredictRequest(PredictRequest):
-    tasks: list[StrictStr] = Field(min_length=1, description="Task names; every task sees the same inputs.")
+    tasks: list[StrictStr] = Field(
+        description="Task names; every task sees the same inputs.", json_schema_extra={"minItems": 1}
+    )
 
 
 class LoadRequest(BaseModel):
