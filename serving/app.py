@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from . import __version__
 from .batcher import DynamicBatcher
 from .config import ServerConfig
-from .http_errors import BodyLimitMiddleware, install_error_handlers
+from .http_errors import BodyLimitMiddleware, JsonBodyMiddleware, install_error_handlers
 from .metrics import ServerMetrics
 from .registry import TaskRegistry
 from .routes import ROUTERS
@@ -46,7 +46,8 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
     )
     app.state.config = config
     app.state.service = service
-    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -194,6 +194,9 @@ class ServerConfig:
     # "process": PUT/DELETE /v1/tasks change this process's task set; "ray": they are refused (409) because
     # the Serve config owns the task set (see aa_deploy.serving.ray_serve).
     deployment: str = "process"
+    # Slow clients: a request's head, and then its body, must arrive within this many seconds each, or the
+    # connection is answered 408 and closed (a stalled or trickling client cannot hold a connection open).
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]

@@ -1,9 +1,17 @@
-"""How errors leave the server: every error is a JSON body (``{"error": {"code", "message"}}`` on the
-native API, ``{"error": message}`` on the Open Inference Protocol) with a 4xx/5xx status, counted in
-``aa_errors_total`` by code; bodies over ``max_body_bytes`` are refused before anything parses them."""
+"""How requests are read and how errors leave the server.
+
+Reading: every body is read whole before anything parses it, bounded in size (``max_body_bytes``, 413)
+and in time (``body_timeout_s``, 408), and read as JSON whatever its Content-Type says (curl's ``-d``
+sends ``application/x-www-form-urlencoded``; the server takes no other body format).
+
+Errors: every error is a JSON body (``{"error": {"code", "message"}}`` on the native API,
+``{"error": message}`` on the Open Inference Protocol) with a 4xx/5xx status, counted in
+``aa_errors_total`` by code.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -18,13 +26,42 @@ from .oip_codec import OIP_PREFIX
 
 log = logging.getLogger("aa_deploy.serving")
 
+JSON_MEDIA_TYPE = b"application/json"
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == JSON_MEDIA_TYPE or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+class JsonBodyMiddleware:
+    """Request bodies are JSON whatever the Content-Type header says: the header is set to
+    ``application/json`` before routing, so FastAPI parses the body instead of refusing a form (the
+    OIP binary extension reads the raw body itself and does not look at the header)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") in _BODY_METHODS:
+            headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+            original = [v for k, v in scope.get("headers") or [] if k == b"content-type"]
+            if not (len(original) == 1 and _is_json(original[0])):
+                scope = {**scope, "headers": [*headers, (b"content-type", JSON_MEDIA_TYPE)]}
+        await self.app(scope, receive, send)
+
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``limit`` bytes with 413 before anything parses them."""
+    """Read the whole body before anything parses it: over ``limit`` bytes is refused with 413, a body
+    not complete ``timeout_s`` after the request started (a stalled or trickling client) with 408."""
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: int, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"body_timeout_s must be > 0, got {timeout_s}")
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -37,18 +74,25 @@ class BodyLimitMiddleware:
             except ValueError:
                 too_big = False
             if too_big:
-                await self._refuse(scope, send)
+                await self._refuse_too_large(scope, send)
                 return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         chunks, size = [], 0
         more = True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                message = f"request body not received within {self.timeout_s:g} s: send the whole body at once"
+                await _send_error(scope, send, 408, "request_timeout", message)
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
             size += len(body)
             if size > self.limit:
-                await self._refuse(scope, send)
+                await self._refuse_too_large(scope, send)
                 return
             chunks.append(body)
             more = message.get("more_body", False)
@@ -64,24 +108,30 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: dict, send: Any) -> None:
+    async def _refuse_too_large(self, scope: dict, send: Any) -> None:
         message = f"request body over {self.limit} bytes: send fewer or shorter texts"
-        if scope.get("path", "").startswith(OIP_PREFIX):
-            body = json.dumps({"error": message}).encode()
-        else:
-            body = json.dumps(PayloadTooLarge(message).to_dict()).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(scope, send, 413, PayloadTooLarge.code, message)
+
+
+async def _send_error(scope: dict, send: Any, status: int, code: str, message: str) -> None:
+    """An error answered below FastAPI (no Request yet), in the body shape of the request's protocol;
+    the connection is closed, since the rest of the body is left unread."""
+    if scope.get("path", "").startswith(OIP_PREFIX):
+        body = json.dumps({"error": message}).encode()
+    else:
+        body = json.dumps(ServingError(message, status=status, code=code).to_dict()).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", JSON_MEDIA_TYPE),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _error_response(
@@ -121,8 +171,16 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = str(exc.detail)
+    if exc.status_code == 400 and "parsing the body" in message:
+        # FastAPI's answer to a body json.loads refuses beyond a syntax error: not UTF-8, nested past
+        # Python's recursion limit, or an integer over Python's digit limit.
+        code, message = (
+            "malformed_json",
+            "the request body is not valid JSON (UTF-8, nested at most a few hundred deep)",
+        )
     _count(request, code)
-    return _error_response(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+    return _error_response(request, exc.status_code, code, message, getattr(exc, "headers", None))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

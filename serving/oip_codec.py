@@ -10,6 +10,7 @@ which tritonclient uses by default) are supported, for requests and responses.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,13 +48,38 @@ def _encode_bytes_tensor(values: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in values)
 
 
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        out: list[Any] = []
-        for d in data:
-            out.extend(_flatten(d))
-        return out
-    return [data]
+def _flatten(data: Any, name: Any) -> list[Any]:
+    """The elements of ``data`` given flat or nested like its shape ([batch] or [batch, 1]): at most two
+    levels, so a deeply nested body is refused here instead of recursing."""
+    if not isinstance(data, list):
+        raise InvalidInput(f"input {name!r} data must be a list of strings, got {type(data).__name__}")
+    out: list[Any] = []
+    for item in data:
+        if not isinstance(item, list):
+            out.append(item)
+        elif any(isinstance(inner, list) for inner in item):
+            raise InvalidInput(f"input {name!r} data is nested deeper than its shape [batch, 1] allows")
+        else:
+            out.extend(item)
+    return out
+
+
+def parameters_of(holder: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """The ``parameters`` object of the request, an input or an output ({} when absent): the protocol
+    says it is a JSON object, and anything else is refused with a 400 that names where it was."""
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"'parameters' of {where} must be a JSON object, got {type(parameters).__name__}")
+    return parameters
+
+
+def _flag(parameters: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"parameter {key!r} of {where} must be true or false, got {value!r}")
+    return value
 
 
 def _texts(tensor: dict[str, Any], binary: bytes | None) -> list[str]:
@@ -61,17 +87,21 @@ def _texts(tensor: dict[str, Any], binary: bytes | None) -> list[str]:
     if tensor.get("datatype") != "BYTES":
         raise InvalidInput(f"input {name!r} must have datatype BYTES, got {tensor.get('datatype')!r}")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
         raise InvalidInput(f"input {name!r} needs a shape like [batch] or [batch, 1], got {shape!r}")
     if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
         raise InvalidInput(f"input {name!r} must have shape [batch] or [batch, 1], got {shape}")
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # Python ints: a huge shape cannot overflow into a plausible count
     if binary is not None:
         values: list[Any] = _decode_bytes_tensor(binary, count, name)
     else:
         if "data" not in tensor:
             raise InvalidInput(f"input {name!r} has no data")
-        values = _flatten(tensor["data"])
+        values = _flatten(tensor["data"], name)
         if len(values) != count:
             raise InvalidInput(f"input {name!r} has {len(values)} elements but its shape says {count}")
     texts = []
@@ -110,7 +140,7 @@ def parse_infer_request(body: bytes, headers: Mapping[str, str]) -> InferRequest
     texts = _texts(inputs["text"], binaries.get("text"))
     pairs = _texts(inputs["text_pair"], binaries.get("text_pair")) if "text_pair" in inputs else None
     requested = payload.get("outputs")
-    default_binary = bool((payload.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = _flag(parameters_of(payload, "the request"), "binary_data_output", False, "the request")
     if requested is None:
         wanted = [("logits", default_binary), ("label", default_binary)]
     else:
@@ -120,8 +150,12 @@ def parse_infer_request(body: bytes, headers: Mapping[str, str]) -> InferRequest
         for out in requested:
             if not isinstance(out, dict) or out.get("name") not in ("logits", "label"):
                 raise InvalidInput("requested outputs must be 'logits' and/or 'label'")
-            wanted.append((out["name"], bool((out.get("parameters") or {}).get("binary_data", default_binary))))
-    return InferRequest(texts, pairs, wanted, payload.get("id"), "id" in payload)
+            where = f"output {out['name']!r}"
+            wanted.append((out["name"], _flag(parameters_of(out, where), "binary_data", default_binary, where)))
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput(f"'id' must be a string, got {type(request_id).__name__}")
+    return InferRequest(texts, pairs, wanted, request_id, request_id is not None)
 
 
 def encode_infer_response(
@@ -174,8 +208,10 @@ def _split_body(body: bytes, headers: Mapping[str, str]) -> tuple[dict[str, Any]
         header, rest = body, b""
     try:
         payload = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("the inference request is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest("the inference request's JSON is nested too deeply") from None
+    except ValueError:  # not JSON, not UTF-8, or a number over Python's digit limit
+        raise BadRequest("the inference request is not valid JSON (UTF-8)") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise InvalidInput("the inference request needs an 'inputs' list")
     binaries: dict[str, bytes] = {}
@@ -183,9 +219,9 @@ def _split_body(body: bytes, headers: Mapping[str, str]) -> tuple[dict[str, Any]
     for tensor in payload["inputs"]:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise InvalidInput("every input needs a name, datatype, shape and data")
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = parameters_of(tensor, f"input {tensor['name']!r}").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(rest):
                 raise BadRequest(f"binary_data_size of input {tensor['name']!r} does not fit the body")
             binaries[tensor["name"]] = rest[offset : offset + size]
             offset += size

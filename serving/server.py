@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from .config import ServerConfig
+from .http_limits import uvicorn_http_options
 
 
 def _uvicorn_config(app: Any, config: ServerConfig, **overrides: Any) -> Any:
@@ -24,6 +25,7 @@ def _uvicorn_config(app: Any, config: ServerConfig, **overrides: Any) -> Any:
         server_header=False,
         proxy_headers=False,
         lifespan="on",
+        **uvicorn_http_options(config.body_timeout_s),
     )
     options.update(overrides)
     return uvicorn.Config(app, **options)

@@ -16,6 +16,16 @@ from ..errors import TaskNotFound
 from ..oip_codec import HEADER_LENGTH, OIP_PREFIX, encode_infer_response, parse_infer_request
 from ..service import InferenceService
 from .dependencies import get_config, get_service, require_predict_token
+from .schemas import (
+    EMPTY_OK,
+    OIP_ANY_ERRORS,
+    OIP_INFER_ERRORS,
+    OIP_MODEL_ERRORS,
+    OIP_READ_ERRORS,
+    OipInferRequest,
+    OipInferResponse,
+    inline_schema,
+)
 
 MODEL_VERSION = "1"
 
@@ -45,23 +55,54 @@ def _metadata(service: InferenceService, name: str) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="Server metadata")
+# The infer body is read raw (JSON, or JSON + binary tensors), so its OpenAPI entry is written here.
+_INFER_OPENAPI = {
+    "parameters": [
+        {
+            "name": HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "Binary tensor extension: the length of the JSON header; binary tensors follow it.",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(OipInferRequest)},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The outputs: JSON, or a JSON header followed by binary tensors "
+        f"({HEADER_LENGTH} gives the header's length) when binary outputs were requested",
+        "model": OipInferResponse,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **OIP_INFER_ERRORS,
+}
+_READY_RESPONSES = {**EMPTY_OK, 503: {"description": "Not ready (no body)", "content": {}}, **OIP_ANY_ERRORS}
+
+
+@router.get("", summary="Server metadata", responses=OIP_ANY_ERRORS)
 async def server_metadata() -> dict[str, Any]:
     return {"name": "aa-deploy", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_class=Response, responses={**EMPTY_OK, **OIP_ANY_ERRORS})
 async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", response_class=Response, responses=_READY_RESPONSES)
 async def ready(service: InferenceService = Depends(get_service)) -> Response:
     return Response(status_code=200 if service.readiness().ready else 503)
 
 
-@router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}", responses=OIP_MODEL_ERRORS)
+@router.get("/models/{name}/versions/{version}", responses=OIP_MODEL_ERRORS)
 async def model_metadata(
     name: str, version: str | None = None, service: InferenceService = Depends(get_service)
 ) -> dict[str, Any]:
@@ -69,8 +110,10 @@ async def model_metadata(
     return _metadata(service, name)
 
 
-@router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/ready", response_class=Response, responses={**EMPTY_OK, **OIP_MODEL_ERRORS})
+@router.get(
+    "/models/{name}/versions/{version}/ready", response_class=Response, responses={**EMPTY_OK, **OIP_MODEL_ERRORS}
+)
 async def model_ready(
     name: str, version: str | None = None, service: InferenceService = Depends(get_service)
 ) -> Response:
@@ -79,7 +122,7 @@ async def model_ready(
     return Response(status_code=200)
 
 
-@router.get("/models/{name}/config")
+@router.get("/models/{name}/config", responses=OIP_MODEL_ERRORS)
 async def model_config(
     name: str, service: InferenceService = Depends(get_service), config: ServerConfig = Depends(get_config)
 ) -> dict[str, Any]:
@@ -96,13 +139,21 @@ async def model_config(
     }
 
 
-@router.post("/repository/index")
+@router.post("/repository/index", responses=OIP_READ_ERRORS)
 async def repository_index(service: InferenceService = Depends(get_service)) -> list[dict[str, Any]]:
     return [{"name": n, "version": MODEL_VERSION, "state": "READY"} for n in sorted(service.registry.view.tasks)]
 
 
-@router.post("/models/{name}/infer", dependencies=[Depends(require_predict_token)])
-@router.post("/models/{name}/versions/{version}/infer", dependencies=[Depends(require_predict_token)])
+_INFER_ROUTE: dict[str, Any] = dict(
+    dependencies=[Depends(require_predict_token)],
+    response_class=Response,
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_OPENAPI,
+)
+
+
+@router.post("/models/{name}/infer", **_INFER_ROUTE)
+@router.post("/models/{name}/versions/{version}/infer", **_INFER_ROUTE)
 async def infer(
     name: str, request: Request, version: str | None = None, service: InferenceService = Depends(get_service)
 ) -> Response:

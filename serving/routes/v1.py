@@ -9,23 +9,31 @@ from fastapi.responses import JSONResponse
 
 from ..service import InferenceService, format_predictions
 from .dependencies import get_service, require_predict_token
-from .schemas import ERRORS, MultiPredictRequest, MultiPredictResponse, PredictRequest, PredictResponse
+from .schemas import (
+    PREDICT_ERRORS,
+    READ_ERRORS,
+    TASK_READ_ERRORS,
+    MultiPredictRequest,
+    MultiPredictResponse,
+    PredictRequest,
+    PredictResponse,
+)
 
 # The task listing and metadata name the loaded tasks: with ``protect_predict`` they need the token too.
 router = APIRouter(prefix="/v1", tags=["tasks"], dependencies=[Depends(require_predict_token)])
 # Predictions share their tag, error schemas and the token check (only with ``protect_predict``).
 predict_router = APIRouter(
-    prefix="/v1", tags=["predict"], responses=ERRORS, dependencies=[Depends(require_predict_token)]
+    prefix="/v1", tags=["predict"], responses=PREDICT_ERRORS, dependencies=[Depends(require_predict_token)]
 )
 
 
-@router.get("/tasks", summary="Loaded tasks with metadata and sizes")
+@router.get("/tasks", summary="Loaded tasks with metadata and sizes", responses=READ_ERRORS)
 async def list_tasks(service: InferenceService = Depends(get_service)) -> dict[str, Any]:
     registry = service.registry
     return {"tasks": registry.list(), "failed": service.failures(), "backbones": registry.backbones.stats()}
 
 
-@router.get("/tasks/{name}", summary="One task's metadata", responses=ERRORS)
+@router.get("/tasks/{name}", summary="One task's metadata", responses=TASK_READ_ERRORS)
 async def get_task(name: str, service: InferenceService = Depends(get_service)) -> dict[str, Any]:
     return service.registry.info(name)
 
