@@ -99,3 +99,19 @@ def test_runtime_put_of_a_silent_hub_id_blocks_nothing_else(
     assert error["code"] == "hub_timeout"
     assert silent_hub.url in error["message"] and "did not answer within 5 s" in error["message"]
     assert "did not answer within 5 s" in remote
+
+
+def test_hub_timeout_flag_and_environment_set_the_field(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from aa_deploy.cli import main
+
+    assert main(["serve", "--task", "rte=x", "--hub-timeout", "2.5", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["hub_timeout_s"] == 2.5
+    monkeypatch.setenv("AA_DEPLOY_HUB_TIMEOUT_S", "7")
+    assert main(["serve", "--task", "rte=x", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["hub_timeout_s"] == 7.0
+    assert main(["serve", "--task", "rte=x", "--hub-timeout", "0", "--print-config"]) == 1
+    assert "hub_timeout_s must be a positive number" in capsys.readouterr().err
