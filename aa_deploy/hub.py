@@ -18,11 +18,14 @@ the Hugging Face cache lives.
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
@@ -38,7 +41,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects, validate_repo_id
 from huggingface_hub.utils import httpx as hub_http  # the HTTP client huggingface_hub itself uses
 
-from .contract.layout import LIBRARY_NAME
+from .contract.layout import DEFAULT_HUB_TIMEOUT_S, LIBRARY_NAME
 
 __all__ = [
     "EmptyFolderError",
@@ -48,6 +51,7 @@ __all__ = [
     "HubOfflineError",
     "HubRepoNotFoundError",
     "HubRevisionNotFoundError",
+    "HubTimeoutError",
     "HubUploadError",
     "InvalidRepoIdError",
     "LocalFolderNotFoundError",
@@ -58,6 +62,7 @@ __all__ = [
 ]
 
 Patterns = str | Sequence[str] | None
+T = TypeVar("T")
 
 _NO_TOKEN_MESSAGE = "no Hugging Face token found: run `hf auth login` or set HF_TOKEN"
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
@@ -92,6 +97,10 @@ class HubOfflineError(HubError):
 
 class HubDownloadError(HubError):
     """A download failed part-way; nothing half-written is kept, so re-running resumes cleanly."""
+
+
+class HubTimeoutError(HubError):
+    """The Hub endpoint did not finish an operation within the timeout (reachable but silent, or too slow)."""
 
 
 class HubUploadError(HubError):
@@ -193,6 +202,46 @@ def _rev_label(revision: str | None) -> str:
     return revision or constants.DEFAULT_REVISION
 
 
+def check_timeout(timeout_s: float) -> float:
+    """``timeout_s`` as a float, refused unless positive and finite (a wait must always end)."""
+    value = float(timeout_s)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"the Hub timeout must be a positive number of seconds, got {timeout_s!r}")
+    return value
+
+
+def _bounded(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run the Hub operation ``fn`` and give up after ``timeout_s`` seconds with :class:`HubTimeoutError`.
+
+    Why a deadline around the whole operation: huggingface_hub 2.x builds its shared httpx client with
+    ``timeout=None`` and most ``HfApi`` methods take no timeout, and its retries multiply any per-request
+    limit; a silent endpoint would hold the caller (and any lock it holds) forever. The operation runs in
+    a daemon thread; on time-out the caller gets the error at once and the thread, left to the library's
+    own per-request limits, cannot keep the process alive.
+    """
+    limit = check_timeout(timeout_s)
+    outcome: dict[str, object] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="aa-deploy-hub", daemon=True).start()
+    if not done.wait(limit):
+        raise HubTimeoutError(
+            f"the Hub at {_endpoint()} did not answer within {limit:g} s while {what}; check the network and "
+            "HF_ENDPOINT, or raise the limit with --hub-timeout (AA_DEPLOY_HUB_TIMEOUT_S for a server)"
+        )
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
 # --------------------------------------------------------------------------------------- push
 
 
@@ -267,14 +316,22 @@ def _commit(
     private: bool,
     revision: str | None,
     commit_message: str,
+    timeout_s: float = DEFAULT_HUB_TIMEOUT_S,
 ) -> str:
-    """Create the repo (and branch) if needed, then send every file in one atomic commit; return its URL."""
-    with _push_errors(repo_id, revision):
+    """Create the repo (and branch) if needed, then send every file in one atomic commit; return its URL.
+
+    The whole exchange must finish within ``timeout_s`` (:class:`HubTimeoutError` otherwise; the commit is
+    atomic, so the repo holds either all files or none of them)."""
+
+    def send() -> str:
         full_repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if revision is not None and revision != constants.DEFAULT_REVISION:
             api.create_branch(full_repo_id, branch=revision, exist_ok=True)
         commit = api.create_commit(full_repo_id, list(additions), commit_message=commit_message, revision=revision)
-    return commit.commit_url
+        return commit.commit_url
+
+    with _push_errors(repo_id, revision):
+        return _bounded(send, timeout_s, f"pushing {repo_id}@{_rev_label(revision)}")
 
 
 def push_folder_to_hub(
@@ -287,6 +344,7 @@ def push_folder_to_hub(
     commit_message: str | None = None,
     allow_patterns: Patterns = None,
     ignore_patterns: Patterns = None,
+    timeout_s: float = DEFAULT_HUB_TIMEOUT_S,
 ) -> str:
     """Publish ``folder`` to the model repo ``repo_id`` as a single commit and return its URL.
 
@@ -309,7 +367,9 @@ def push_folder_to_hub(
         raise HubOfflineError(f"cannot push {repo_id}: offline mode is on; unset HF_HUB_OFFLINE")
     api = _api(_require_token(token))
     message = commit_message or f"Upload {folder_path.name} with {LIBRARY_NAME}"
-    return _commit(api, additions, repo_id, private=private, revision=revision, commit_message=message)
+    return _commit(
+        api, additions, repo_id, private=private, revision=revision, commit_message=message, timeout_s=timeout_s
+    )
 
 
 # --------------------------------------------------------------------------------------- load
@@ -401,6 +461,7 @@ def resolve_pretrained_path(
     token: str | bool | None = None,
     allow_patterns: Patterns = None,
     required_file: str | None = None,
+    timeout_s: float = DEFAULT_HUB_TIMEOUT_S,
 ) -> Path:
     """Turn a local folder or a Hub repo id into a local folder holding the artifact.
 
@@ -411,7 +472,8 @@ def resolve_pretrained_path(
 
     With ``required_file`` the returned folder is guaranteed to contain it; this is how callers
     tell "not an aa-deploy artifact" apart from "not found". The file is always fetched even
-    when ``allow_patterns`` would leave it out, since the check needs it.
+    when ``allow_patterns`` would leave it out, since the check needs it. The download must finish
+    within ``timeout_s`` seconds (:class:`HubTimeoutError` otherwise).
     """
     name = os.fspath(name_or_path)
     local = _local_folder(name)
@@ -422,14 +484,20 @@ def resolve_pretrained_path(
     if patterns is not None and required_file is not None and required_file not in patterns:
         patterns.append(required_file)
     offline = _offline_requested()
+    limit = check_timeout(timeout_s)
     with _download_errors(name, revision, offline):
-        snapshot = snapshot_download(
-            name,
-            revision=revision,
-            token=token,
-            allow_patterns=patterns,
-            local_files_only=offline,
-            endpoint=_endpoint(),
-            library_name=LIBRARY_NAME,
+        snapshot = _bounded(
+            lambda: snapshot_download(
+                name,
+                revision=revision,
+                token=token,
+                allow_patterns=patterns,
+                local_files_only=offline,
+                endpoint=_endpoint(),
+                library_name=LIBRARY_NAME,
+                etag_timeout=limit,
+            ),
+            limit,
+            f"downloading {name}@{_rev_label(revision)}",
         )
     return _check_artifact(Path(snapshot), required_file, f"repo {name}" + (f"@{revision}" if revision else ""))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .contract.layout import DEFAULT_HUB_TIMEOUT_S
+
 __all__ = ["register"]
 
 
@@ -35,6 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also push model.onnx (and, for a shared-mode export, backbone.onnx_data, which ONNX Runtime needs beside it)",
     )
     p.add_argument("--commit-message", help="commit title (default: 'Upload DIR with aa-deploy')")
+    p.add_argument(
+        "--hub-timeout",
+        type=float,
+        default=DEFAULT_HUB_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"give up when the Hub has not finished the login check or the commit after SECONDS "
+        f"(default {DEFAULT_HUB_TIMEOUT_S:g}; raise it for large uploads on a slow link)",
+    )
     p.set_defaults(handler=_run_push)
 
 
@@ -49,6 +59,7 @@ def _run_push(args: argparse.Namespace) -> int:
         revision=args.revision,
         commit_message=args.commit_message,
         with_onnx=args.with_onnx,
+        timeout_s=args.hub_timeout,
     )
     where = result.repo_id + (f"@{args.revision}" if args.revision else "")
     print(f"pushed {len(result.files)} files ({result.total_bytes:,} bytes) to {where} in one commit:")

@@ -23,6 +23,7 @@ from .contract.families import TOKENIZER_FILES
 from .contract.layout import (
     BACKBONE_DATA_NAME,
     CONFIG_NAME,
+    DEFAULT_HUB_TIMEOUT_S,
     GRAPH_NAME,
     LIBRARY_NAME,
     MANIFEST_NAME,
@@ -38,11 +39,13 @@ from .hub import (
     LocalFolderNotFoundError,
     NotAnArtifactError,
     _api,
+    _bounded,
     _check_target,
     _commit,
     _offline_requested,
     _push_errors,
     _require_token,
+    check_timeout,
 )
 
 __all__ = [
@@ -153,7 +156,9 @@ def _artifact_files(folder: Path, with_onnx: bool) -> dict[str, Path]:
     return files
 
 
-def _client_for_push(repo_id: str, revision: str | None, token: str | bool | None) -> tuple[HfApi, str]:
+def _client_for_push(
+    repo_id: str, revision: str | None, token: str | bool | None, timeout_s: float
+) -> tuple[HfApi, str]:
     """A client with a resolved token, and the full ``namespace/name`` id (the card names it).
 
     Checked before any local work (pruning loads a backbone), so a missing login fails at once.
@@ -164,7 +169,7 @@ def _client_for_push(repo_id: str, revision: str | None, token: str | bool | Non
     if "/" in repo_id:
         return api, repo_id
     with _push_errors(repo_id, revision):
-        namespace = api.whoami()["name"]
+        namespace = _bounded(lambda: api.whoami()["name"], timeout_s, f"checking the login to push {repo_id}")
     return api, f"{namespace}/{repo_id}"
 
 
@@ -208,11 +213,20 @@ def _additions(files: Mapping[str, Path]) -> list[CommitOperationAdd]:
 
 
 def _commit_files(
-    api: HfApi, files: Mapping[str, Path], repo_id: str, private: bool, revision: str | None, message: str
+    api: HfApi,
+    files: Mapping[str, Path],
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    message: str,
+    timeout_s: float,
 ) -> tuple[str, dict[str, int]]:
     """Send ``files`` (repo path -> local file) in one commit; return its URL and the bytes pushed per file."""
     sizes = {name: path.stat().st_size for name, path in files.items()}
-    url = _commit(api, _additions(files), repo_id, private=private, revision=revision, commit_message=message)
+    url = _commit(
+        api, _additions(files), repo_id, private=private, revision=revision, commit_message=message,
+        timeout_s=timeout_s,
+    )  # fmt: skip
     return url, sizes
 
 
@@ -225,6 +239,7 @@ def push_to_hub(
     token: str | bool | None = None,
     commit_message: str | None = None,
     with_onnx: bool = False,
+    timeout_s: float = DEFAULT_HUB_TIMEOUT_S,
 ) -> PushResult:
     """Publish the compact artefact of a run or export folder to ``repo_id`` in one commit.
 
@@ -232,7 +247,9 @@ def push_to_hub(
     where present, and a model card written for this repo. ``model.onnx`` (plus ``backbone.onnx_data``
     for a shared-mode export) only with ``with_onnx``. An unpruned ``search`` run is pruned first (in a
     staging folder), so only the kept layers' adapters are uploaded. The source folder is never
-    modified, and the staging folder is removed even when the upload fails or is interrupted.
+    modified, and the staging folder is removed even when the upload fails or is interrupted. Each
+    exchange with the Hub (login check, then the commit) must finish within ``timeout_s`` seconds
+    (:class:`aa_deploy.hub.HubTimeoutError` otherwise).
     """
     source = Path(folder).expanduser()
     if not source.is_dir():
@@ -240,7 +257,8 @@ def push_to_hub(
     _check_target(repo_id, revision)
     files = _artifact_files(source, with_onnx)
     config = _read_adapter_config(source)
-    api, full_repo_id = _client_for_push(repo_id, revision, token)
+    check_timeout(timeout_s)
+    api, full_repo_id = _client_for_push(repo_id, revision, token, timeout_s)
     from .card import write_model_card
 
     with tempfile.TemporaryDirectory(prefix="aa-deploy-push-") as tmp:
@@ -255,8 +273,9 @@ def push_to_hub(
         write_model_card(card_source, repo_id=full_repo_id, include_onnx=with_onnx, output_dir=staging)
         files.update(_staged_files(staging))
         url, sizes = _commit_files(
-            api, files, full_repo_id, private, revision, commit_message or f"Upload {source.name} with {LIBRARY_NAME}"
-        )
+            api, files, full_repo_id, private, revision,
+            commit_message or f"Upload {source.name} with {LIBRARY_NAME}", timeout_s,
+        )  # fmt: skip
     return PushResult(
         commit_url=url, repo_id=full_repo_id, files=sizes, pruned=pruned, kept_layers=kept,
         source_weights_bytes=(source / WEIGHTS_NAME).stat().st_size if pruned else None,
@@ -271,10 +290,12 @@ def push_model_to_hub(
     revision: str | None = None,
     token: str | bool | None = None,
     commit_message: str | None = None,
+    timeout_s: float = DEFAULT_HUB_TIMEOUT_S,
 ) -> PushResult:
     """Publish an in-memory ``AdaptableAdapterModel``: its pruned compact artefact plus a card, one commit."""
     _check_target(repo_id, revision)
-    api, full_repo_id = _client_for_push(repo_id, revision, token)
+    check_timeout(timeout_s)
+    api, full_repo_id = _client_for_push(repo_id, revision, token, timeout_s)
     from .card import write_model_card
 
     with tempfile.TemporaryDirectory(prefix="aa-deploy-push-") as tmp:
@@ -283,7 +304,7 @@ def push_model_to_hub(
         write_model_card(staging, repo_id=full_repo_id, include_onnx=False)
         url, sizes = _commit_files(
             api, _staged_files(staging), full_repo_id, private, revision,
-            commit_message or f"Upload adapter with {LIBRARY_NAME}",
+            commit_message or f"Upload adapter with {LIBRARY_NAME}", timeout_s,
         )  # fmt: skip
     return PushResult(
         commit_url=url, repo_id=full_repo_id, files=sizes, pruned=needs_pruning(model.config.to_dict()),

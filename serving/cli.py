@@ -126,6 +126,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="load only Hub repos matching PATTERN (fnmatch, e.g. 'my-org/*'; repeatable; default: any)",
     )
     p.add_argument(
+        "--hub-timeout",
+        type=float,
+        dest="hub_timeout_s",
+        metavar="SECONDS",
+        help="fail a Hub download (start-up or runtime load) that has not finished after SECONDS (default 300)",
+    )
+    p.add_argument(
         "--start-empty",
         action="store_false",
         dest="exit_if_no_task_loads",
@@ -157,6 +164,7 @@ _OVERRIDES = (
     "allowed_hub_repos",
     "exit_if_no_task_loads",
     "log_level",
+    "hub_timeout_s",
 )
 
 

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from aa_deploy.contract.layout import DEFAULT_HUB_TIMEOUT_S
+
 # Task names become URL path segments and Prometheus label values: keep them boring, never paths.
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENGINES = ("multitask", "sessions")
@@ -197,6 +199,9 @@ class ServerConfig:
     # Slow clients: a request's head, and then its body, must arrive within this many seconds each, or the
     # connection is answered 408 and closed (a stalled or trickling client cannot hold a connection open).
     body_timeout_s: float = 30.0
+    # Hub: a download of a Hub id (at start or by PUT /v1/tasks) that has not finished after this many
+    # seconds fails (504 hub_timeout) instead of waiting on a silent endpoint forever.
+    hub_timeout_s: float = DEFAULT_HUB_TIMEOUT_S
 
     def __post_init__(self) -> None:
         self.tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
@@ -205,6 +210,8 @@ class ServerConfig:
         if self.deployment not in DEPLOYMENTS:
             raise ValueError(f"unknown deployment {self.deployment!r}: choose one of {', '.join(DEPLOYMENTS)}")
         self._check_numbers()
+        if self.hub_timeout_s <= 0 or not math.isfinite(self.hub_timeout_s):
+            raise ValueError(f"hub_timeout_s must be a positive number of seconds, got {self.hub_timeout_s!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.graph_optimization_level not in ("disable", "basic", "extended", "all"):

@@ -88,6 +88,12 @@ class TaskLoadError(ServingError):
     status, code = 422, "task_load_failed"
 
 
+class HubTimeout(TaskLoadError):
+    """The Hub did not deliver a task's files within ``hub_timeout_s``: the load is abandoned (504)."""
+
+    status, code = 504, "hub_timeout"
+
+
 class InferenceError(ServingError):
     status, code = 500, "inference_failed"
 

@@ -13,7 +13,9 @@ validated, sessions for tasks that leave a graph) without touching the published
 releases what was built, so the previous tasks keep serving exactly as they were.
 
 Load/unload are serialised by one lock and run in a worker thread (graph compilation and session
-creation take about a second for MiniLM); the event loop keeps serving meanwhile.
+creation take about a second for MiniLM); the event loop keeps serving meanwhile. Finding a load's
+files (a Hub download, bounded by ``hub_timeout_s``) happens *before* the lock is taken: a slow or
+silent Hub delays only that load, never other loads, unloads or shutdown.
 """
 
 from __future__ import annotations
@@ -188,12 +190,18 @@ class TaskRegistry:
             validate_task_name(name)
         except ValueError as exc:
             raise TaskLoadError(str(exc), status=422, code="invalid_task_name") from None
+        self._refuse_existing(name, replace)  # before any download: fail fast
+        started = time.perf_counter()
+        try:
+            folder = self._resolve(name, source, revision)  # network I/O: outside the lock
+        except ServingError as exc:
+            with self._lock:
+                self.failed[name] = short_reason(exc.message)
+            raise
         with self._lock:
-            if name in self._names and not replace:
-                raise TaskExists(f"task {name!r} is already loaded; unload it first (DELETE /v1/tasks/{name})")
-            started = time.perf_counter()
+            self._refuse_existing(name, replace)  # again: another load of this name may have finished meanwhile
             try:
-                artifact, fresh = self._artifact_for(name, source, revision)
+                artifact, fresh = self._artifact_for(name, source, folder)
                 if self._names.get(name) == artifact.key:  # replace with exactly the files it serves: no-op
                     self.failed.pop(name, None)
                     return self.info(name)
@@ -215,6 +223,11 @@ class TaskRegistry:
                 time.perf_counter() - started,
             )
             return self.info(name)
+
+    def _refuse_existing(self, name: str, replace: bool) -> None:
+        with self._lock:
+            if name in self._names and not replace:
+                raise TaskExists(f"task {name!r} is already loaded; unload it first (DELETE /v1/tasks/{name})")
 
     def unload(self, name: str) -> None:
         """Unload ``name`` (a transaction: if the tasks left cannot be re-placed, nothing changes).
@@ -245,17 +258,26 @@ class TaskRegistry:
                 self._release(artifact)
 
     # ------------------------------------------------------------------------------------------ internals
-    def _artifact_for(self, name: str, source: str, revision: str | None) -> tuple[Artifact, bool]:
-        """The artifact serving ``source`` (already loaded, or opened and checked now) and whether it is new."""
+    def _resolve(self, name: str, source: str, revision: str | None) -> Path:
+        """The local folder of ``source`` (downloaded from the Hub if needed); called without the lock."""
         try:
-            folder = resolve_source(
+            return resolve_source(
                 source,
                 revision,
                 allowed_roots=self.config.allowed_roots,
                 allow_hub=self.config.allow_hub,
                 allowed_hub_repos=self.config.allowed_hub_repos,
                 token=self.config.hub_token,
+                hub_timeout_s=self.config.hub_timeout_s,
             )
+        except ServingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. an OSError while looking at the folder
+            raise TaskLoadError(f"cannot load task {name!r} from {source}: {type(exc).__name__}: {exc}") from None
+
+    def _artifact_for(self, name: str, source: str, folder: Path) -> tuple[Artifact, bool]:
+        """The artifact serving ``folder`` (already loaded, or opened and checked now) and whether it is new."""
+        try:
             manifest = ExportManifest.load(folder)
             key = artifact_key(folder, manifest)
             artifact = self._artifacts.get(key)

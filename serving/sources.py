@@ -23,9 +23,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from aa_deploy.contract.layout import MANIFEST_NAME
+from aa_deploy.contract.layout import DEFAULT_HUB_TIMEOUT_S, MANIFEST_NAME
 
-from .errors import Forbidden, TaskLoadError
+from .errors import Forbidden, HubTimeout, TaskLoadError
 
 # One answer for "outside the allowed roots", "missing", "a file, not a folder" and "Hub id not on the
 # allow-list": neither the source nor the roots are echoed, so two refusals cannot be told apart.
@@ -84,8 +84,10 @@ def resolve_source(
     allow_hub: bool = True,
     allowed_hub_repos: Sequence[str] | None = None,
     token: str | None = None,
+    hub_timeout_s: float = DEFAULT_HUB_TIMEOUT_S,
 ) -> Path:
-    """Map a task source to a local export folder, downloading from the Hub if it is a repo id."""
+    """Map a task source to a local export folder, downloading from the Hub if it is a repo id (which
+    must finish within ``hub_timeout_s``: :class:`HubTimeout`, a 504, otherwise)."""
     if allowed_roots is not None:
         local = _restricted_local_folder(source, allowed_roots)
         if local is not None:
@@ -101,10 +103,14 @@ def resolve_source(
     if not allow_hub:
         raise TaskLoadError(f"{source} is not a local folder and loading from the Hub is disabled on this server")
     check_hub_id(source, allowed_hub_repos)
-    from aa_deploy.hub import HubError, resolve_pretrained_path
+    from aa_deploy.hub import HubError, HubTimeoutError, resolve_pretrained_path
 
     try:
-        return resolve_pretrained_path(source, revision=revision, token=token, required_file=MANIFEST_NAME)
+        return resolve_pretrained_path(
+            source, revision=revision, token=token, required_file=MANIFEST_NAME, timeout_s=hub_timeout_s
+        )
+    except HubTimeoutError as exc:
+        raise HubTimeout(f"cannot load {source!r} from the Hub: {exc}") from None
     except HubError as exc:
         raise TaskLoadError(f"cannot load {source!r} from the Hub: {exc}") from None
 

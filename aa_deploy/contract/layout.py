@@ -10,6 +10,10 @@ import re
 
 # The library name recorded in adapter configs and given to the Hub (library tag, user agent).
 LIBRARY_NAME = "aa-deploy"
+# How long any one Hub operation (a download, a push, the login check) may wait before it fails with a
+# clear error (aa_deploy.hub.HubTimeoutError): a reachable but silent endpoint must never hang a push or a
+# server. `aa-deploy push/serve --hub-timeout` and ServerConfig.hub_timeout_s override it.
+DEFAULT_HUB_TIMEOUT_S = 300.0
 
 # ------------------------------------------------------------------ run folder (`aa-deploy train`)
 # The adapter files keep peft's names (CONFIG_NAME / WEIGHTS_NAME), as Hugging Face tools expect.
