@@ -136,7 +136,9 @@ def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output} exists and is a file: choose another --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{output} already exists and is not empty: choose another --output or pass --overwrite")
+        raise OutputExistsError(
+            f"{output} already exists and is not empty: choose another --output or pass --overwrite"
+        )
 
 
 @dataclass

@@ -121,7 +121,10 @@ def test_two_processes_exporting_to_one_output(tmp_path: Path, run_dir: Path) ->
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", _EXPORT, str(run_dir), str(output), str(store)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )  # fmt: skip
         for _ in range(2)
     ]
