@@ -7,6 +7,7 @@ recognises as stale (its PID is gone and it is old) and removes (``remove_stale_
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -120,11 +121,15 @@ def replace_folder(staging: str | os.PathLike, output: str | os.PathLike, *, att
             os.replace(staging, output)
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                if trash is not None:  # put the old folder back rather than lose it
+                    with contextlib.suppress(OSError):
+                        os.rename(trash, output)
                 raise
-            continue  # another process published in between: move that one aside and try again
-        finally:
             if trash is not None:
                 shutil.rmtree(trash, ignore_errors=True)
+            continue  # another process published in between: move that one aside and try again
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
         return
     raise FileExistsError(errno.EEXIST, f"{output} kept being replaced by other processes", str(output))
 

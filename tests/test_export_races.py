@@ -103,6 +103,15 @@ def test_concurrent_overwrites_leave_one_complete_folder(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or moved-aside folder left
 
 
+def test_a_failed_overwrite_keeps_the_old_folder(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "who.txt").write_text("before")
+    with pytest.raises(FileNotFoundError):
+        replace_folder(tmp_path / "missing-staging", tmp_path / "out")
+    assert (tmp_path / "out" / "who.txt").read_text() == "before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 _EXPORT = """
 import sys
 from aa_deploy.export import export_run
