@@ -21,6 +21,7 @@ _LAZY = {
     "RunFolderError": "errors",
     "ValidationError": "errors",
     "GraphCheckError": "errors",
+    "OutputExistsError": "errors",
 }
 
 __all__ = sorted(_LAZY)

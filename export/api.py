@@ -25,7 +25,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,11 +38,20 @@ from aa_deploy.contract.layout import (
     GRAPH_OUTPUT,
     MODEL_CONFIG_NAME,
     RUN_FILES_FOR_CARD,
+    SCRATCH_SUFFIX,
     TOKENIZER_NAME,
     WEIGHTS_NAME,
 )
 from aa_deploy.contract.manifest import backbone_data_entry, build_manifest, manifest_json, write_manifest
-from aa_deploy.fileio import atomic_write_bytes, atomic_write_text, replace_folder
+from aa_deploy.fileio import (
+    SIBLING_LEFTOVERS,
+    atomic_write_bytes,
+    atomic_write_text,
+    publish_new_folder,
+    remove_stale_leftovers,
+    replace_folder,
+    staging_dir_for,
+)
 
 from .backbone_store import (
     BackboneStore,
@@ -52,7 +60,7 @@ from .backbone_store import (
     share_backbone_tensors,
     verify_external_data,
 )
-from .errors import ExportError, GraphCheckError, RunFolderError, ValidationError
+from .errors import ExportError, GraphCheckError, OutputExistsError, RunFolderError, ValidationError
 from .folding import fold_rationals
 from .onnx_protos import check_domains, check_no_switch, io_signature
 from .optimize import OptimizeSettings, postprocess
@@ -128,7 +136,9 @@ def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output} exists and is a file: choose another --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output} already exists and is not empty: choose another --output or pass --overwrite")
+        raise OutputExistsError(
+            f"{output} already exists and is not empty: choose another --output or pass --overwrite"
+        )
 
 
 @dataclass
@@ -180,7 +190,8 @@ class _SharedLayout:
 def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, notes: list[str]) -> ExportResult:
     reference = _load_reference(run_dir, options)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    remove_stale_leftovers(output.parent, SIBLING_LEFTOVERS)
+    staging = staging_dir_for(output)
     try:
         compiled = _compile_task_graph(reference, staging, options, notes)
         if options.standalone:
@@ -189,10 +200,10 @@ def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, no
         else:
             layout = _write_shared_layout(reference, compiled, staging, options, notes)
         manifest = _write_folder_files(reference, compiled, layout, staging, options)
-        _publish(staging, output)
+        _publish(staging, output, options.overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(staging.parent / f"{staging.name}.scratch", ignore_errors=True)
+        shutil.rmtree(_scratch_dir(staging), ignore_errors=True)
         raise
     sizes = folder_report(output, linked=layout.linked)
     return ExportResult(
@@ -304,6 +315,7 @@ def _write_shared_layout(
     from .onnx_export import OPSET, export_bare_backbone
 
     store = BackboneStore(options.backbone_store)
+    store.remove_stale_leftovers()
     key_settings = _store_settings(ref.pruned, ref.input_names, compiled.settings, OPSET)
     key = settings_key(key_settings)
     entry = store.get(key)
@@ -450,7 +462,7 @@ def _check_contract(graph: Any, input_names: list[str], settings: OptimizeSettin
 
 def _spill(graph: Any, staging: Path) -> Path:
     """Write a >2 GiB graph to a scratch folder so that ONNX Runtime can load it."""
-    scratch = staging.parent / f"{staging.name}.scratch"
+    scratch = _scratch_dir(staging)
     scratch.mkdir(exist_ok=True)
     path = scratch / GRAPH_NAME
     _write_graph(graph, path, allow_external=True)
@@ -633,8 +645,27 @@ def _write_card(staging: Path) -> None:
     write_model_card(staging)
 
 
-def _publish(staging: Path, output: Path) -> None:
+def _scratch_dir(staging: Path) -> Path:
+    return staging.parent / f"{staging.name}{SCRATCH_SUFFIX}"
+
+
+def _publish(staging: Path, output: Path, overwrite: bool) -> None:
+    """Rename the finished staging folder onto ``output``.
+
+    The up-front ``_check_output`` is only a courtesy (it fails before minutes of work); the rename is
+    the real check: without ``overwrite`` it refuses a folder that appeared meanwhile (another export
+    to the same path), atomically, so of two concurrent exports exactly one wins.
+    """
     apply_umask(staging)
-    replace_folder(staging, output)
-    scratch = staging.parent / f"{staging.name}.scratch"
-    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        if overwrite:
+            replace_folder(staging, output)
+        else:
+            publish_new_folder(staging, output)
+    except FileExistsError as exc:
+        raise OutputExistsError(
+            f"{output} already exists: another export wrote it while this one ran. Nothing of it was "
+            "changed; choose another --output or pass --overwrite to replace it"
+        ) from exc
+    finally:
+        shutil.rmtree(_scratch_dir(staging), ignore_errors=True)

@@ -26,8 +26,8 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,8 +35,8 @@ from typing import Any
 
 from onnx import ModelProto, TensorProto
 
-from aa_deploy.contract.layout import BACKBONE_DATA_NAME, STORE_GRAPH_NAME, STORE_INDEX_NAME
-from aa_deploy.fileio import atomic_write_json
+from aa_deploy.contract.layout import BACKBONE_DATA_NAME, STORE_GRAPH_NAME, STORE_INDEX_NAME, STORE_STAGING_PREFIX
+from aa_deploy.fileio import Leftover, atomic_write_json, leftover_pattern, owned_temp_dir, remove_stale_leftovers
 
 from .onnx_protos import ensure_raw_data, rename_values, tensor_digest, value_names
 
@@ -49,6 +49,8 @@ STORE_FORMAT_VERSION = 1
 SHARE_MIN_BYTES = 1024
 # Page-aligned offsets let ONNX Runtime memory-map the tensors straight from the file.
 ALIGNMENT = 4096
+# An object being written (STORE/objects/.put-<pid>-<random>); a killed export leaves it behind.
+_STAGING_LEFTOVERS = leftover_pattern(re.escape(STORE_STAGING_PREFIX), ("",))
 
 
 def default_store_path() -> Path:
@@ -154,10 +156,14 @@ class BackboneStore:
         return entry
 
     # ------------------------------------------------------------------------------------- write
+    def remove_stale_leftovers(self) -> list[Leftover]:
+        """Remove objects half-written by exports that were killed (their PID is gone, and they are
+        old); each export calls this, so a store never keeps such a copy of a backbone for long."""
+        return remove_stale_leftovers(self.root / "objects", _STAGING_LEFTOVERS)
+
     def put(self, bare: ModelProto, key: str, settings: dict[str, Any]) -> StoreEntry:
         """Store the bare backbone graph's large tensors under their (canonical) names."""
-        (self.root / "objects").mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".put-", dir=self.root / "objects"))
+        staging = owned_temp_dir(self.root / "objects", STORE_STAGING_PREFIX)
         try:
             graph = ModelProto()
             graph.CopyFrom(bare)

@@ -26,3 +26,10 @@ class ValidationError(ExportError):
 
 class GraphCheckError(ExportError):
     """The exported graph breaks the deployment contract (custom domains, switch ops, wrong I/O)."""
+
+
+class OutputExistsError(ExportError, FileExistsError):
+    """The output folder exists (or appeared while exporting) and ``overwrite`` was not given.
+
+    Also a ``FileExistsError``, as the early check raised before this class existed.
+    """

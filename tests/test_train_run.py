@@ -84,6 +84,22 @@ def test_focused_run_reuses_a_selection(tmp_path, tiny_backbone_dir, demo_data) 
     assert json.loads((tmp_path / "run" / "selection.json").read_text())["selected_layers"] == [0, 2]
 
 
+def test_focused_run_refuses_a_selection_of_another_backbone(tmp_path, tiny_backbone_dir, demo_data) -> None:
+    from tiny_models import save_tiny_backbone
+
+    from aa_deploy.modeling import BackboneMismatchError
+
+    other = save_tiny_backbone(tmp_path / "two-layer-bert", "bert", num_layers=2)
+    source = tmp_path / "source"
+    AdaptableAdapterModel.from_backbone(str(other), AdapterConfig(recipe="search"), task=TASK).save_pretrained(source)
+    (source / "selection.json").write_text(json.dumps({"selected_layers": [0, 1]}))
+    config = demo_config(tmp_path, tiny_backbone_dir, demo_data, recipe="focused", selection_from=str(source), epochs=1)
+    with pytest.raises(BackboneMismatchError, match="--selection-from .*two-layer-bert"):
+        train(config)
+    assert not (tmp_path / "run").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source", "two-layer-bert"]  # no staging folder left
+
+
 def test_runs_are_seeded(tmp_path, tiny_backbone_dir, demo_data) -> None:
     a = train(demo_config(tmp_path / "a", tiny_backbone_dir, demo_data, recipe="standard", epochs=1, output=str(tmp_path / "a")))
     b = train(demo_config(tmp_path / "b", tiny_backbone_dir, demo_data, recipe="standard", epochs=1, output=str(tmp_path / "b")))

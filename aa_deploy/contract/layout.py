@@ -38,6 +38,14 @@ TOKENIZER_NAME = "tokenizer.json"  # what the server tokenizes with (the `tokeni
 # Files of a run folder the export carries along so that the export folder describes itself.
 RUN_FILES_FOR_CARD = (SELECTION_NAME, METRICS_NAME, PICTURE_NAME)
 
+# Hidden siblings an export (or training run) writes beside its output while it works: a staging folder
+# renamed onto the output at the end, a scratch folder for >2 GiB graphs, and the previous output moved
+# aside during an --overwrite publish. Each is named ``.<output name>.<pid>-<random><suffix>`` so that a
+# later export can tell the leftovers of a killed process (see aa_deploy.fileio.remove_stale_leftovers).
+STAGING_SUFFIX = ".partial"
+SCRATCH_SUFFIX = ".scratch"  # appended to the staging folder's name
+TRASH_SUFFIX = ".old"
+
 # ------------------------------------------------------------------------- the task graph's I/O
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the names a graph may take, in order
 GRAPH_OUTPUT = "logits"
@@ -46,6 +54,7 @@ GRAPH_OUTPUT = "logits"
 STORE_GRAPH_NAME = "backbone.onnx"
 # The store keeps its data file under BACKBONE_DATA_NAME too: each export hard-links it under that name.
 STORE_INDEX_NAME = "index.json"
+STORE_STAGING_PREFIX = ".put-"  # STORE/objects/.put-<pid>-<random>: an object being written
 
 # ----------------------------------------------------------------------------- Hub downloads
 # What a Hub download of a run needs (patterns for huggingface_hub's allow_patterns).

@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArgumen
 from ..backbones import resolve_backbone_path
 from ..config import AdapterConfig
 from ..contract.layout import (
+    CONFIG_NAME,
     KEPT_LAYERS_KEY,
     METRICS_NAME,
     PICTURE_NAME,
@@ -27,9 +27,10 @@ from ..contract.layout import (
     WEIGHTS_NAME,
 )
 from ..data import TaskDefinition, load_task, low_data_split
-from ..fileio import atomic_write_json, replace_folder
+from ..fileio import atomic_write_json, replace_folder, staging_dir_for
 from ..metrics import task_metrics
-from ..modeling import AdaptableAdapterModel
+from ..modeling import AdaptableAdapterModel, BackboneMismatchError
+from ..modeling.model import check_backbone_matches
 from ..plotting import plot_model
 from .config import TrainConfig
 from .datasets import TokenizedDataset
@@ -59,6 +60,26 @@ def read_selection(run_dir: str | os.PathLike) -> list[int]:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a valid selection file ({exc}): re-run the search run") from exc
     return [int(i) for i in layers]
+
+
+def check_selection_backbone(selection_from: str | os.PathLike, model: AdaptableAdapterModel) -> None:
+    """Refuse a ``--selection-from`` run trained on another backbone than ``model``'s.
+
+    Layer indices mean nothing across backbones (another depth, other representations per layer), so
+    reusing them would train a focused run on a selection nobody searched. A folder without
+    adapter_config.json (a hand-written selection.json) records no backbone and is taken as is.
+    """
+    if not (Path(selection_from) / CONFIG_NAME).is_file():
+        return
+    recorded = AdapterConfig.load(selection_from)
+    try:
+        check_backbone_matches(recorded, model.backbone)
+    except BackboneMismatchError as exc:
+        raise BackboneMismatchError(
+            f"--selection-from {selection_from} was trained on the backbone {recorded.base_model_name_or_path!r}, "
+            f"not on the one this run trains ({exc}). A layer selection only carries over between runs of one "
+            "backbone: pass a search run of this backbone, or give the layers with --layers"
+        ) from exc
 
 
 def _device_name(cfg: TrainConfig) -> str:
@@ -92,8 +113,7 @@ def _prepare_output(output: Path, overwrite: bool) -> Path:
     """Train into a temporary sibling folder; it replaces ``output`` only when the run succeeds."""
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"{output} already exists and is not empty: choose another --output or pass --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    return staging_dir_for(output)  # named with our PID: an export in the same folder leaves it alone
 
 
 def train(cfg: TrainConfig) -> RunResult:
@@ -110,6 +130,8 @@ def train(cfg: TrainConfig) -> RunResult:
         set_seed(cfg.seed)
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(cfg.backbone))
         model = AdaptableAdapterModel.from_backbone(cfg.backbone, adapter_config, task=spec.to_dict())
+        if cfg.recipe == "focused" and cfg.selection_from is not None and cfg.selected_layers is None:
+            check_selection_backbone(cfg.selection_from, model)  # before any training step
         train_set = TokenizedDataset(train_examples, spec, tokenizer, cfg.max_length)
         dev_set = TokenizedDataset(dev_examples, spec, tokenizer, cfg.max_length)
         test_set = TokenizedDataset(data.test, spec, tokenizer, cfg.max_length) if data.test else None
