@@ -212,6 +212,11 @@ def test_protected_listing_and_path_free_public_status(rooted_server: Any) -> No
     with httpx.Client(base_url=rooted_server.url, timeout=60) as c:
         assert c.get("/v1/tasks").status_code == 401
         assert c.get("/v1/tasks/sst").status_code == 401
+        # The Open Inference Protocol's model listing and metadata are as private as /v1/tasks.
+        for method, path in (("POST", "/v2/repository/index"), ("GET", "/v2/models/sst"),
+                             ("GET", "/v2/models/sst/ready"), ("GET", "/v2/models/sst/config")):  # fmt: skip
+            assert c.request(method, path).status_code == 401, path
+            assert c.request(method, path, headers=AUTH).status_code == 200, path
         listing = c.get("/v1/tasks", headers=AUTH)
         assert listing.status_code == 200 and [t["name"] for t in listing.json()["tasks"]] == ["sst"]
         ready = c.get("/ready")

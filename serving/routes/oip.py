@@ -101,8 +101,12 @@ async def ready(service: InferenceService = Depends(get_service)) -> Response:
     return Response(status_code=200 if service.readiness().ready else 503)
 
 
-@router.get("/models/{name}", responses=OIP_MODEL_ERRORS)
-@router.get("/models/{name}/versions/{version}", responses=OIP_MODEL_ERRORS)
+# Under --protect-predict, what the server serves is as private as its predictions (like GET /v1/tasks).
+_LISTING = [Depends(require_predict_token)]
+
+
+@router.get("/models/{name}", responses=OIP_MODEL_ERRORS, dependencies=_LISTING)
+@router.get("/models/{name}/versions/{version}", responses=OIP_MODEL_ERRORS, dependencies=_LISTING)
 async def model_metadata(
     name: str, version: str | None = None, service: InferenceService = Depends(get_service)
 ) -> dict[str, Any]:
@@ -110,9 +114,14 @@ async def model_metadata(
     return _metadata(service, name)
 
 
-@router.get("/models/{name}/ready", response_class=Response, responses={**EMPTY_OK, **OIP_MODEL_ERRORS})
 @router.get(
-    "/models/{name}/versions/{version}/ready", response_class=Response, responses={**EMPTY_OK, **OIP_MODEL_ERRORS}
+    "/models/{name}/ready", response_class=Response, responses={**EMPTY_OK, **OIP_MODEL_ERRORS}, dependencies=_LISTING
+)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    response_class=Response,
+    responses={**EMPTY_OK, **OIP_MODEL_ERRORS},
+    dependencies=_LISTING,
 )
 async def model_ready(
     name: str, version: str | None = None, service: InferenceService = Depends(get_service)
@@ -122,7 +131,7 @@ async def model_ready(
     return Response(status_code=200)
 
 
-@router.get("/models/{name}/config", responses=OIP_MODEL_ERRORS)
+@router.get("/models/{name}/config", responses=OIP_MODEL_ERRORS, dependencies=_LISTING)
 async def model_config(
     name: str, service: InferenceService = Depends(get_service), config: ServerConfig = Depends(get_config)
 ) -> dict[str, Any]:
@@ -139,7 +148,7 @@ async def model_config(
     }
 
 
-@router.post("/repository/index", responses=OIP_READ_ERRORS)
+@router.post("/repository/index", responses=OIP_READ_ERRORS, dependencies=_LISTING)
 async def repository_index(service: InferenceService = Depends(get_service)) -> list[dict[str, Any]]:
     return [{"name": n, "version": MODEL_VERSION, "state": "READY"} for n in sorted(service.registry.view.tasks)]
 
