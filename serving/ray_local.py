@@ -123,8 +123,19 @@ class LocalRayCluster:
         return self
 
     def serve(self, *args: str, timeout: float = 300.0) -> str:
-        """Run the ``serve`` CLI against this cluster (``deploy FILE``, ``status``, ``shutdown -y``)."""
-        return self._run([_bin("serve"), *args, "--address", self.dashboard_url], timeout).stdout
+        """Run the ``serve`` CLI against this cluster (``deploy FILE``, ``status``, ``shutdown -y``).
+
+        The first ``serve deploy`` also starts Serve's controller and proxies; on a starved machine Ray can
+        give up on a proxy actor that is slow to start (``ActorDiedError`` for the proxy) and answers the
+        deploy with 500. Such a start-up failure is retried once; any other failure is raised as it is."""
+        command = [_bin("serve"), *args, "--address", self.dashboard_url]
+        try:
+            return self._run(command, timeout).stdout
+        except RuntimeError as exc:
+            if args[:1] != ("deploy",) or "ActorDiedError" not in str(exc) or "PROXY_ACTOR" not in str(exc):
+                raise
+            time.sleep(5)
+            return self._run(command, timeout).stdout
 
     def status(self) -> dict[str, Any]:
         import yaml
