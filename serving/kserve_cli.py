@@ -6,10 +6,10 @@ Import-light like the other subcommands: only serving/kserve.py (dataclasses, no
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from aa_deploy.fileio import atomic_write_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,17 +53,6 @@ def _default_name(tasks: list[str]) -> str:
     return ("aa-" + cleaned)[:63].rstrip("-")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _run_kserve(args: argparse.Namespace) -> int:
     from .kserve import DeploymentSpec, Resources, RuntimeSpec, manifests, to_yaml
 
@@ -94,6 +83,6 @@ def _run_kserve(args: argparse.Namespace) -> int:
     folder = Path(args.output)
     folder.mkdir(parents=True, exist_ok=True)
     for file_name, doc in docs.items():
-        _write_atomic(folder / file_name, to_yaml([doc]))
+        atomic_write_text(folder / file_name, to_yaml([doc]))
         print(folder / file_name)
     return 0

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aa_deploy.fileio import atomic_write_text
 
 from .config import ServerConfig, TaskSpec
 from .task_set import USER_CONFIG_TASKS, absolute_source, spec_value
@@ -125,15 +126,7 @@ class RayServeSpec:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the YAML atomically (temp file + rename), so `serve deploy` never reads half a file."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self.to_yaml())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(target, self.to_yaml())  # creates the parent folder too
         return target
 
 
