@@ -148,6 +148,8 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
         "adapter_bytes": metrics["adapter_bytes"],
         "train_examples": metrics["train_examples"],
         "epochs": args.epochs,
+        "protocol": "paper",
+        "layer_budget": None,
         "wall_time_s": round(time.time() - started, 1),
         "device": metrics["device"],
         "threads": args.threads,
