@@ -22,8 +22,9 @@ FORMAT_VERSION = 1
 class AdapterConfig:
     """Settings of the adapters, their activations and switches, and which layers carry adapters.
 
-    ``selected_layers`` means: for ``focused``, where the adapters are; for a pruned/compiled model, the
-    layers kept. ``None`` means every layer (the ``standard``/``search``/``adapterdrop`` recipes).
+    ``selected_layers`` means: for ``focused``, where the adapters are; for ``standard``, optionally the
+    only layers with adapters (a fixed choice such as AdapterDrop's top layers); for a pruned/compiled
+    model, the layers kept. ``None`` means every layer.
     """
 
     recipe: Recipe = "search"
@@ -38,6 +39,9 @@ class AdapterConfig:
     switch_temperature_final: float | None = None
     switch_init: tuple[float, float] = (0.5, 0.5)
     selected_layers: list[int] | None = None
+    # Layer budget of the search recipe (docs/METHOD.md §7): at most this many switches stay on, the
+    # ones that prefer their adapter most strongly. None = no budget (every switch decides alone).
+    max_layers: int | None = None
     # AdapterDrop: at train time drop the adapters of a random number (0..k) of the lowest layers per
     # step; at test time drop a fixed number of the lowest layers.
     adapterdrop_max_layers: int | None = None
@@ -69,6 +73,8 @@ class AdapterConfig:
         # Every preset/version/degrees combination is checked here, before any model is built.
         check_rational(self.rational_init, self.rational_version, self.numerator_degree, self.denominator_degree)
         self.switch_init = tuple(self.switch_init)  # type: ignore[assignment]
+        if self.max_layers is not None and self.max_layers < 1:
+            raise ValueError(f"max_layers (the layer budget) must be >= 1, got {self.max_layers}")
         if self.selected_layers is not None:
             self.selected_layers = sorted({int(i) for i in self.selected_layers})
 

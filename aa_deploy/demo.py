@@ -68,7 +68,7 @@ def run_demo(output: Path, epochs: int, backbone: str | None) -> int:
     run_dir, export_dir = output / "run", output / "export" / "sentiment"
     train_cmd = [*exe, "train", "--task", str(DEMO_DATA / "sentiment_train.csv"), "--test-file",
                  str(DEMO_DATA / "sentiment_test.csv"), "--recipe", "search", "--epochs", str(epochs),
-                 "--batch-size", "16", "--learning-rate", "1e-3", "--output", str(run_dir), "--overwrite", "--no-progress"]
+                 "--batch-size", "16", "--output", str(run_dir), "--overwrite", "--no-progress"]
     if backbone:
         train_cmd += ["--backbone", backbone]
     _step("1/4 train adaptable adapters (search recipe)", train_cmd)

@@ -27,7 +27,7 @@ def fake_glue(root: Path) -> Path:
 
 def run_grid(tmp_path: Path, backbone: Path, glue: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(GRID), "run", "--glue-dir", str(glue), "--tasks", "rte", "--sizes", "24", "--seeds", "42",
-           "--recipes", "standard,search,focused", "--epochs", "1", "--threads", "1", "--backbone", str(backbone),
+           "--recipes", "standard,search,focused", "--epochs", "1", "--threads", "1", "--backbone", str(backbone), "--protocol", "paper",
            "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)

@@ -274,7 +274,7 @@ def test_card_of_a_real_training_run(tmp_path: Path, tiny_backbone_dir: Path, de
     run = tmp_path / "run"
     train(TrainConfig(
         task=str(demo_data / "sentiment_train.csv"), test_file=str(demo_data / "sentiment_test.csv"),
-        backbone=str(tiny_backbone_dir), epochs=1, output=str(run), progress=False,
+        backbone=str(tiny_backbone_dir), epochs=1, min_steps=0, output=str(run), progress=False,
     ))  # fmt: skip
     drawn_by_training = (run / PICTURE_NAME).read_bytes()
 

@@ -27,6 +27,7 @@ METRICS_KEYS = [
     "task", "recipe", "metric", "value", "test_value", "best_epoch", "dev", "test", "history", "selected_layers",
     "layers_kept", "num_layers", "train_size", "train_examples", "dev_examples", "test_examples", "seed",
     "trained_params", "adapter_params", "adapter_bytes", "train_loss", "wall_time_s", "device", "torch", "host",
+    "protocol", "epochs_run", "optimizer_steps", "layer_budget", "savings",
 ]  # fmt: skip
 
 
@@ -161,7 +162,7 @@ def test_a_run_at_other_degrees_trains_and_reloads(tmp_path, tiny_backbone_dir, 
 
     result = train(TrainConfig(
         task=str(demo_data / "sentiment_train.csv"), output=str(tmp_path / "run"), backbone=str(tiny_backbone_dir),
-        epochs=1, progress=False, numerator_degree=3, denominator_degree=2,
+        epochs=1, min_steps=0, progress=False, numerator_degree=3, denominator_degree=2,
     ))  # fmt: skip
 
     model = AdaptableAdapterModel.from_pretrained(result.output)

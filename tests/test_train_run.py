@@ -28,6 +28,7 @@ def demo_config(tmp_path: Path, backbone: Path, demo_data: Path, **overrides) ->
         epochs=4,
         batch_size=16,
         learning_rate=1e-2,
+        min_steps=0,  # exactly `epochs` epochs, as the assertions count them
         progress=False,
     )
     values.update(overrides)

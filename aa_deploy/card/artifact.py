@@ -131,7 +131,7 @@ class Artifact:
         if self.config.get("pruned") and isinstance(self.config.get("selected_layers"), list):
             return sorted(int(i) for i in self.config["selected_layers"])
         if self.tensors is not None and self.tensors.switch_logits:
-            return kept_by_switches(self.tensors.switch_logits)
+            return kept_by_switches(self.tensors.switch_logits, self.config.get("max_layers"))
         layers = self.adapter_layers_in_file()
         if self.recipe == "adapterdrop":
             dropped = int(self.config.get("adapterdrop_eval_layers") or 0)

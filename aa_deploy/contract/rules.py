@@ -33,9 +33,24 @@ def switch_adapter_probability(logits: Sequence[float]) -> float:
     return 1.0 / (1.0 + math.exp(float(logits[SKIP]) - float(logits[ADAPTER])))
 
 
-def kept_by_switches(switch_logits: Mapping[int, Sequence[Any]]) -> list[int]:
-    """The layers whose switch keeps the adapter, sorted."""
-    return sorted(int(i) for i, logits in switch_logits.items() if switch_keeps_adapter(logits))
+def switch_margin(logits: Sequence[Any]) -> float:
+    """How strongly a switch prefers its adapter: ``logit_adapter - logit_skip`` (> 0 means kept)."""
+    return float(logits[ADAPTER]) - float(logits[SKIP])
+
+
+def kept_by_switches(switch_logits: Mapping[int, Sequence[Any]], max_layers: int | None = None) -> list[int]:
+    """The layers whose switch keeps the adapter, sorted.
+
+    With a layer budget (``max_layers``, docs/METHOD.md §7) only the ``max_layers`` layers whose switches
+    prefer their adapter most strongly stay; ties go to the lower layer so that the choice is
+    deterministic. The trained model in eval mode, the compiler and the model card all call this, so a
+    budgeted run compiles to exactly the layers it was evaluated with.
+    """
+    kept = [int(i) for i, logits in switch_logits.items() if switch_keeps_adapter(logits)]
+    if max_layers is not None and len(kept) > max_layers:
+        margins = {int(i): switch_margin(logits) for i, logits in switch_logits.items()}
+        kept = sorted(kept, key=lambda i: (-margins[i], i))[:max_layers]
+    return sorted(kept)
 
 
 def adapterdrop_keeps_layer(layer: int, eval_layers: int) -> bool:

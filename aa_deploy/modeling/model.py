@@ -34,7 +34,7 @@ from ..contract.layout import (
     WEIGHTS_NAME,
     adapter_key_layer,
 )
-from ..contract.rules import adapterdrop_keeps_layer
+from ..contract.rules import adapterdrop_keeps_layer, kept_by_switches
 from ..fileio import atomic_write_with
 from .adapter import AdapterBlock, BottleneckAdapter
 from .injection import attach_adapter_blocks, encoder_layers, output_layer_norms
@@ -163,6 +163,13 @@ class AdaptableAdapterModel(nn.Module):
     # ---------------------------------------------------------------------------------------- forward
     def _set_dropped_layers(self) -> None:
         cfg = self.config
+        if cfg.uses_switch and cfg.max_layers is not None:
+            # Layer budget: in eval only the budget's layers run (the rule the compiler applies); in
+            # training every switch keeps mixing softly so that all of them go on learning.
+            kept = set(self.kept_layers()) if not self.training else None
+            for index, block in self.adapter_layers.items():
+                block.dropped = kept is not None and int(index) not in kept
+            return
         if not cfg.uses_adapterdrop:
             return
         if self.training:
@@ -190,12 +197,13 @@ class AdaptableAdapterModel(nn.Module):
     def kept_layers(self) -> list[int]:
         """Layers whose adapters contribute in eval mode: what the compiler keeps."""
         cfg = self.config
+        by_switch = set(kept_by_switches(self.switch_logits(), cfg.max_layers))
         kept = []
         for index, block in self.adapter_layers.items():
             i = int(index)
             if cfg.uses_adapterdrop and not adapterdrop_keeps_layer(i, cfg.adapterdrop_eval_layers):
                 continue
-            if block.switch is not None and not block.switch.selected:
+            if block.switch is not None and i not in by_switch:
                 continue
             kept.append(i)
         return sorted(kept)

@@ -14,6 +14,7 @@ from ..cli_options import option
 from ..config import RECIPES
 from ..json_record import JsonRecord
 from ..rational_presets import DEFAULT_DEGREES, RATIONAL_PRESETS, RATIONAL_VERSIONS, check_rational
+from .protocols import PROTOCOLS, describe, schedule_named
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -28,7 +29,12 @@ def parse_layers(value: str) -> list[int]:
 
 @dataclass
 class TrainConfig(JsonRecord):
-    """One run of ``aa-deploy train``. Defaults follow the paper's protocol (docs/METHOD.md §5)."""
+    """One run of ``aa-deploy train``.
+
+    Fields left at ``None`` whose help says "from --protocol" are filled from the named schedule
+    (:mod:`aa_deploy.training.protocols`) when the object is built, so the saved ``training_config.json``
+    records the values that actually ran next to the protocol's name.
+    """
 
     task: str = option(help="GLUE task (rte, mrpc, sst2, cola, stsb, qnli) or a .csv/.tsv/.jsonl file")
     output: str = option(help="run folder to write", metavar="DIR")
@@ -39,11 +45,28 @@ class TrainConfig(JsonRecord):
     )
     train_size: int | None = option(None, metavar="N", help="low-data setting: keep N shuffled training examples")
     seed: int = option(42, help="seed of the data shuffle, the initialisation and the Gumbel noise")
-    epochs: int = option(20, help="training epochs; the best epoch on the dev split is kept")
+    protocol: str = option(
+        "default",
+        choices=tuple(PROTOCOLS),
+        help="training schedule (docs/METHOD.md §5) that sets the flags marked 'from --protocol': "
+        + "; ".join(describe(s) for s in PROTOCOLS.values()),
+    )
+    epochs: int | None = option(
+        None, help="training epochs (default: from --protocol); the best epoch on the dev split is kept"
+    )
+    min_steps: int | None = option(
+        None, help="run more epochs when the data gives fewer optimiser steps than this "
+        "(default: from --protocol; 0 when --epochs is given)"
+    )
+    warmup_ratio: float | None = option(
+        None, help="share of the steps with a linear learning-rate warmup (default: from --protocol)"
+    )
     batch_size: int = option(32, help="training batch size")
     eval_batch_size: int = option(64, help="batch size for the dev and test evaluations")
     max_length: int = option(128, help="longest tokenised input; longer inputs are truncated")
-    learning_rate: float = option(1e-4, help="learning rate of the adapters and the task head")
+    learning_rate: float | None = option(
+        None, help="learning rate of the adapters and the task head (default: from --protocol)"
+    )
     switch_learning_rate: float = option(0.05, help="learning rate of the switch logits")
     rational_learning_rate: float = option(0.01, help="learning rate of the rational coefficients")
     max_grad_norm: float = option(1.0, help="gradient-norm clipping")
@@ -54,10 +77,19 @@ class TrainConfig(JsonRecord):
         None, metavar="RUN_DIR", help="focused recipe: reuse this run's selected layers"
     )
     selected_layers: list[int] | None = option(
-        None, flag="--layers", parse=parse_layers, help="focused recipe: explicit layers, e.g. 0,3,5"
+        None, flag="--layers", parse=parse_layers,
+        help="focused or standard recipe: adapters only at these layers, e.g. 0,3,5",
+    )
+    max_layers: int | None = option(
+        None, metavar="K", help="search recipe: layer budget, keep at most K adapter layers (docs/METHOD.md §7)"
+    )
+    layer_cost: float = option(
+        0.0, help="search recipe: loss penalty per expected kept layer (a price on each layer, docs/METHOD.md §7)"
     )
     reduction_factor: float = option(16.0, help="adapter bottleneck = hidden size / this")
-    rational_init: str = option("one", choices=RATIONAL_PRESETS, help="starting shape of the rational activations")
+    rational_init: str | None = option(
+        None, choices=RATIONAL_PRESETS, help="starting shape of the rational activations (default: from --protocol)"
+    )
     rational_version: str = option("A", choices=RATIONAL_VERSIONS, help="rational denominator form (docs/METHOD.md §2)")
     numerator_degree: int = option(DEFAULT_DEGREES[0], help="degree of the rational's numerator P")
     denominator_degree: int = option(DEFAULT_DEGREES[1], help="degree of the rational's denominator Q")
@@ -80,7 +112,31 @@ class TrainConfig(JsonRecord):
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
-        if self.epochs < 1:
+        schedule = schedule_named(self.protocol)
+        if self.epochs is not None and self.min_steps is None:
+            self.min_steps = 0  # an explicit --epochs is taken literally
+        for name in ("learning_rate", "epochs", "min_steps", "warmup_ratio", "rational_init"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(schedule, name))
+        if not 0.0 <= self.warmup_ratio < 1.0:  # type: ignore[operator]
+            raise ValueError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.min_steps < 0:  # type: ignore[operator]
+            raise ValueError(f"min steps must be >= 0, got {self.min_steps}")
+        if self.recipe != "search" and (self.max_layers is not None or self.layer_cost):
+            raise ValueError(
+                "--max-layers and --layer-cost budget the switches of the search recipe: pass --recipe search, "
+                "or give a fixed choice of layers with --layers for the standard and focused recipes"
+            )
+        if self.max_layers is not None and self.max_layers < 1:
+            raise ValueError(f"--max-layers must be >= 1, got {self.max_layers}")
+        if self.layer_cost < 0:
+            raise ValueError(f"--layer-cost must be >= 0, got {self.layer_cost}")
+        if self.recipe in ("search", "adapterdrop") and (self.selected_layers is not None or self.selection_from):
+            raise ValueError(
+                f"the {self.recipe} recipe decides its layers itself, so --layers/--selection-from would be ignored: "
+                "drop them, use --max-layers K to budget a search, or use --recipe focused/standard for fixed layers"
+            )
+        if self.epochs < 1:  # type: ignore[operator]
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
@@ -91,4 +147,6 @@ class TrainConfig(JsonRecord):
                 "the focused recipe trains adapters only at a given selection: pass --selection-from RUN_DIR "
                 "(a finished search run) or --layers 0,3,5"
             )
-        check_rational(self.rational_init, self.rational_version, self.numerator_degree, self.denominator_degree)
+        check_rational(
+            self.rational_init, self.rational_version, self.numerator_degree, self.denominator_degree  # type: ignore[arg-type]
+        )

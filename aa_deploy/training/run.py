@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -34,6 +35,9 @@ from ..modeling.model import check_backbone_matches
 from ..plotting import plot_model
 from .config import TrainConfig
 from .datasets import TokenizedDataset
+from .head_init import start_regression_head_at_mean
+from .layer_savings import measure_layer_savings
+from .protocols import epochs_for, schedule_named
 from .run_metrics import RunMetrics, split_metrics
 from .trainer import AdapterTrainer, BestEpochCallback, SwitchAnnealingCallback
 
@@ -90,10 +94,14 @@ def _device_name(cfg: TrainConfig) -> str:
     return cfg.device
 
 
+# Recipes whose adapters sit at a fixed set of layers when one is given (--layers / --selection-from).
+FIXED_LAYER_RECIPES = ("focused", "standard")
+
+
 def build_adapter_config(cfg: TrainConfig, num_layers_hint: int | None = None) -> AdapterConfig:
     selected = cfg.selected_layers
-    if cfg.recipe == "focused" and selected is None:
-        selected = read_selection(cfg.selection_from)  # type: ignore[arg-type]
+    if cfg.recipe in FIXED_LAYER_RECIPES and selected is None and cfg.selection_from is not None:
+        selected = read_selection(cfg.selection_from)
     return AdapterConfig(
         recipe=cfg.recipe,  # type: ignore[arg-type]
         reduction_factor=cfg.reduction_factor,
@@ -103,7 +111,8 @@ def build_adapter_config(cfg: TrainConfig, num_layers_hint: int | None = None) -
         denominator_degree=cfg.denominator_degree,
         switch_temperature=cfg.switch_temperature,
         switch_temperature_final=cfg.switch_temperature_final,
-        selected_layers=selected if cfg.recipe == "focused" else None,
+        selected_layers=selected if cfg.recipe in FIXED_LAYER_RECIPES else None,
+        max_layers=cfg.max_layers,
         adapterdrop_max_layers=cfg.adapterdrop_max_layers,
         adapterdrop_eval_layers=(cfg.adapterdrop_eval_layers if cfg.adapterdrop_eval_layers is not None else 0),
     )
@@ -130,7 +139,7 @@ def train(cfg: TrainConfig) -> RunResult:
         set_seed(cfg.seed)
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(cfg.backbone))
         model = AdaptableAdapterModel.from_backbone(cfg.backbone, adapter_config, task=spec.to_dict())
-        if cfg.recipe == "focused" and cfg.selection_from is not None and cfg.selected_layers is None:
+        if cfg.recipe in FIXED_LAYER_RECIPES and cfg.selection_from is not None and cfg.selected_layers is None:
             check_selection_backbone(cfg.selection_from, model)  # before any training step
         train_set = TokenizedDataset(train_examples, spec, tokenizer, cfg.max_length)
         dev_set = TokenizedDataset(dev_examples, spec, tokenizer, cfg.max_length)
@@ -140,19 +149,24 @@ def train(cfg: TrainConfig) -> RunResult:
             logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
             return task_metrics(spec, np.asarray(logits), np.asarray(prediction.label_ids))
 
+        schedule = schedule_named(cfg.protocol)
+        if schedule.head_bias_from_labels and spec.is_regression:
+            start_regression_head_at_mean(model, [float(e.label) for e in train_examples])
+        steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+        epochs = epochs_for(cfg.epochs, cfg.min_steps, steps_per_epoch)  # type: ignore[arg-type]
         best = BestEpochCallback(model, spec.metric, staging / "checkpoints" if cfg.save_checkpoints else None)
         callbacks: list[Any] = [best]
         if cfg.switch_temperature_final is not None:
             callbacks.append(SwitchAnnealingCallback(model, cfg.switch_temperature, cfg.switch_temperature_final))
         args = TrainingArguments(
             output_dir=str(staging / "trainer"),
-            num_train_epochs=cfg.epochs,
+            num_train_epochs=epochs,
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.eval_batch_size,
             learning_rate=cfg.learning_rate,
             weight_decay=0.0,
             lr_scheduler_type="linear",
-            warmup_steps=0,
+            warmup_steps=math.ceil(cfg.warmup_ratio * epochs * steps_per_epoch),  # type: ignore[operator]
             max_grad_norm=cfg.max_grad_norm,
             eval_strategy="epoch",
             save_strategy="no",
@@ -175,6 +189,7 @@ def train(cfg: TrainConfig) -> RunResult:
             compute_metrics=compute_metrics,
             callbacks=callbacks,
             learning_rates=(cfg.learning_rate, cfg.switch_learning_rate, cfg.rational_learning_rate),
+            layer_cost=cfg.layer_cost,
         )
         train_output = trainer.train()
         best.active = False
@@ -213,6 +228,11 @@ def train(cfg: TrainConfig) -> RunResult:
             adapter_params=model.num_trainable_parameters(include_head=False),
             adapter_bytes=(staging / WEIGHTS_NAME).stat().st_size,
             train_loss=float(train_output.training_loss),
+            protocol=cfg.protocol,
+            epochs_run=epochs,
+            optimizer_steps=int(train_output.global_step),
+            layer_budget=cfg.max_layers,
+            savings=measure_layer_savings(model, tokenizer, device).to_dict(),
             wall_time_s=round(time.time() - started, 2),
             device=device,
             torch=torch.__version__,

@@ -42,6 +42,12 @@ class RunMetrics(JsonRecord):
     device: str = ""
     torch: str = ""
     host: str = ""
+    protocol: str | None = None  # the training schedule's name (None: written before schedules existed)
+    epochs_run: int | None = None  # epochs after the schedule's minimum number of steps
+    optimizer_steps: int | None = None
+    layer_budget: int | None = None  # --max-layers of a search run
+    # What the kept layers save against adapters in every layer (see training/layer_savings.py).
+    savings: dict[str, Any] = field(default_factory=dict)
 
 
 def split_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:

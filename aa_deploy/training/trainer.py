@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..contract.layout import KEPT_LAYERS_KEY
+from ..contract.rules import ADAPTER
 from ..modeling import AdaptableAdapterModel
 
 
@@ -35,12 +36,38 @@ def parameter_groups(
     ]
 
 
+def expected_kept_layers(model: AdaptableAdapterModel) -> torch.Tensor:
+    """Sum over switches of P(adapter): differentiable, so a layer price can push switches off."""
+    probs = [
+        torch.softmax(block.switch.logits, dim=0)[ADAPTER]
+        for block in model.adapter_layers.values()
+        if block.switch is not None
+    ]
+    return torch.stack(probs).sum() if probs else torch.zeros(())
+
+
 class AdapterTrainer(Trainer):
     """Adam (not AdamW), no weight decay, one learning rate per parameter group (docs/METHOD.md §5)."""
 
-    def __init__(self, *args: Any, learning_rates: tuple[float, float, float], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, learning_rates: tuple[float, float, float], layer_cost: float = 0.0, **kwargs: Any
+    ) -> None:
         self.learning_rates = learning_rates
+        self.layer_cost = layer_cost
         super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kwargs: Any) -> Any:
+        """The task loss plus, with ``--layer-cost``, a price on every layer a switch expects to keep.
+
+        The penalty is the sum of the switches' adapter probabilities (docs/METHOD.md §7), so each layer
+        costs ``layer_cost`` unless its adapter lowers the task loss by more.
+        """
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        if not self.layer_cost or not model.training:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        loss = loss + self.layer_cost * expected_kept_layers(model)
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         if self.optimizer is None:

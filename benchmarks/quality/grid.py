@@ -4,6 +4,16 @@
     python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --jobs 4   # GPU machine
     python benchmarks/quality/grid.py report                                          # RESULTS.md + plot
 
+``--protocol`` picks the training schedule of every cell (``default``: the toolkit's default schedule;
+``paper``: the paper's protocol). Cell ids of the paper protocol carry no suffix (they predate
+schedules); other protocols add ``-<protocol>``.
+
+    # the rational start study (search recipe, one cell per start)
+    python benchmarks/quality/grid.py run --tasks sst2,stsb --sizes 100,300 --starts one,identity,gelu
+    # the layer-budget curve: per K a budgeted search, a focused run on its layers, and the standard
+    # adapter on the K top-most layers (AdapterDrop's choice)
+    python benchmarks/quality/grid.py run --tasks sst2,stsb,mrpc --sizes 1000 --budgets 1,2,3,4,5
+
 ``--learning-rate`` runs an off-protocol variant (adapters + head at another learning rate; the
 switch and rational rates stay the paper's). Its cells carry the rate in their id and JSON and are
 reported in a separate section, never mixed into the protocol table or its claims.
@@ -42,44 +52,81 @@ class Cell:
     # focused only: the search run whose selection is reused (defaults to the same task/size/seed).
     source_task: str | None = None
     source_size: int | str | None = None
-    # None = the paper's protocol (1e-4); otherwise an off-protocol variant, reported separately.
+    # None = the protocol's rate; otherwise an off-protocol variant, reported separately.
     learning_rate: float | None = None
+    protocol: str = "paper"
+    # search: --max-layers K; standard: adapters only at the K top-most layers (AdapterDrop's choice);
+    # focused: follows its (budgeted) search source.
+    layer_budget: int | None = None
+    rational_init: str | None = None  # None = the protocol's start
+
+    def _suffix(self) -> str:
+        out = "" if self.protocol == "paper" else f"-{self.protocol}"
+        if self.learning_rate is not None:
+            out += f"-lr{self.learning_rate:g}"
+        if self.rational_init is not None:
+            out += f"-start-{self.rational_init}"
+        if self.layer_budget is not None:
+            out += f"-top{self.layer_budget}" if self.recipe == "standard" else f"-k{self.layer_budget}"
+        return out
 
     @property
     def cell_id(self) -> str:
         base = f"{self.task}-n{self.train_size}-s{self.seed}-{self.recipe}"
         if self.recipe == "focused" and (self.source_task, self.source_size) != (self.task, self.train_size):
             base += f"-from-{self.source_task}-n{self.source_size}"
-        if self.learning_rate is not None:
-            base += f"-lr{self.learning_rate:g}"
-        return base
+        return base + self._suffix()
 
     def source(self) -> Cell | None:
         if self.recipe != "focused":
             return None
         return Cell(
             self.source_task or self.task, self.source_size or self.train_size, self.seed, "search",
-            learning_rate=self.learning_rate,
+            learning_rate=self.learning_rate, protocol=self.protocol, layer_budget=self.layer_budget,
+            rational_init=self.rational_init,
         )  # fmt: skip
 
 
-def standard_grid(tasks, sizes, seeds, recipes, learning_rate: float | None = None) -> list[Cell]:
+def standard_grid(tasks, sizes, seeds, recipes, learning_rate: float | None = None, protocol: str = "paper") -> list[Cell]:
     cells = []
     for size in sizes:
         for task in tasks:
             for seed in seeds:
                 for recipe in recipes:
                     source = (task, size) if recipe == "focused" else (None, None)
-                    cells.append(Cell(task, size, seed, recipe, *source, learning_rate=learning_rate))
+                    cells.append(Cell(task, size, seed, recipe, *source, learning_rate=learning_rate, protocol=protocol))
     return cells
 
 
-def transfer_grid(seeds, learning_rate: float | None = None) -> list[Cell]:
+def transfer_grid(seeds, learning_rate: float | None = None, protocol: str = "paper") -> list[Cell]:
     """docs/METHOD.md §6 claim (c): selections reused across tasks and data sizes."""
     cells = []
     for seed in seeds:
         for task, source_task, source_size in (("rte", "mrpc", 300), ("rte", "rte", 100), ("mrpc", "mrpc", 100)):
-            cells.append(Cell(task, 300, seed, "focused", source_task, source_size, learning_rate=learning_rate))
+            cells.append(Cell(task, 300, seed, "focused", source_task, source_size, learning_rate=learning_rate,
+                              protocol=protocol))
+    return cells
+
+
+def start_grid(tasks, sizes, seeds, starts, protocol: str) -> list[Cell]:
+    """The rational start study: the search recipe with each starting shape (docs/METHOD.md §2)."""
+    return [
+        Cell(task, size, seed, "search", protocol=protocol, rational_init=start)
+        for size in sizes for task in tasks for seed in seeds for start in starts
+    ]  # fmt: skip
+
+
+def budget_grid(tasks, sizes, seeds, budgets, protocol: str) -> list[Cell]:
+    """The layer-budget curve (docs/METHOD.md §7): per K, a budgeted search, a focused run on the K
+    layers it kept, and the standard adapter on the K top-most layers (AdapterDrop's naive choice)."""
+    cells = []
+    for size in sizes:
+        for task in tasks:
+            for seed in seeds:
+                for k in budgets:
+                    cells.append(Cell(task, size, seed, "search", protocol=protocol, layer_budget=k))
+                    cells.append(Cell(task, size, seed, "focused", task, size, protocol=protocol, layer_budget=k))
+                    cells.append(Cell(task, size, seed, "standard", protocol=protocol, layer_budget=k))
     return cells
 
 
@@ -112,9 +159,18 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     out_dir = args.runs_dir / cell.cell_id
     cmd = [
         sys.executable, "-m", "aa_deploy.cli", "train", "--task", cell.task, "--data-dir", args.glue_dir,
-        "--recipe", cell.recipe, "--seed", str(cell.seed), "--epochs", str(args.epochs),
+        "--recipe", cell.recipe, "--seed", str(cell.seed), "--protocol", cell.protocol,
         "--output", str(out_dir), "--overwrite", "--no-progress", "--device", args.device,
     ]
+    if args.epochs is not None:
+        cmd += ["--epochs", str(args.epochs)]
+    if cell.rational_init is not None:
+        cmd += ["--rational-init", cell.rational_init]
+    if cell.layer_budget is not None and cell.recipe == "search":
+        cmd += ["--max-layers", str(cell.layer_budget)]
+    if cell.layer_budget is not None and cell.recipe == "standard":
+        num_layers = backbone_num_layers(args.backbone)
+        cmd += ["--layers", ",".join(str(i) for i in range(num_layers - cell.layer_budget, num_layers))]
     if cell.train_size != "full":
         cmd += ["--train-size", str(cell.train_size)]
     if args.backbone:
@@ -133,6 +189,7 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"cell {cell.cell_id} failed (exit {proc.returncode}); see {log}")
     metrics = json.loads((out_dir / "metrics.json").read_text())
+    ran = json.loads((out_dir / "training_config.json").read_text())
     result = {
         **asdict(cell),
         "cell_id": cell.cell_id,
@@ -147,9 +204,14 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
         "adapter_params": metrics["adapter_params"],
         "adapter_bytes": metrics["adapter_bytes"],
         "train_examples": metrics["train_examples"],
-        "epochs": args.epochs,
-        "protocol": "paper",
-        "layer_budget": None,
+        "epochs": ran.get("epochs"),
+        "epochs_run": metrics.get("epochs_run"),
+        "optimizer_steps": metrics.get("optimizer_steps"),
+        "protocol": cell.protocol,
+        "layer_budget": cell.layer_budget,
+        "rational_init_ran": ran.get("rational_init"),
+        "learning_rate_ran": ran.get("learning_rate"),
+        "savings": metrics.get("savings"),
         "wall_time_s": round(time.time() - started, 1),
         "device": metrics["device"],
         "threads": args.threads,
@@ -161,6 +223,15 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, args.results_dir / f"{cell.cell_id}.json")
     return result
+
+
+def backbone_num_layers(backbone: str | None) -> int:
+    """Depth of the grid's backbone, for the standard adapter on the K top-most layers."""
+    sys.path.insert(0, str(REPO))
+    from aa_deploy.backbones import resolve_backbone_path
+
+    config = json.loads((Path(resolve_backbone_path(backbone)) / "config.json").read_text())
+    return int(config.get("num_hidden_layers") or config["n_layers"])
 
 
 def _done(cell: Cell, results_dir: Path) -> bool:
@@ -175,9 +246,15 @@ def _source_ready(cell: Cell, runs_dir: Path) -> bool:
 def command_run(args: argparse.Namespace) -> int:
     sizes = [s if s == "full" else int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    cells = standard_grid(args.tasks.split(","), sizes, seeds, args.recipes.split(","), args.learning_rate)
+    tasks = args.tasks.split(",")
+    if args.starts:
+        cells = start_grid(tasks, sizes, seeds, args.starts.split(","), args.protocol)
+    elif args.budgets:
+        cells = budget_grid(tasks, sizes, seeds, [int(k) for k in args.budgets.split(",")], args.protocol)
+    else:
+        cells = standard_grid(tasks, sizes, seeds, args.recipes.split(","), args.learning_rate, args.protocol)
     if args.transfer:
-        cells = schedule(cells + transfer_grid(seeds, args.learning_rate))
+        cells = schedule(cells + transfer_grid(seeds, args.learning_rate, args.protocol))
     todo = [c for c in cells if not _done(c, args.results_dir)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; {len(todo)} to run", flush=True)
     failures = 0
@@ -225,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     run.add_argument("--recipes", default=",".join(RECIPES))
     run.add_argument("--transfer", action="store_true", help="also run the transfer cells (claim c)")
-    run.add_argument("--epochs", type=int, default=20)
+    run.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
+    run.add_argument("--protocol", default="default", choices=["default", "paper"], help="training schedule of every cell")
+    run.add_argument("--starts", help="rational start study: comma-separated starts (search recipe only)")
+    run.add_argument("--budgets", help="layer-budget curve: comma-separated K")
     run.add_argument("--learning-rate", type=float, default=None,
                      help="off-protocol variant: adapters + head learning rate (protocol: 1e-4); reported separately")
     run.add_argument("--jobs", type=int, default=1, help="cells in parallel processes")
