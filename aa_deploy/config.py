@@ -39,7 +39,7 @@ class AdapterConfig:
     switch_temperature_final: float | None = None
     switch_init: tuple[float, float] = (0.5, 0.5)
     selected_layers: list[int] | None = None
-    # Layer budget of the search recipe (docs/METHOD.md §7): at most this many switches stay on, the
+    # Layer budget of the search recipe (docs/METHOD.md §3): at most this many switches stay on, the
     # ones that prefer their adapter most strongly. None = no budget (every switch decides alone).
     max_layers: int | None = None
     # AdapterDrop: at train time drop the adapters of a random number (0..k) of the lowest layers per

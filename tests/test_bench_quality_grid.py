@@ -100,3 +100,39 @@ def test_transfer_cells_of_a_variant_reuse_that_variants_selections() -> None:
         "mrpc-n300-s42-search-lr0.001", "rte-n100-s42-search-lr0.001", "mrpc-n100-s42-search-lr0.001",
     ]
     assert grid.transfer_grid([42])[0].source().cell_id == "mrpc-n300-s42-search"
+
+
+def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tmp_path, tiny_backbone_dir) -> None:
+    glue = fake_glue(tmp_path / "glue")
+    budget = run_grid(tmp_path, tiny_backbone_dir, glue, "--protocol", "default", "--budgets", "1")
+    assert budget.returncode == 0, budget.stdout[-2000:] + budget.stderr[-2000:]
+    results = tmp_path / "results"
+    names = sorted(p.name for p in results.glob("*.json"))
+    assert names == ["rte-n24-s42-focused-default-k1.json", "rte-n24-s42-search-default-k1.json",
+                     "rte-n24-s42-standard-default-top1.json"]  # fmt: skip
+    search = json.loads((results / "rte-n24-s42-search-default-k1.json").read_text())
+    assert search["protocol"] == "default" and search["layer_budget"] == 1 and search["layers_kept"] <= 1
+    assert search["savings"]["num_layers"] == 3
+    standard = json.loads((results / "rte-n24-s42-standard-default-top1.json").read_text())
+    assert standard["selected_layers"] == [2]  # the top-most layer: AdapterDrop's choice
+    focused = json.loads((results / "rte-n24-s42-focused-default-k1.json").read_text())
+    assert focused["selected_layers"] == search["selected_layers"]
+
+    start = run_grid(tmp_path, tiny_backbone_dir, glue, "--protocol", "default", "--starts", "identity")
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    cell = json.loads((results / "rte-n24-s42-search-default-start-identity.json").read_text())
+    assert cell["rational_init_ran"] == "identity" and cell["rational_init"] == "identity"
+
+    out = tmp_path / "RESULTS.md"
+    report = subprocess.run([sys.executable, str(REPORT), "--results-dir", str(results), "--output", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = out.read_text()
+    budget_part = text.split("## Layer budget")[1].split("## The paper's protocol")[0]
+    assert "**rte, N = 24**" in budget_part and "| search with budget K |" in budget_part
+    assert (tmp_path / "layer_budget.png").is_file()
+    start_part = text.split("## Rational start study")[1].split("## Layer budget")[0]
+    assert "| rte | 24 |" in start_part
+    # Neither study leaks into the paper-protocol table.
+    paper_part = text.split("## The paper's protocol")[1]
+    assert "| rte | 24 |" not in paper_part

@@ -41,7 +41,7 @@ def switch_margin(logits: Sequence[Any]) -> float:
 def kept_by_switches(switch_logits: Mapping[int, Sequence[Any]], max_layers: int | None = None) -> list[int]:
     """The layers whose switch keeps the adapter, sorted.
 
-    With a layer budget (``max_layers``, docs/METHOD.md §7) only the ``max_layers`` layers whose switches
+    With a layer budget (``max_layers``, docs/METHOD.md §3) only the ``max_layers`` layers whose switches
     prefer their adapter most strongly stay; ties go to the lower layer so that the choice is
     deterministic. The trained model in eval mode, the compiler and the model card all call this, so a
     budgeted run compiles to exactly the layers it was evaluated with.

@@ -81,10 +81,10 @@ class TrainConfig(JsonRecord):
         help="focused or standard recipe: adapters only at these layers, e.g. 0,3,5",
     )
     max_layers: int | None = option(
-        None, metavar="K", help="search recipe: layer budget, keep at most K adapter layers (docs/METHOD.md §7)"
+        None, metavar="K", help="search recipe: layer budget, keep at most K adapter layers (docs/METHOD.md §3)"
     )
     layer_cost: float = option(
-        0.0, help="search recipe: loss penalty per expected kept layer (a price on each layer, docs/METHOD.md §7)"
+        0.0, help="search recipe: loss penalty per expected kept layer (a price on each layer, docs/METHOD.md §3)"
     )
     reduction_factor: float = option(16.0, help="adapter bottleneck = hidden size / this")
     rational_init: str | None = option(

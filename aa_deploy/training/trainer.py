@@ -59,7 +59,7 @@ class AdapterTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kwargs: Any) -> Any:
         """The task loss plus, with ``--layer-cost``, a price on every layer a switch expects to keep.
 
-        The penalty is the sum of the switches' adapter probabilities (docs/METHOD.md §7), so each layer
+        The penalty is the sum of the switches' adapter probabilities (docs/METHOD.md §3), so each layer
         costs ``layer_cost`` unless its adapter lowers the task loss by more.
         """
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)

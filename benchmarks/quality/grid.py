@@ -117,7 +117,7 @@ def start_grid(tasks, sizes, seeds, starts, protocol: str) -> list[Cell]:
 
 
 def budget_grid(tasks, sizes, seeds, budgets, protocol: str) -> list[Cell]:
-    """The layer-budget curve (docs/METHOD.md §7): per K, a budgeted search, a focused run on the K
+    """The layer-budget curve (docs/METHOD.md §3): per K, a budgeted search, a focused run on the K
     layers it kept, and the standard adapter on the K top-most layers (AdapterDrop's naive choice)."""
     cells = []
     for size in sizes:
