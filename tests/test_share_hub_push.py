@@ -398,3 +398,33 @@ def test_with_onnx_needs_an_export_folder(
     with pytest.raises(IncompleteArtifactError, match="ONNX Runtime needs it beside"):
         push_to_hub(broken, REPO, with_onnx=True)
     assert logged_in.requests == []
+
+
+def test_folders_with_peft_style_names_load_from_the_hub_and_push_under_todays_names(
+    logged_in: FakeHub, model: AdaptableAdapterModel, search_run: Path, tmp_path: Path
+) -> None:
+    """Older versions wrote the adapter files under PEFT's names: such repos still load by id, and pushing
+    such a folder uploads today's names (so the Hub copy is never taken for a PEFT adapter)."""
+    from aa_deploy.contract import layout
+
+    compact = tmp_path / "compact"
+    model.pruned().save_pretrained(compact)
+    logged_in.commit_files(
+        "alice/old-adapter",
+        {
+            layout.LEGACY_CONFIG_NAME: (compact / layout.CONFIG_NAME).read_bytes(),
+            layout.LEGACY_WEIGHTS_NAME: (compact / layout.WEIGHTS_NAME).read_bytes(),
+        },
+    )
+    old = AdaptableAdapterModel.from_pretrained("alice/old-adapter")
+    torch.testing.assert_close(logits(old), logits(model), rtol=0, atol=1e-6)
+
+    legacy_run = tmp_path / "legacy-run"
+    legacy_run.mkdir()
+    for source in search_run.iterdir():
+        name = {layout.CONFIG_NAME: layout.LEGACY_CONFIG_NAME, layout.WEIGHTS_NAME: layout.LEGACY_WEIGHTS_NAME}
+        (legacy_run / name.get(source.name, source.name)).write_bytes(source.read_bytes())
+    result = push_to_hub(legacy_run, REPO)
+    assert set(hosted(logged_in)) == COMPACT and result.pruned
+    assert result.source_weights_bytes == (legacy_run / layout.LEGACY_WEIGHTS_NAME).stat().st_size
+    torch.testing.assert_close(logits(AdaptableAdapterModel.from_pretrained(REPO)), logits(model), rtol=0, atol=1e-6)

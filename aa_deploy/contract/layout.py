@@ -42,7 +42,7 @@ CARD_NAME = "README.md"
 # ---------------------------------------------------------------- export folder (`aa-deploy export`)
 MANIFEST_NAME = "aa_export.json"  # see aa_deploy.contract.manifest
 GRAPH_NAME = "model.onnx"  # the task graph
-BACKBONE_DATA_NAME = "backbone.onnx_data"  # shared mode: the backbone tensors, hard-linked from the store
+BACKBONE_DATA_NAME = "backbone.onnx_data"  # shared mode: the backbone tensors (the store copy's bytes)
 MODEL_CONFIG_NAME = "config.json"  # the transformers config of the sequence classifier
 TOKENIZER_NAME = "tokenizer.json"  # what the server tokenizes with (the `tokenizers` library)
 # Files of a run folder the export carries along so that the export folder describes itself.
@@ -62,7 +62,7 @@ GRAPH_OUTPUT = "logits"
 
 # ------------------------------------------------------------------ backbone store (export/backbone_store)
 STORE_GRAPH_NAME = "backbone.onnx"
-# The store keeps its data file under BACKBONE_DATA_NAME too: each export hard-links it under that name.
+# The store keeps its data file under BACKBONE_DATA_NAME too: each export reflinks, copies or hard-links it.
 STORE_INDEX_NAME = "index.json"
 STORE_STAGING_PREFIX = ".put-"  # STORE/objects/.put-<pid>-<random>: an object being written
 
