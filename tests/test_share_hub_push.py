@@ -197,7 +197,9 @@ def test_model_push_to_hub_method_round_trip(logged_in: FakeHub, model: Adaptabl
     assert logged_in.store.load(REPO)["commits"][head]["title"] == "rte adapter v1"
     loaded = AdaptableAdapterModel.from_pretrained(REPO)
     torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=1e-6)
-    assert "adapter_layers.1.adapter.up.weight" not in load_safetensors(hosted(logged_in)["aa_adapter_model.safetensors"])
+    assert "adapter_layers.1.adapter.up.weight" not in load_safetensors(
+        hosted(logged_in)["aa_adapter_model.safetensors"]
+    )
     assert list(own_tmp.iterdir()) == []
 
 
