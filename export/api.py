@@ -10,7 +10,8 @@ Order of work, and why:
 5. Export the task graph, post-process it (fusions, INT8), check the deployment contract (no custom
    domain, no switch, the I/O signature) and validate it in ONNX Runtime against the reference.
 6. Shared mode: get the bare backbone from the store (exporting it through the same pipeline once),
-   point the task's backbone tensors at it and hard-link the store file; then load the final folder
+   point the task's backbone tensors at it and give the folder the store file's bytes (a reflink or a
+   copy; a hard link with ``hardlink_backbone``); then load the final folder
    with plain ``onnxruntime.InferenceSession`` and check it gives the validated outputs.
 7. Config, tokenizer, manifest and size report; publish the folder by one rename.
 
