@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from .contract.layout import CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME
+from .contract.layout import CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME, adapter_files
 from .contract.rules import uses_rational
 from .fileio import atomic_write_text
 from .rational_presets import check_rational
@@ -90,6 +90,27 @@ class AdapterConfig:
     def uses_adapterdrop(self) -> bool:
         return self.recipe == "adapterdrop" and not self.pruned
 
+    # The head's labels under transformers' config names: transformers' pipelines read them from
+    # ``model.config`` (see AdaptableAdapterModel's pipeline support). Derived from ``task``, never stored.
+    @property
+    def num_labels(self) -> int:
+        labels = (self.task or {}).get("label_names")
+        return 1 if labels is None else len(labels)
+
+    @property
+    def problem_type(self) -> str:
+        is_regression = self.task is not None and self.task.get("label_names") is None
+        return "regression" if is_regression else "single_label_classification"
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        labels = (self.task or {}).get("label_names")
+        return {i: str(name) for i, name in enumerate(labels)} if labels else {0: "LABEL_0"}
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in self.id2label.items()}
+
     def bottleneck_size(self, hidden_size: int) -> int:
         return max(1, int(hidden_size // self.reduction_factor))
 
@@ -130,7 +151,7 @@ class AdapterConfig:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> AdapterConfig:
-        path = Path(directory) / CONFIG_NAME
+        path = adapter_files(directory).config  # the current name, or the legacy one of older folders
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} not found: {directory} is not an aa-deploy adapter folder (expected {CONFIG_NAME} "

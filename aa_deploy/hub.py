@@ -395,9 +395,16 @@ def _local_folder(name_or_path: str) -> Path | None:
     return None
 
 
-def _check_artifact(folder: Path, required_file: str | None, what: str) -> Path:
-    if required_file is not None and not (folder / required_file).is_file():
-        raise NotAnArtifactError(f"{what} holds no aa-deploy adapter: {required_file} is missing")
+def _required_names(required_file: str | Sequence[str] | None) -> list[str]:
+    if required_file is None:
+        return []
+    return [required_file] if isinstance(required_file, str) else list(required_file)
+
+
+def _check_artifact(folder: Path, required_file: str | Sequence[str] | None, what: str) -> Path:
+    names = _required_names(required_file)
+    if names and not any((folder / name).is_file() for name in names):
+        raise NotAnArtifactError(f"{what} holds no aa-deploy adapter: {names[0]} is missing")
     return folder
 
 
@@ -460,7 +467,7 @@ def resolve_pretrained_path(
     revision: str | None = None,
     token: str | bool | None = None,
     allow_patterns: Patterns = None,
-    required_file: str | None = None,
+    required_file: str | Sequence[str] | None = None,
     timeout_s: float = DEFAULT_HUB_TIMEOUT_S,
 ) -> Path:
     """Turn a local folder or a Hub repo id into a local folder holding the artifact.
@@ -470,9 +477,10 @@ def resolve_pretrained_path(
     the last download) and the cached snapshot folder is returned. A commit id as ``revision``
     pins the exact content; with ``HF_HUB_OFFLINE=1`` the cache alone is used.
 
-    With ``required_file`` the returned folder is guaranteed to contain it; this is how callers
-    tell "not an aa-deploy artifact" apart from "not found". The file is always fetched even
-    when ``allow_patterns`` would leave it out, since the check needs it. The download must finish
+    With ``required_file`` (one name, or alternatives of which one suffices: a current and a legacy
+    name) the returned folder is guaranteed to contain it; this is how callers tell "not an aa-deploy
+    artifact" apart from "not found". The file is always fetched even when ``allow_patterns`` would
+    leave it out, since the check needs it. The download must finish
     within ``timeout_s`` seconds (:class:`HubTimeoutError` otherwise).
     """
     name = os.fspath(name_or_path)
@@ -481,8 +489,8 @@ def resolve_pretrained_path(
         return _check_artifact(local, required_file, f"folder {name}")
 
     patterns = _as_list(allow_patterns)
-    if patterns is not None and required_file is not None and required_file not in patterns:
-        patterns.append(required_file)
+    if patterns is not None:
+        patterns.extend(name for name in _required_names(required_file) if name not in patterns)
     offline = _offline_requested()
     limit = check_timeout(timeout_s)
     with _download_errors(name, revision, offline):

@@ -32,6 +32,7 @@ from .contract.layout import (
     PICTURE_NAME,
     SELECTION_NAME,
     WEIGHTS_NAME,
+    adapter_files,
 )
 from .hub import (
     HubError,
@@ -104,12 +105,13 @@ def needs_pruning(config: Mapping[str, Any]) -> bool:
 
 
 def _read_adapter_config(folder: Path) -> dict[str, Any]:
+    path = adapter_files(folder).config
     try:
-        data = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise NotAnArtifactError(f"{folder / CONFIG_NAME} cannot be read ({err}): the folder is damaged") from err
+        raise NotAnArtifactError(f"{path} cannot be read ({err}): the folder is damaged") from err
     if not isinstance(data, dict):
-        raise NotAnArtifactError(f"{folder / CONFIG_NAME} is not a JSON object: the folder is damaged")
+        raise NotAnArtifactError(f"{path} is not a JSON object: the folder is damaged")
     return data
 
 
@@ -122,19 +124,23 @@ def _onnx_mode(folder: Path) -> str | None:
 
 
 def _artifact_files(folder: Path, with_onnx: bool) -> dict[str, Path]:
-    """The source files of the compact artefact (never the ONNX graph or its data unless asked)."""
-    if not (folder / CONFIG_NAME).is_file():
+    """The source files of the compact artefact (never the ONNX graph or its data unless asked), by the
+    name each gets in the repo: a folder of an older version (PEFT's file names) is pushed under today's
+    names, so that the Hub copy is never mistaken for a PEFT adapter."""
+    adapter = adapter_files(folder)
+    if not adapter.config.is_file():
         raise NotAnArtifactError(
             f"{folder} holds no aa-deploy adapter: {CONFIG_NAME} is missing. Push a run folder "
             "(`aa-deploy train --output DIR`) or an export folder (`aa-deploy export RUN --output DIR`)"
         )
-    if not (folder / WEIGHTS_NAME).is_file():
+    if not adapter.weights.is_file():
         raise IncompleteArtifactError(
-            f"{folder} has {CONFIG_NAME} but no {WEIGHTS_NAME}: the folder is incomplete; re-run the training "
-            "or export that wrote it"
+            f"{folder} has {adapter.config.name} but no {adapter.weights.name}: the folder is incomplete; re-run "
+            "the training or export that wrote it"
         )
-    names = (CONFIG_NAME, WEIGHTS_NAME, *_RECORD_FILES, *TOKENIZER_FILES)
-    files = {name: folder / name for name in names if (folder / name).is_file()}
+    names = (*_RECORD_FILES, *TOKENIZER_FILES)
+    files = {CONFIG_NAME: adapter.config, WEIGHTS_NAME: adapter.weights}
+    files.update({name: folder / name for name in names if (folder / name).is_file()})
     if not with_onnx:
         return files
     graph = folder / GRAPH_NAME
@@ -278,7 +284,7 @@ def push_to_hub(
         )  # fmt: skip
     return PushResult(
         commit_url=url, repo_id=full_repo_id, files=sizes, pruned=pruned, kept_layers=kept,
-        source_weights_bytes=(source / WEIGHTS_NAME).stat().st_size if pruned else None,
+        source_weights_bytes=adapter_files(source).weights.stat().st_size if pruned else None,
     )  # fmt: skip
 
 

@@ -10,7 +10,8 @@ Order of work, and why:
 5. Export the task graph, post-process it (fusions, INT8), check the deployment contract (no custom
    domain, no switch, the I/O signature) and validate it in ONNX Runtime against the reference.
 6. Shared mode: get the bare backbone from the store (exporting it through the same pipeline once),
-   point the task's backbone tensors at it and hard-link the store file; then load the final folder
+   point the task's backbone tensors at it and give the folder the store file's bytes (a reflink or a
+   copy; a hard link with ``hardlink_backbone``); then load the final folder
    with plain ``onnxruntime.InferenceSession`` and check it gives the validated outputs.
 7. Config, tokenizer, manifest and size report; publish the folder by one rename.
 
@@ -42,7 +43,7 @@ from aa_deploy.contract.layout import (
     TOKENIZER_NAME,
     WEIGHTS_NAME,
 )
-from aa_deploy.contract.manifest import backbone_data_entry, build_manifest, manifest_json, write_manifest
+from aa_deploy.contract.manifest import HARDLINK, backbone_data_entry, build_manifest, manifest_json, write_manifest
 from aa_deploy.fileio import (
     SIBLING_LEFTOVERS,
     atomic_write_bytes,
@@ -55,7 +56,7 @@ from aa_deploy.fileio import (
 
 from .backbone_store import (
     BackboneStore,
-    link_or_copy,
+    place_backbone_file,
     settings_key,
     share_backbone_tensors,
     verify_external_data,
@@ -180,11 +181,12 @@ class _CompiledGraph:
 
 @dataclass
 class _SharedLayout:
-    """Where the task graph's backbone tensors went: the store entry and the hard link to it."""
+    """Where the task graph's backbone tensors went: the store entry, and how the folder's backbone
+    file shares it (contract.manifest.HARDLINK / REFLINK / COPY; None for a standalone export)."""
 
     entry: Any = None
     shared_names: list[str] = field(default_factory=list)
-    linked: bool | None = None
+    sharing: str | None = None
 
 
 def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, notes: list[str]) -> ExportResult:
@@ -205,7 +207,7 @@ def _export(run_dir: str | os.PathLike, output: Path, options: ExportOptions, no
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(_scratch_dir(staging), ignore_errors=True)
         raise
-    sizes = folder_report(output, linked=layout.linked)
+    sizes = folder_report(output, sharing=layout.sharing)
     return ExportResult(
         output=output, manifest=manifest, validation=compiled.report, sizes=sizes, metrics=compiled.metrics
     )
@@ -224,7 +226,7 @@ def _load_reference(run_dir: str | os.PathLike, options: ExportOptions) -> _Refe
     try:
         spec = TaskDefinition.from_dict(run.config.task or {})
     except ValueError as exc:
-        raise RunFolderError(f"{run.directory}: the task recorded in adapter_config.json is invalid ({exc})") from exc
+        raise RunFolderError(f"{run.directory}: the task recorded in its adapter config is invalid ({exc})") from exc
     logger.info("loading %s onto %s", run.directory, run.config.base_model_name_or_path)
     try:
         model = AdaptableAdapterModel.from_pretrained(run.directory)
@@ -309,7 +311,7 @@ def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, 
 def _write_shared_layout(
     ref: _Reference, compiled: _CompiledGraph, staging: Path, options: ExportOptions, notes: list[str]
 ) -> _SharedLayout:
-    """Step 6: point the task graph's backbone tensors at the store copy and hard-link it into the folder."""
+    """Step 6: point the task graph's backbone tensors at the store copy and give the folder its file."""
     import onnx
 
     from .onnx_export import OPSET, export_bare_backbone
@@ -338,12 +340,12 @@ def _write_shared_layout(
             f"graph; the others stay inline in {GRAPH_NAME} (correct, but larger)"
         )
     _write_graph(shared_graph, staging / GRAPH_NAME, allow_external=False)
-    linked = link_or_copy(entry.data_path, staging / BACKBONE_DATA_NAME)
-    if not linked:
-        notes.append("the backbone file was copied, not hard-linked (different file systems?)")
+    sharing = place_backbone_file(entry.data_path, staging / BACKBONE_DATA_NAME, hardlink=options.hardlink_backbone)
+    if options.hardlink_backbone and sharing != HARDLINK:
+        notes.append(f"the backbone file could not be hard-linked (different file systems?): {sharing} instead")
     verify_external_data(shared_graph, staging)
     # The final check: plain ONNX Runtime loads the folder as a user would and reproduces the
-    # validated outputs from the hard-linked backbone file.
+    # validated outputs from the folder's backbone file.
     final = ort_logits(ort_session(staging / GRAPH_NAME, ref.threads), ref.cases)
     report = compiled.report
     report.shared_max_abs_diff, _ = compare(compiled.outputs, final, ref.cases)
@@ -352,7 +354,7 @@ def _write_shared_layout(
             f"the shared-backbone graph differs from the validated graph by {report.shared_max_abs_diff:.3g}",
             report.to_dict(),
         )
-    return _SharedLayout(entry=entry, shared_names=shared_names, linked=linked)
+    return _SharedLayout(entry=entry, shared_names=shared_names, sharing=sharing)
 
 
 def _write_folder_files(
@@ -360,12 +362,12 @@ def _write_folder_files(
 ) -> dict[str, Any]:
     """Step 7: config, tokenizer, manifest (with sizes), model card. Returns the manifest."""
     _write_config(ref.pruned.backbone, staging)
-    ref.tokenizer.save_pretrained(str(staging))
+    _save_tokenizer(ref.tokenizer, ref.max_length, staging)
     if not (staging / TOKENIZER_NAME).is_file():
         raise ExportError(f"the tokenizer did not write {TOKENIZER_NAME}; a fast tokenizer is required")
     manifest = _manifest(ref, compiled, layout, options)
     _copy_run_files_for_card(ref.run.directory, staging)
-    _write_manifest(staging, manifest, layout.linked, on_write=lambda: _write_card(staging))
+    _write_manifest(staging, manifest, layout.sharing, on_write=lambda: _write_card(staging))
     return manifest
 
 
@@ -528,6 +530,20 @@ def _quantization_metrics(
     }  # fmt: skip
 
 
+def _save_tokenizer(tokenizer: Any, max_length: int, staging: Path) -> None:
+    """The tokenizer files, truncating where the server does: ``model_max_length`` in
+    tokenizer_config.json and the truncation of tokenizer.json are the manifest's ``max_length``.
+
+    Without this the backbone's own limit (512 for BERT) would be written, and a tool that trusts the
+    tokenizer files (transformers and Optimum pipelines with ``truncation=True``, the ``tokenizers``
+    library) would feed longer sequences than the server and get other logits for long texts.
+    """
+    tokenizer = copy.deepcopy(tokenizer)  # the reference's tokenizer stays as loaded
+    tokenizer.model_max_length = max_length
+    tokenizer.backend_tokenizer.enable_truncation(max_length)
+    tokenizer.save_pretrained(str(staging))
+
+
 def _write_config(backbone: Any, staging: Path) -> None:
     """config.json as transformers/Optimum read it: the sequence classifier with the task's labels."""
     config = copy.deepcopy(backbone.config)
@@ -554,8 +570,8 @@ def _manifest(
     backbone_data = None
     if entry is not None:
         backbone_data = backbone_data_entry(
-            sha256=entry.sha256, tensors=layout.shared_names, size=entry.data_bytes, linked=layout.linked,
-            store_object=entry.directory.name,
+            sha256=entry.sha256, tensors=layout.shared_names, size=entry.data_bytes,
+            linked=layout.sharing == HARDLINK, store_object=entry.directory.name, sharing=layout.sharing,
         )  # fmt: skip
     informational = {
         "recipe": config.recipe,
@@ -612,12 +628,12 @@ def _manifest(
 
 
 def _write_manifest(
-    staging: Path, manifest: dict[str, Any], linked: bool | None, on_write: Callable[[], None] | None = None
+    staging: Path, manifest: dict[str, Any], sharing: str | None, on_write: Callable[[], None] | None = None
 ) -> SizeReport:
     """Write the manifest with the folder's sizes, which include the manifest itself and the model card
     (``on_write``, which quotes the sizes): iterate to a fixpoint."""
     text = ""
-    sizes = folder_report(staging, linked=linked)
+    sizes = folder_report(staging, sharing=sharing)
     for _ in range(6):
         manifest["sizes"] = sizes.to_manifest()
         new_text = manifest_json(manifest)
@@ -626,7 +642,7 @@ def _write_manifest(
         text = write_manifest(staging, manifest)
         if on_write is not None:
             on_write()
-        sizes = folder_report(staging, linked=linked)
+        sizes = folder_report(staging, sharing=sharing)
     return sizes
 
 

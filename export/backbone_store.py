@@ -1,10 +1,16 @@
-"""A content-addressed store of exported backbones, hard-linked into every task folder.
+"""A content-addressed store of exported backbones, and how each task folder gets its backbone file.
 
-Why hard links: ONNX Runtime (1.32) refuses external-data paths that leave the model's folder
-("External data path escapes model directory"), so a task's ``model.onnx`` cannot point at
-``../backbone/…``, and symbolic links are resolved to their target and refused the same way. Each
-task folder therefore holds its own ``backbone.onnx_data``: a hard link to one copy in the store, so
-N tasks on disk cost one backbone plus N small graphs (the size report counts distinct inodes).
+Why every task folder holds its own ``backbone.onnx_data``: ONNX Runtime (1.32) refuses external-data
+paths that leave the model's folder ("External data path escapes model directory"), so a task's
+``model.onnx`` cannot point at ``../backbone/…``; symbolic links are resolved to their target and
+refused the same way; and the ``onnx`` package (1.23: ``onnx.load``, ``onnx.checker``, and so Optimum's
+``ORTQuantizer``) refuses a data file with more than one hard link ("potential hardlink attack"). What
+every tool accepts is a regular file of the folder with one link. So by default each folder gets its
+own file: a *reflink* of the store copy where the file system supports it (Btrfs, XFS, bcachefs, ZFS
+2.2+: one copy of the blocks on disk, copy-on-write), else a plain copy. ``--hardlink-backbone`` makes
+it a hard link instead: one copy on disk on any file system, which ONNX Runtime, Optimum's ORTModel
+and the server load, but the ``onnx`` package refuses. Either way a server maps one copy per backbone
+in memory: it keys backbones by the content hash the manifest records, not by file.
 
 Layout::
 
@@ -36,6 +42,7 @@ from typing import Any
 from onnx import ModelProto, TensorProto
 
 from aa_deploy.contract.layout import BACKBONE_DATA_NAME, STORE_GRAPH_NAME, STORE_INDEX_NAME, STORE_STAGING_PREFIX
+from aa_deploy.contract.manifest import COPY, HARDLINK, REFLINK
 from aa_deploy.fileio import Leftover, atomic_write_json, leftover_pattern, owned_temp_dir, remove_stale_leftovers
 
 from .onnx_protos import ensure_raw_data, rename_values, tensor_digest, value_names
@@ -268,27 +275,62 @@ def share_backbone_tensors(task: ModelProto, entry: StoreEntry) -> list[str]:
     return sorted(shared, key=order.__getitem__)
 
 
-def link_or_copy(source: Path, destination: Path) -> bool:
-    """Hard-link ``source`` to ``destination``; copy (with a warning) where links are impossible.
+# Linux's FICLONE ioctl (_IOW(0x94, 9, int)): make ``destination`` share ``source``'s blocks.
+_FICLONE = 0x40049409
+# Errors meaning "this file system (or pair of paths) cannot do that", as opposed to real failures.
+_UNSUPPORTED = (
+    errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EACCES, errno.ENOSYS,
+    errno.EINVAL, errno.ENOTTY, errno.EBADF,
+)  # fmt: skip
 
-    Returns True for a link. Links fail across file systems (EXDEV) and on some network or FAT file
-    systems; the copy is correct, it just costs the backbone's size once more on disk.
+
+def place_backbone_file(source: Path, destination: Path, *, hardlink: bool = False) -> str:
+    """Give a task folder its backbone file; return how (``HARDLINK``, ``REFLINK`` or ``COPY``).
+
+    Default: a file of its own (one link, so the ``onnx`` package accepts it), sharing the store
+    copy's blocks where the file system can reflink, else a copy. ``hardlink``: a hard link to the
+    store copy (one copy on disk anywhere; the ``onnx`` package refuses it); where a hard link is
+    impossible (another file system) it falls back to the default, with a warning.
     """
+    if hardlink:
+        try:
+            os.link(source, destination)
+            return HARDLINK
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED:
+                raise
+            message = (
+                f"could not hard-link {destination.name} to the backbone store ({exc.strerror}); gave the folder "
+                f"its own file instead. Put --backbone-store on the same file system as the output "
+                f"({destination.parent}) to share it on disk."
+            )
+            warnings.warn(message, stacklevel=2)
+            logger.warning(message)
+    if _reflink(source, destination):
+        return REFLINK
+    shutil.copyfile(source, destination)
+    return COPY
+
+
+def _reflink(source: Path, destination: Path) -> bool:
+    """Clone ``source`` into a new ``destination`` sharing its blocks (False where unsupported)."""
     try:
-        os.link(source, destination)
-        return True
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES, errno.ENOSYS):
-            raise
-        message = (
-            f"could not hard-link {destination.name} to the backbone store ({exc.strerror}); copied it instead, "
-            f"so this task costs a full backbone on disk. Put --backbone-store on the same file system as "
-            f"the output ({destination.parent}) to share it."
-        )
-        warnings.warn(message, stacklevel=2)
-        logger.warning(message)
-        shutil.copyfile(source, destination)
+        import fcntl
+    except ImportError:  # not a POSIX system
         return False
+    try:
+        with open(source, "rb") as src, open(destination, "xb") as dst:
+            try:
+                fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+                return True
+            except OSError as exc:
+                if exc.errno not in _UNSUPPORTED:
+                    raise
+    except BaseException:
+        destination.unlink(missing_ok=True)
+        raise
+    destination.unlink(missing_ok=True)
+    return False
 
 
 def verify_external_data(model: ModelProto, directory: Path) -> None:
@@ -312,7 +354,7 @@ __all__ = [
     "StoreEntry",
     "StoredTensor",
     "default_store_path",
-    "link_or_copy",
+    "place_backbone_file",
     "settings_key",
     "share_backbone_tensors",
     "verify_external_data",

@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Prune deselected adapters, fold the rational activations into plain ONNX ops, export the task "
             "as ONNX (tokens in, logits out) and validate it in ONNX Runtime against PyTorch. By default the "
-            "backbone's weights live once in a backbone store and are hard-linked into each task folder."
+            "backbone's weights are exported once into a backbone store; each task folder gets its own "
+            "backbone.onnx_data (a reflink of the store copy where the file system supports it, else a "
+            "copy; --hardlink-backbone: a hard link), and a server keeps one copy in memory for all tasks."
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by `aa-deploy train` (or a Hub id of one)")

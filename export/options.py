@@ -30,7 +30,13 @@ class ExportOptions:
         None,
         metavar="PATH",
         help="where shared backbones live (default: $AA_DEPLOY_HOME/backbones or ~/.cache/aa_deploy/backbones); "
-        "put it on the output's file system so that tasks can hard-link it",
+        "put it on the output's file system so that task folders can share its blocks (reflink or hard link)",
+    )
+    hardlink_backbone: bool = option(
+        False,
+        help="hard-link backbone.onnx_data to the store: one copy on disk for all tasks on any file system, but "
+        "tools built on the onnx package (onnx.load, onnx.checker, Optimum's ORTQuantizer) refuse the folder. "
+        "Default: the folder's own file, reflinked where the file system supports it, else copied",
     )
     data_dir: str | None = option(
         None,

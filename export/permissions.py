@@ -9,7 +9,7 @@ from pathlib import Path
 def apply_umask(staging: Path) -> None:
     """Temporary files and folders are private (0600/0700); the published export follows the umask
     like any other file, so that a server running as another user can read it. Hard links into the
-    backbone store keep their read-only mode."""
+    backbone store (``--hardlink-backbone``) keep their read-only mode."""
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)

@@ -10,12 +10,14 @@ from typing import Any
 
 from aa_deploy.config import AdapterConfig
 from aa_deploy.contract.layout import (
+    ADAPTER_CONFIG_NAMES,
     CONFIG_NAME,
     KEPT_LAYERS_KEY,
     METRICS_NAME,
     SELECTION_NAME,
     TRAINING_CONFIG_NAME,
     WEIGHTS_NAME,
+    adapter_files,
 )
 
 from .errors import RunFolderError
@@ -60,7 +62,7 @@ def resolve_run_folder(run_dir: str | os.PathLike) -> Path:
     if not is_hub_id(text):
         raise RunFolderError(f"run folder {run_dir} does not exist: pass the --output folder of `aa-deploy train`")
     try:
-        return Path(resolve_pretrained_path(text, required_file=CONFIG_NAME))
+        return Path(resolve_pretrained_path(text, required_file=ADAPTER_CONFIG_NAMES))
     except HubError as exc:
         raise RunFolderError(
             f"{run_dir!r} is not a local folder and could not be used as a Hub repo id ({exc})"
@@ -70,21 +72,23 @@ def resolve_run_folder(run_dir: str | os.PathLike) -> Path:
 def read_run_folder(run_dir: str | os.PathLike) -> RunFolder:
     """Check that the run folder is complete and self-consistent before anything heavy is loaded."""
     directory = resolve_run_folder(run_dir)
-    if not (directory / CONFIG_NAME).is_file():
+    files = adapter_files(directory)
+    if not files.config.is_file():
         raise RunFolderError(
             f"{directory} has no {CONFIG_NAME}: it is not a run folder of `aa-deploy train` (or it is incomplete)"
         )
-    if not (directory / WEIGHTS_NAME).is_file():
+    if not files.weights.is_file():
         raise RunFolderError(
-            f"{directory} has {CONFIG_NAME} but no {WEIGHTS_NAME}: the run folder is incomplete; retrain or restore it"
+            f"{directory} has {files.config.name} but no {files.weights.name}: the run folder is incomplete; "
+            "retrain or restore it"
         )
     try:
         config = AdapterConfig.load(directory)
     except (ValueError, TypeError) as exc:
-        raise RunFolderError(f"{directory / CONFIG_NAME} cannot be used: {exc}") from exc
+        raise RunFolderError(f"{files.config} cannot be used: {exc}") from exc
     if not config.task:
         raise RunFolderError(
-            f"{directory / CONFIG_NAME} records no task (labels, metric): only run folders written by "
+            f"{files.config} records no task (labels, metric): only run folders written by "
             "`aa-deploy train` (or models built with a task) can be exported"
         )
     selection = _read_json(directory / SELECTION_NAME)

@@ -1,4 +1,10 @@
-"""What the exported tasks cost on disk, counting each inode once (hard links share one copy)."""
+"""What the exported tasks cost on disk and in a server's memory.
+
+Disk: each inode is counted once (a hard-linked backbone file is one copy for all its folders); a
+reflinked file is a file of its own whose blocks the file system shares, which ``stat`` cannot see,
+so it is counted in full here and the summary says it is shared. Memory: a server keeps one copy of
+each distinct backbone (by the manifest's content hash) for all tasks, whatever the files on disk.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aa_deploy.contract.layout import BACKBONE_DATA_NAME, GRAPH_NAME
+from aa_deploy.contract.manifest import COPY, HARDLINK, REFLINK
 
 
 def _files(directory: Path) -> list[Path]:
@@ -19,11 +26,13 @@ def _files(directory: Path) -> list[Path]:
 class SizeReport:
     """One export folder.
 
-    ``backbone_bytes``: the shared backbone file (0 for a standalone export); ``task_bytes``: every
+    ``backbone_bytes``: the backbone data file (0 for a standalone export); ``task_bytes``: every
     other file of the folder (graph, adapters, config, tokenizer, manifest); ``full_copy_bytes``: what
     the folder costs without sharing (task + backbone); ``ratio_to_full_copy``: the marginal cost of
-    this task next to a full per-task copy. ``backbone_links`` counts the task folders (plus the store)
-    that share the backbone file's inode.
+    this task next to a full per-task copy where the backbone is shared: in a server's memory always,
+    on disk when ``backbone_sharing`` is ``hardlink`` or ``reflink``. ``backbone_sharing``: how the
+    folder's backbone file relates to the store copy on disk (``hardlink``, ``reflink``, ``copy``).
+    ``backbone_links`` counts the task folders (plus the store) sharing the file's inode (hard links).
     """
 
     backbone_bytes: int
@@ -32,6 +41,7 @@ class SizeReport:
     ratio_to_full_copy: float
     task_graph_bytes: int = 0
     backbone_linked: bool | None = None
+    backbone_sharing: str | None = None
     backbone_links: int | None = None
     files: dict[str, int] = field(default_factory=dict)
 
@@ -45,15 +55,22 @@ class SizeReport:
     @property
     def summary(self) -> str:
         if not self.backbone_bytes:
-            return f"standalone: {_human(self.task_bytes)} in one folder"
+            return f"standalone: {_human(self.task_bytes)} in one folder (the backbone is inside {GRAPH_NAME})"
+        on_disk = {
+            HARDLINK: "hard-linked to the backbone store, one copy on disk for all task folders (tools built on "
+            "the onnx package refuse hard-linked data)",
+            REFLINK: "a reflink of the backbone store's copy, a file of its own whose blocks the file system shares",
+            COPY: "a copy of its own, as this file system cannot share blocks (no reflinks); --hardlink-backbone "
+            "keeps one copy on disk",
+        }.get(self.backbone_sharing or "", "shared")
         return (
-            f"backbone {_human(self.backbone_bytes)} (shared{'' if self.backbone_linked else ', COPIED'}), "
-            f"task {_human(self.task_bytes)} (graph {_human(self.task_graph_bytes)}), "
-            f"{100 * self.ratio_to_full_copy:.2f}% of a full copy ({_human(self.full_copy_bytes)})"
+            f"backbone {_human(self.backbone_bytes)}: {on_disk}. Task {_human(self.task_bytes)} "
+            f"(graph {_human(self.task_graph_bytes)}). A server keeps one backbone in memory for all its tasks, "
+            f"so there this task adds {100 * self.ratio_to_full_copy:.2f}% of a full copy ({_human(self.full_copy_bytes)})"
         )
 
 
-def folder_report(directory: str | os.PathLike, *, linked: bool | None = None) -> SizeReport:
+def folder_report(directory: str | os.PathLike, *, sharing: str | None = None) -> SizeReport:
     directory = Path(directory)
     backbone = directory / BACKBONE_DATA_NAME
     backbone_stat = backbone.stat() if backbone.is_file() else None
@@ -79,14 +96,16 @@ def folder_report(directory: str | os.PathLike, *, linked: bool | None = None) -
         full_copy_bytes=full,
         ratio_to_full_copy=round(task_bytes / full, 6) if full else 0.0,
         task_graph_bytes=graph.stat().st_size if graph.is_file() else 0,
-        backbone_linked=linked if backbone_stat else None,
+        backbone_linked=(sharing == HARDLINK) if backbone_stat else None,
+        backbone_sharing=sharing if backbone_stat else None,
         backbone_links=backbone_stat.st_nlink if backbone_stat else None,
         files=files,
     )
 
 
 def fleet_report(directories: Iterable[str | os.PathLike]) -> dict[str, Any]:
-    """Several task folders together: bytes on disk (distinct inodes) vs. one full copy per task."""
+    """Several task folders together: bytes on disk (distinct inodes; reflinked copies count in full,
+    though the file system shares their blocks) vs. one full copy per task."""
     seen: set[tuple[int, int]] = set()
     on_disk = 0
     full_copies = 0

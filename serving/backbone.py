@@ -6,8 +6,11 @@ buffer instead of loading its own copy, so N sessions (per-task sessions, or the
 a multi-task graph, or an old and a new graph during a hot reload) cost one backbone in memory. The
 mapping is read-only and file-backed, so the pages are also shared with other processes on the host.
 
-Backbones are keyed by the content hash the manifest records (the exporter hard-links one
-content-addressed copy into every task folder), so tasks exported at different times still share.
+Backbones are keyed by the content hash the manifest records (``backbone_data.sha256``), not by file:
+each export folder holds its own ``backbone.onnx_data`` (a reflink or a copy of the export's store copy,
+so that the ``onnx`` package accepts the folder; a hard link in older exports or with
+``--hardlink-backbone``), and every folder whose file has the same hash shares the first one's mapping.
+The hash of each file is checked once (per device, inode, size and mtime) before it is trusted.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from aa_deploy.contract.layout import (
     UP_BIAS,
     UP_WEIGHT,
     WEIGHTS_NAME,
+    adapter_files,
     adapter_key,
     adapter_key_layer,
 )
@@ -72,11 +73,13 @@ class AdapterWeights:
 
 
 def read_adapters(manifest: ExportManifest) -> dict[int, AdapterWeights]:
-    """The kept adapters of an export folder, from ``adapter_model.safetensors`` + ``adapter_config.json``."""
+    """The kept adapters of an export folder, from its adapter weights and config (WEIGHTS_NAME and
+    CONFIG_NAME, or the legacy names of folders exported before the rename)."""
     from safetensors.numpy import load_file
 
     folder = manifest.folder
-    weights_path, config_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    files = adapter_files(folder)
+    weights_path, config_path = files.weights, files.config
     if not weights_path.is_file() or not config_path.is_file():
         raise GraphShapeError(f"{folder} has no {WEIGHTS_NAME}/{CONFIG_NAME} to stack adapters from")
     config = json.loads(config_path.read_text())

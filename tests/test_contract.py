@@ -216,6 +216,7 @@ def test_artefact_file_names_are_spelled_only_in_the_contract() -> None:
         layout.MANIFEST_NAME, layout.SELECTION_NAME, layout.BACKBONE_DATA_NAME, layout.GRAPH_NAME,
         layout.TRAINING_CONFIG_NAME, layout.METRICS_NAME, layout.CONFIG_NAME, layout.WEIGHTS_NAME,
         layout.TOKENIZER_NAME, layout.PICTURE_NAME, layout.STORE_GRAPH_NAME, layout.STORE_INDEX_NAME,
+        layout.LEGACY_CONFIG_NAME, layout.LEGACY_WEIGHTS_NAME,
     ]  # fmt: skip
     literal = re.compile("|".join(rf"""["']{re.escape(name)}["']""" for name in names))
     offenders = []
@@ -229,3 +230,21 @@ def test_artefact_file_names_are_spelled_only_in_the_contract() -> None:
                     if match.group(0)[1:-1] not in _PENDING.get(relative, ()):
                         offenders.append(f"{relative}:{number}: {line.strip()}")
     assert not offenders, "import these names from aa_deploy.contract.layout:\n" + "\n".join(offenders)
+
+
+def test_adapter_files_prefer_todays_names_and_fall_back_to_peft_names(tmp_path: Path) -> None:
+    """Runs and exports are written under aa_-prefixed names (PEFT's names made transformers and peft take
+    them for PEFT adapters); folders of older versions, with PEFT's names, keep loading."""
+    assert layout.CONFIG_NAME != "adapter_config.json" and layout.WEIGHTS_NAME != "adapter_model.safetensors"
+    empty, legacy, both = tmp_path / "empty", tmp_path / "legacy", tmp_path / "both"
+    for folder in (empty, legacy, both):
+        folder.mkdir()
+    (legacy / layout.LEGACY_CONFIG_NAME).write_text("{}")
+    (both / layout.LEGACY_CONFIG_NAME).write_text("{}")
+    (both / layout.CONFIG_NAME).write_text("{}")
+    assert layout.adapter_files(empty) == layout.AdapterFiles(empty / layout.CONFIG_NAME, empty / layout.WEIGHTS_NAME)
+    found = layout.adapter_files(legacy)
+    assert found.legacy and found.weights == legacy / layout.LEGACY_WEIGHTS_NAME
+    assert not layout.adapter_files(both).legacy
+    assert set(layout.ADAPTER_CONFIG_NAMES) <= set(layout.RUN_DOWNLOAD_PATTERNS)
+    assert layout.LEGACY_WEIGHTS_NAME in layout.RUN_DOWNLOAD_PATTERNS

@@ -104,8 +104,8 @@ def test_export_validates_for_every_family(
 # ------------------------------------------------------------------------------------- the folder
 def test_folder_layout_and_manifest_contract(bert_export: Path, bert_run: Path) -> None:
     names = {p.name for p in bert_export.iterdir()}
-    assert {"model.onnx", DATA_NAME, MANIFEST_NAME, "config.json", "tokenizer.json", "adapter_config.json",
-            "adapter_model.safetensors"} <= names  # fmt: skip
+    assert {"model.onnx", DATA_NAME, MANIFEST_NAME, "config.json", "tokenizer.json", "aa_adapter_config.json",
+            "aa_adapter_model.safetensors"} <= names  # fmt: skip
     assert not [n for n in bert_export.parent.iterdir() if n.name.startswith(".")]  # no staging leftovers
     manifest = json.loads((bert_export / MANIFEST_NAME).read_text())
     assert set(REQUIRED_KEYS) <= set(manifest)
@@ -132,9 +132,7 @@ def test_folder_layout_and_manifest_contract(bert_export: Path, bert_run: Path) 
 
 def test_graph_io_signature_and_no_custom_domains(bert_export: Path) -> None:
     model = onnx.load(str(bert_export / "model.onnx"), load_external_data=False)
-    # onnx (1.23) refuses to read external data through a hard link ("potential hardlink attack"), so
-    # its checker cannot run on the shared folder; ONNX Runtime loads it (tested below) and the
-    # standalone export passes the full checker.
+    # The onnx package's own checks on the shared folder: tests/test_export_tools.py.
     assert {node.domain for node in model.graph.node} <= {""}
     assert not model.functions
     assert not [t.name for t in model.graph.initializer if "switch" in t.name]
@@ -167,7 +165,7 @@ def test_plain_onnxruntime_loads_the_shared_folder(bert_export: Path, bert_run: 
 
 
 def test_compact_artefact_is_pruned_and_loads(bert_export: Path, bert_run: Path) -> None:
-    with safe_open(str(bert_export / "adapter_model.safetensors"), "pt") as handle:
+    with safe_open(str(bert_export / "aa_adapter_model.safetensors"), "pt") as handle:
         keys = set(handle.keys())
     assert not [k for k in keys if ".switch." in k]
     assert {int(k.split(".")[1]) for k in keys if k.startswith("adapter_layers.")} == {0, 2}
@@ -196,11 +194,13 @@ def test_pruned_model_equals_trained_model(bert_run: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- sharing
-def test_two_tasks_share_one_backbone_inode(tmp_path: Path, backbones: dict[str, Path], store: Path) -> None:
+def test_hardlink_option_shares_one_backbone_inode(tmp_path: Path, backbones: dict[str, Path], store: Path) -> None:
     a = make_run(tmp_path / "a", backbones["bert"], selected=[0], seed=3)
     b = make_run(tmp_path / "b", backbones["bert"], selected=[1, 2], task=SST2, seed=4)
-    ra = export_run(a, tmp_path / "out_a", backbone_store=store)
-    rb = export_run(b, tmp_path / "out_b", backbone_store=store)
+    ra = export_run(a, tmp_path / "out_a", backbone_store=store, hardlink_backbone=True)
+    rb = export_run(b, tmp_path / "out_b", backbone_store=store, hardlink_backbone=True)
+    assert ra.manifest["backbone_data"]["sharing"] == "hardlink" and ra.sizes.backbone_sharing == "hardlink"
+    assert ra.manifest["backbone_data"]["linked"] is True and "hard-linked" in ra.sizes.summary
     sa, sb = (tmp_path / "out_a" / DATA_NAME).stat(), (tmp_path / "out_b" / DATA_NAME).stat()
     assert (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
     assert ra.manifest["backbone_data"]["sha256"] == rb.manifest["backbone_data"]["sha256"]
@@ -212,16 +212,17 @@ def test_two_tasks_share_one_backbone_inode(tmp_path: Path, backbones: dict[str,
     assert rb.manifest["task"]["is_pair"] is False and rb.manifest["task"]["name"] == "sst2"
 
 
-def test_copy_fallback_when_hard_links_fail(
+def test_own_file_when_hard_links_fail(
     tmp_path: Path, bert_run: Path, store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_link(src: object, dst: object) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr("aa_deploy.export.backbone_store.os.link", no_link)
-    with pytest.warns(UserWarning, match="copied it instead"):
-        result = export_run(bert_run, tmp_path / "out", backbone_store=store)
+    with pytest.warns(UserWarning, match="gave the folder its own file"):
+        result = export_run(bert_run, tmp_path / "out", backbone_store=store, hardlink_backbone=True)
     assert result.manifest["backbone_data"]["linked"] is False and result.warnings
+    assert result.manifest["backbone_data"]["sharing"] in ("reflink", "copy")
     copy = (tmp_path / "out" / DATA_NAME).stat()
     assert copy.st_nlink == 1
     _session(tmp_path / "out" / "model.onnx")
@@ -355,7 +356,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        ("missing_weights", "no adapter_model.safetensors"),
+        ("missing_weights", "no aa_adapter_model.safetensors"),
         ("truncated_weights", "corrupted"),
         ("bad_config", "not valid JSON"),
         ("selection_mismatch", "different runs"),
@@ -367,12 +368,12 @@ def test_damaged_run_folder_gives_clear_error(
 ) -> None:
     run = _copy_run(bert_run, tmp_path / "run")
     if damage == "missing_weights":
-        (run / "adapter_model.safetensors").unlink()
+        (run / "aa_adapter_model.safetensors").unlink()
     elif damage == "truncated_weights":
-        data = (run / "adapter_model.safetensors").read_bytes()
-        (run / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+        data = (run / "aa_adapter_model.safetensors").read_bytes()
+        (run / "aa_adapter_model.safetensors").write_bytes(data[: len(data) // 2])
     elif damage == "bad_config":
-        (run / "adapter_config.json").write_text("{not json")
+        (run / "aa_adapter_config.json").write_text("{not json")
     elif damage == "selection_mismatch":
         selection = json.loads((run / "selection.json").read_text())
         selection["selected_layers"] = [1]

@@ -206,15 +206,15 @@ class _Spy:
 def test_a_task_the_graph_cannot_reproduce_is_served_alone(
     serving_exports: dict[str, Path], tmp_path: Path, references: dict[str, Reference]
 ) -> None:
-    """The stacked adapters come from adapter_model.safetensors; if that disagrees with model.onnx the
+    """The stacked adapters come from aa_adapter_model.safetensors; if that disagrees with model.onnx the
     load-time check catches it and the task keeps its exact answers through its own session."""
     from safetensors.numpy import load_file, save_file
 
     tampered = tmp_path / "tampered"
     shutil.copytree(serving_exports["sst"], tampered)
-    weights = load_file(str(tampered / "adapter_model.safetensors"))
+    weights = load_file(str(tampered / "aa_adapter_model.safetensors"))
     weights["adapter_layers.1.adapter.up.weight"] = weights["adapter_layers.1.adapter.up.weight"] * 2.0
-    save_file(weights, str(tampered / "adapter_model.safetensors"))
+    save_file(weights, str(tampered / "aa_adapter_model.safetensors"))
     registry = TaskRegistry(ServerConfig(intra_op_threads=1))
     registry.load("rte", str(serving_exports["rte"]))
     info = registry.load("sst", str(tampered))

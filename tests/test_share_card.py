@@ -51,7 +51,7 @@ def write_run(folder: Path, *, base_model: str = "google-bert/bert-base-uncased"
     config.num_hidden_layers, config.hidden_size, config.base_model_type = LAYERS, H, "bert"
     config.base_model_name_or_path = base_model
     config.save(folder)
-    save_file(adapter_tensors(list(range(LAYERS)), switches=True), str(folder / "adapter_model.safetensors"))
+    save_file(adapter_tensors(list(range(LAYERS)), switches=True), str(folder / "aa_adapter_model.safetensors"))
     probabilities = [0.73 if i in KEPT else 0.27 for i in range(LAYERS)]
     selection = {"selected_layers": KEPT, "switch_probabilities": probabilities, "num_layers": LAYERS}
     (folder / "selection.json").write_text(json.dumps(selection))
@@ -68,7 +68,7 @@ def write_export(folder: Path, *, mode: str = "shared") -> Path:
     config.num_hidden_layers, config.hidden_size = LAYERS, H
     config.base_model_name_or_path = "google-bert/bert-base-uncased"
     config.save(folder)
-    save_file(adapter_tensors(KEPT, switches=False), str(folder / "adapter_model.safetensors"))
+    save_file(adapter_tensors(KEPT, switches=False), str(folder / "aa_adapter_model.safetensors"))
     (folder / "model.onnx").write_bytes(b"onnx graph stand-in")
     manifest = {
         "format": "aa-deploy-onnx", "format_version": 1, "task": TASK, "kept_layers": KEPT, "num_layers": LAYERS,
@@ -182,8 +182,8 @@ def test_missing_or_broken_optional_files_never_fail(tmp_path: Path, damage: str
     folder = write_export(tmp_path / "export") if "manifest" in damage else write_run(tmp_path / "run")
     broken = {
         "no-metrics": ("metrics.json", None), "bad-metrics": ("metrics.json", b"{not json"),
-        "no-selection": ("selection.json", None), "no-weights": ("adapter_model.safetensors", None),
-        "bad-weights": ("adapter_model.safetensors", b"truncated"), "bad-manifest": ("aa_export.json", b"[1, 2]"),
+        "no-selection": ("selection.json", None), "no-weights": ("aa_adapter_model.safetensors", None),
+        "bad-weights": ("aa_adapter_model.safetensors", b"truncated"), "bad-manifest": ("aa_export.json", b"[1, 2]"),
         "odd-manifest": ("aa_export.json", b'{"kept_layers": ["x"], "validation": 3, "sizes": {"task_bytes": "many"}}'),
     }  # fmt: skip
     name, content = broken[damage]
@@ -219,9 +219,9 @@ def test_local_backbone_path_is_not_published_as_base_model(tmp_path: Path) -> N
 
 def test_file_task_card(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run")
-    config = json.loads((run / "adapter_config.json").read_text())
+    config = json.loads((run / "aa_adapter_config.json").read_text())
     config["task"] = {"name": "sentiment_train", "metric": "f1", "label_names": ["neg", "pos"], "is_pair": False}
-    (run / "adapter_config.json").write_text(json.dumps(config))
+    (run / "aa_adapter_config.json").write_text(json.dumps(config))
     (run / "training_config.json").write_text(json.dumps({"test_file": "/data/sentiment_test.csv"}))
 
     card = build_model_card(run, repo_id="bob/sentiment")
@@ -288,9 +288,9 @@ def test_card_of_a_real_training_run(tmp_path: Path, tiny_backbone_dir: Path, de
 
 def test_card_records_the_rational_degrees(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run")
-    config = json.loads((run / "adapter_config.json").read_text())
+    config = json.loads((run / "aa_adapter_config.json").read_text())
     config |= {"numerator_degree": 3, "denominator_degree": 2}
-    (run / "adapter_config.json").write_text(json.dumps(config))
+    (run / "aa_adapter_config.json").write_text(json.dumps(config))
 
     text = build_model_card(run).text
 

@@ -39,7 +39,7 @@ from aa_deploy.hub import (
 )
 
 REPO = "alice/sentiment-adapter"
-MARKER = "adapter_config.json"
+MARKER = "aa_adapter_config.json"
 NO_TOKEN = "no Hugging Face token found: run `hf auth login` or set HF_TOKEN"
 # Every endpoint the client may legitimately call for these operations; anything else (LFS batch,
 # Xet token routes, ...) would mean the upload/download path is not the plain one we expect.
@@ -54,7 +54,7 @@ def artifact_files(version: str = "v1", big: int = 200_000) -> dict[str, bytes]:
     rng = random.Random(version)
     return {
         MARKER: f'{{"rank": 8, "version": "{version}"}}'.encode(),
-        "adapter_model.safetensors": rng.randbytes(big),
+        "aa_adapter_model.safetensors": rng.randbytes(big),
         "onnx/model.onnx": rng.randbytes(5_000),
         "README.md": b"---\nlicense: apache-2.0\n---\n# Sentiment adapter\n",
     }
@@ -302,7 +302,7 @@ def test_interrupted_download_keeps_nothing_half_written_and_retry_succeeds(
     assert not [p for p in cache.rglob("*") if "incomplete" in p.name]
     for blob in (cache / f"models--{REPO.replace('/', '--')}" / "blobs").iterdir():
         assert git_blob_sha(blob.read_bytes()) == blob.name  # every kept blob is complete
-    assert not list(cache.rglob("adapter_model.safetensors"))
+    assert not list(cache.rglob("aa_adapter_model.safetensors"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubOfflineError, match="incomplete"):
         resolve_pretrained_path(REPO)

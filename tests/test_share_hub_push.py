@@ -27,8 +27,8 @@ REPO = "alice/rte-adapter"
 TASK = {"name": "rte", "metric": "accuracy", "label_names": ["entailment", "not_entailment"], "is_pair": True}
 KEPT = (0, 2)  # of the tiny backbone's 3 layers
 COMPACT = {
-    "adapter_config.json",
-    "adapter_model.safetensors",
+    "aa_adapter_config.json",
+    "aa_adapter_model.safetensors",
     "selection.json",
     "metrics.json",
     "README.md",
@@ -173,15 +173,15 @@ def test_pushed_search_artefact_is_pruned_and_smaller(
     result = push_to_hub(search_run, REPO)
 
     files = hosted(logged_in)
-    tensors = load_safetensors(files["adapter_model.safetensors"])
+    tensors = load_safetensors(files["aa_adapter_model.safetensors"])
     layers = {int(name.split(".")[1]) for name in tensors if name.startswith("adapter_layers.")}
     assert layers == set(KEPT)
     assert not [name for name in tensors if "switch" in name]
-    assert len(files["adapter_model.safetensors"]) < (search_run / "adapter_model.safetensors").stat().st_size
-    config = json.loads(files["adapter_config.json"])
+    assert len(files["aa_adapter_model.safetensors"]) < (search_run / "aa_adapter_model.safetensors").stat().st_size
+    config = json.loads(files["aa_adapter_config.json"])
     assert config["pruned"] is True and config["selected_layers"] == list(KEPT)
     assert result.pruned and result.kept_layers == KEPT
-    assert result.source_weights_bytes == (search_run / "adapter_model.safetensors").stat().st_size
+    assert result.source_weights_bytes == (search_run / "aa_adapter_model.safetensors").stat().st_size
     assert json.loads(files["selection.json"])["switch_probabilities"][1] < 0.5  # the learned switches are kept
     card = files["README.md"].decode()
     assert f'from_pretrained("{REPO}")' in card and f"--task rte={REPO}" in card
@@ -197,7 +197,9 @@ def test_model_push_to_hub_method_round_trip(logged_in: FakeHub, model: Adaptabl
     assert logged_in.store.load(REPO)["commits"][head]["title"] == "rte adapter v1"
     loaded = AdaptableAdapterModel.from_pretrained(REPO)
     torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=1e-6)
-    assert "adapter_layers.1.adapter.up.weight" not in load_safetensors(hosted(logged_in)["adapter_model.safetensors"])
+    assert "adapter_layers.1.adapter.up.weight" not in load_safetensors(
+        hosted(logged_in)["aa_adapter_model.safetensors"]
+    )
     assert list(own_tmp.iterdir()) == []
 
 
@@ -321,7 +323,7 @@ def test_unknown_repo_is_reported(logged_in: FakeHub) -> None:
 def test_repo_without_adapter_is_refused(logged_in: FakeHub) -> None:
     logged_in.commit_files("alice/just-a-model", {"config.json": b"{}", "model.safetensors": b"x"})
 
-    with pytest.raises(NotAnArtifactError, match="holds no aa-deploy adapter: adapter_config.json is missing"):
+    with pytest.raises(NotAnArtifactError, match="holds no aa-deploy adapter: aa_adapter_config.json is missing"):
         AdaptableAdapterModel.from_pretrained("alice/just-a-model")
 
 
@@ -332,7 +334,7 @@ def test_push_refuses_a_folder_without_adapter(
 
     assert push_cli(tmp_path) == 1
 
-    assert "holds no aa-deploy adapter: adapter_config.json is missing" in capsys.readouterr().err
+    assert "holds no aa-deploy adapter: aa_adapter_config.json is missing" in capsys.readouterr().err
     assert logged_in.requests == []
 
 
@@ -398,3 +400,33 @@ def test_with_onnx_needs_an_export_folder(
     with pytest.raises(IncompleteArtifactError, match="ONNX Runtime needs it beside"):
         push_to_hub(broken, REPO, with_onnx=True)
     assert logged_in.requests == []
+
+
+def test_folders_with_peft_style_names_load_from_the_hub_and_push_under_todays_names(
+    logged_in: FakeHub, model: AdaptableAdapterModel, search_run: Path, tmp_path: Path
+) -> None:
+    """Older versions wrote the adapter files under PEFT's names: such repos still load by id, and pushing
+    such a folder uploads today's names (so the Hub copy is never taken for a PEFT adapter)."""
+    from aa_deploy.contract import layout
+
+    compact = tmp_path / "compact"
+    model.pruned().save_pretrained(compact)
+    logged_in.commit_files(
+        "alice/old-adapter",
+        {
+            layout.LEGACY_CONFIG_NAME: (compact / layout.CONFIG_NAME).read_bytes(),
+            layout.LEGACY_WEIGHTS_NAME: (compact / layout.WEIGHTS_NAME).read_bytes(),
+        },
+    )
+    old = AdaptableAdapterModel.from_pretrained("alice/old-adapter")
+    torch.testing.assert_close(logits(old), logits(model), rtol=0, atol=1e-6)
+
+    legacy_run = tmp_path / "legacy-run"
+    legacy_run.mkdir()
+    for source in search_run.iterdir():
+        name = {layout.CONFIG_NAME: layout.LEGACY_CONFIG_NAME, layout.WEIGHTS_NAME: layout.LEGACY_WEIGHTS_NAME}
+        (legacy_run / name.get(source.name, source.name)).write_bytes(source.read_bytes())
+    result = push_to_hub(legacy_run, REPO)
+    assert set(hosted(logged_in)) == COMPACT and result.pruned
+    assert result.source_weights_bytes == (legacy_run / layout.LEGACY_WEIGHTS_NAME).stat().st_size
+    torch.testing.assert_close(logits(AdaptableAdapterModel.from_pretrained(REPO)), logits(model), rtol=0, atol=1e-6)

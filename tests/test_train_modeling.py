@@ -228,13 +228,13 @@ def test_save_load_gives_identical_outputs(tmp_path, tiny_backbone_dir, recipe: 
     model.eval()
     model.save_pretrained(tmp_path / "run")
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert files == ["adapter_config.json", "adapter_model.safetensors"]
+    assert files == ["aa_adapter_config.json", "aa_adapter_model.safetensors"]
     loaded = AdaptableAdapterModel.from_pretrained(tmp_path / "run")
     x = inputs(vocab=100)
     assert torch.equal(model(**x).logits, loaded(**x).logits)
     assert loaded.kept_layers() == model.kept_layers()
     # Only trained tensors are saved: a few KB, not the backbone.
-    assert (tmp_path / "run" / "adapter_model.safetensors").stat().st_size < 100_000
+    assert (tmp_path / "run" / "aa_adapter_model.safetensors").stat().st_size < 100_000
 
 
 def test_loading_onto_another_backbone_is_refused(tmp_path, tiny_backbone_dir) -> None:
@@ -250,7 +250,7 @@ def test_corrupted_folders_get_clear_errors(tmp_path, tiny_backbone_dir) -> None
         AdaptableAdapterModel.from_pretrained(tmp_path)
     model = AdaptableAdapterModel.from_backbone(str(tiny_backbone_dir), AdapterConfig(recipe="search"), task=TASK)
     model.save_pretrained(tmp_path / "run")
-    weights = tmp_path / "run" / "adapter_model.safetensors"
+    weights = tmp_path / "run" / "aa_adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ValueError, match="corrupted"):
         AdaptableAdapterModel.from_pretrained(tmp_path / "run")

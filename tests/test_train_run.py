@@ -48,7 +48,7 @@ def test_search_run_lowers_loss_and_writes_run_folder(tmp_path, tiny_backbone_di
     result = train(demo_config(tmp_path, tiny_backbone_dir, demo_data, epochs=6, save_checkpoints=True, switch_temperature_final=0.05))
     run = tmp_path / "run"
     names = {p.name for p in run.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "selection.json", "metrics.json", "training_config.json", "activations.png"} <= names
+    assert {"aa_adapter_config.json", "aa_adapter_model.safetensors", "selection.json", "metrics.json", "training_config.json", "activations.png"} <= names
     assert not list(tmp_path.glob(".run.*"))  # the staging folder is gone
     metrics = json.loads((run / "metrics.json").read_text())
     losses = [h["train_loss"] for h in metrics["history"]]
@@ -68,7 +68,7 @@ def test_search_run_lowers_loss_and_writes_run_folder(tmp_path, tiny_backbone_di
     from safetensors.numpy import load_file
 
     for epoch in range(1, 7):
-        keys = load_file(str(run / "checkpoints" / f"epoch-{epoch}" / "adapter_model.safetensors")).keys()
+        keys = load_file(str(run / "checkpoints" / f"epoch-{epoch}" / "aa_adapter_model.safetensors")).keys()
         assert sum(".switch.logits" in k for k in keys) == 3
     # Annealing reached the final temperature.
     assert abs(model.adapter_layers["0"].switch.temperature - 0.1) < 1e-9  # config value on reload
@@ -80,7 +80,7 @@ def test_focused_run_reuses_a_selection(tmp_path, tiny_backbone_dir, demo_data) 
     source.mkdir()
     (source / "selection.json").write_text(json.dumps({"selected_layers": [0, 2]}))
     train(demo_config(tmp_path, tiny_backbone_dir, demo_data, recipe="focused", selection_from=str(source), epochs=1))
-    cfg = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    cfg = json.loads((tmp_path / "run" / "aa_adapter_config.json").read_text())
     assert cfg["recipe"] == "focused" and cfg["selected_layers"] == [0, 2]
     assert json.loads((tmp_path / "run" / "selection.json").read_text())["selected_layers"] == [0, 2]
 
@@ -182,7 +182,7 @@ def test_cli_trains_real_minilm_on_glue_slice(tmp_path, glue_dir) -> None:
     assert summary["metric"] == "accuracy" and 0.0 <= summary["test_value"] <= 1.0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_examples"] == 277 and metrics["train_examples"] == 36
-    cfg = json.loads((out / "adapter_config.json").read_text())
+    cfg = json.loads((out / "aa_adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2" and cfg["num_hidden_layers"] == 6
     selection = json.loads((out / "selection.json").read_text())
     assert len(selection["switch_probabilities"]) == 6

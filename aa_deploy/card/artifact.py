@@ -26,7 +26,7 @@ from ..contract.layout import (
     SELECTION_NAME,
     SWITCH_LOGITS,
     TRAINING_CONFIG_NAME,
-    WEIGHTS_NAME,
+    adapter_files,
     adapter_key,
 )
 from ..contract.rules import adapterdrop_keeps_layer, kept_by_switches, switch_adapter_probability, uses_rational
@@ -44,7 +44,7 @@ log = logging.getLogger("aa_deploy.card")
 
 @dataclass
 class Tensors:
-    """What the card needs from adapter_model.safetensors, read without torch."""
+    """What the card needs from the adapter weights (WEIGHTS_NAME), read without torch."""
 
     file_bytes: int
     shapes: dict[str, tuple[list[int], str]]  # name -> (shape, safetensors dtype)
@@ -206,7 +206,8 @@ def read_tensors(path: Path) -> Tensors | None:
 
 
 def read_artifact(folder: Path) -> Artifact:
-    config = read_json(folder / CONFIG_NAME)
+    files = adapter_files(folder)
+    config = read_json(files.config)
     if config is None:
         raise FileNotFoundError(
             f"cannot write a model card for {folder}: it has no readable {CONFIG_NAME}, so it is neither a run "
@@ -219,6 +220,6 @@ def read_artifact(folder: Path) -> Artifact:
         selection=read_json(folder / SELECTION_NAME),
         metrics=read_json(folder / METRICS_NAME),
         training=read_json(folder / TRAINING_CONFIG_NAME),
-        tensors=read_tensors(folder / WEIGHTS_NAME),
+        tensors=read_tensors(files.weights),
         has_onnx=(folder / GRAPH_NAME).is_file(),
     )

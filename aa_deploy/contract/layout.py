@@ -6,7 +6,10 @@ instead of spelling the strings again, so renaming a file is a one-line change h
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 # The library name recorded in adapter configs and given to the Hub (library tag, user agent).
 LIBRARY_NAME = "aa-deploy"
@@ -16,9 +19,16 @@ LIBRARY_NAME = "aa-deploy"
 DEFAULT_HUB_TIMEOUT_S = 300.0
 
 # ------------------------------------------------------------------ run folder (`aa-deploy train`)
-# The adapter files keep peft's names (CONFIG_NAME / WEIGHTS_NAME), as Hugging Face tools expect.
-CONFIG_NAME = "adapter_config.json"  # aa_deploy.config.AdapterConfig
-WEIGHTS_NAME = "adapter_model.safetensors"  # the trainable state dict (adapters + head)
+# The adapter files carry an ``aa_`` prefix: PEFT's names (adapter_config.json, adapter_model.safetensors)
+# make transformers (with peft installed) and peft itself take a folder for a PEFT adapter, which ours is
+# not (no ``peft_type``). Folders written before the rename keep loading: readers go through
+# ``adapter_files``, which falls back to the legacy names.
+CONFIG_NAME = "aa_adapter_config.json"  # aa_deploy.config.AdapterConfig
+WEIGHTS_NAME = "aa_adapter_model.safetensors"  # the trainable state dict (adapters + head)
+LEGACY_CONFIG_NAME = "adapter_config.json"  # the same files, as older aa-deploy versions named them
+LEGACY_WEIGHTS_NAME = "adapter_model.safetensors"
+# Config names a reader accepts, current first (Hub downloads: the required file is any one of them).
+ADAPTER_CONFIG_NAMES = (CONFIG_NAME, LEGACY_CONFIG_NAME)
 SELECTION_NAME = "selection.json"  # what the switches kept, under KEPT_LAYERS_KEY
 # The key of selection.json and metrics.json listing the layers whose adapters run at inference (the
 # switch outcome). Named before "kept" became the word; kept as is so existing run folders stay readable.
@@ -32,7 +42,7 @@ CARD_NAME = "README.md"
 # ---------------------------------------------------------------- export folder (`aa-deploy export`)
 MANIFEST_NAME = "aa_export.json"  # see aa_deploy.contract.manifest
 GRAPH_NAME = "model.onnx"  # the task graph
-BACKBONE_DATA_NAME = "backbone.onnx_data"  # shared mode: the backbone tensors, hard-linked from the store
+BACKBONE_DATA_NAME = "backbone.onnx_data"  # shared mode: the backbone tensors (the store copy's bytes)
 MODEL_CONFIG_NAME = "config.json"  # the transformers config of the sequence classifier
 TOKENIZER_NAME = "tokenizer.json"  # what the server tokenizes with (the `tokenizers` library)
 # Files of a run folder the export carries along so that the export folder describes itself.
@@ -52,15 +62,23 @@ GRAPH_OUTPUT = "logits"
 
 # ------------------------------------------------------------------ backbone store (export/backbone_store)
 STORE_GRAPH_NAME = "backbone.onnx"
-# The store keeps its data file under BACKBONE_DATA_NAME too: each export hard-links it under that name.
+# The store keeps its data file under BACKBONE_DATA_NAME too: each export reflinks, copies or hard-links it.
 STORE_INDEX_NAME = "index.json"
 STORE_STAGING_PREFIX = ".put-"  # STORE/objects/.put-<pid>-<random>: an object being written
 
 # ----------------------------------------------------------------------------- Hub downloads
 # What a Hub download of a run needs (patterns for huggingface_hub's allow_patterns).
-RUN_DOWNLOAD_PATTERNS = (CONFIG_NAME, WEIGHTS_NAME, SELECTION_NAME, METRICS_NAME, "*.md")
+RUN_DOWNLOAD_PATTERNS = (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    LEGACY_CONFIG_NAME,
+    LEGACY_WEIGHTS_NAME,
+    SELECTION_NAME,
+    METRICS_NAME,
+    "*.md",
+)
 
-# ------------------------------------------------------------- keys of adapter_model.safetensors
+# ---------------------------------------------------------- keys of the adapter weights (WEIGHTS_NAME)
 # One adapter block per layer lives under ``adapter_layers.<i>.``; the rest of the file is the head.
 ADAPTER_KEY_PREFIX = "adapter_layers."
 ADAPTER_KEY = re.compile(r"adapter_layers\.(\d+)\.(.+)")
@@ -81,3 +99,29 @@ def adapter_key_layer(key: str) -> int | None:
     """The layer an adapter key belongs to (None for head keys)."""
     match = ADAPTER_KEY.fullmatch(key)
     return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class AdapterFiles:
+    """The adapter config and weights of one run or export folder, under the names it uses."""
+
+    config: Path
+    weights: Path
+
+    @property
+    def legacy(self) -> bool:
+        """True for a folder written before the ``aa_`` names (PEFT's names)."""
+        return self.config.name == LEGACY_CONFIG_NAME
+
+
+def adapter_files(folder: str | os.PathLike) -> AdapterFiles:
+    """Where ``folder`` keeps its adapter config and weights.
+
+    The current names when the folder has the current config file, else the legacy (PEFT-named) pair
+    when it has that config, else the current names (so that "missing" errors name today's files).
+    Config and weights always come from the same generation: a folder is written whole by one version.
+    """
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file() and (folder / LEGACY_CONFIG_NAME).is_file():
+        return AdapterFiles(folder / LEGACY_CONFIG_NAME, folder / LEGACY_WEIGHTS_NAME)
+    return AdapterFiles(folder / CONFIG_NAME, folder / WEIGHTS_NAME)

@@ -146,16 +146,34 @@ def write_manifest(directory: str | os.PathLike, data: dict[str, Any]) -> str:
     return text
 
 
+# How a shared-mode folder's backbone file relates to the backbone store's copy on disk (the
+# ``backbone_data.sharing`` value): a hard link to it, a reflink (own file, shared blocks), or a copy.
+HARDLINK, REFLINK, COPY = "hardlink", "reflink", "copy"
+BACKBONE_SHARING = (HARDLINK, REFLINK, COPY)
+
+
 def backbone_data_entry(
-    *, sha256: str, tensors: list[str], size: int, linked: bool | None, store_object: str
+    *,
+    sha256: str,
+    tensors: list[str],
+    size: int,
+    linked: bool | None,
+    store_object: str,
+    sharing: str | None = None,
 ) -> dict[str, Any]:
-    """The ``backbone_data`` block of a shared-mode export (the file name is the contract's)."""
+    """The ``backbone_data`` block of a shared-mode export (the file name is the contract's).
+
+    ``sha256`` is the data file's content hash: a server shares one copy in memory among every folder
+    whose file has that hash. ``sharing`` says how the folder's file relates to the store copy on disk
+    (``hardlink``, ``reflink`` or ``copy``); ``linked`` (true for a hard link) is kept for older readers.
+    """
     return {
         "file": BACKBONE_DATA_NAME,
         "sha256": sha256,
         "tensors": list(tensors),
         "bytes": size,
         "linked": linked,
+        "sharing": sharing,
         "store_object": store_object,
     }
 

@@ -26,12 +26,13 @@ from ..backbones import (
 from ..config import AdapterConfig
 from ..contract.families import family_for
 from ..contract.layout import (
+    ADAPTER_CONFIG_NAMES,
     ADAPTER_KEY_PREFIX,
-    CONFIG_NAME,
     KEPT_LAYERS_KEY,
     RUN_DOWNLOAD_PATTERNS,
     SWITCH_MARKER,
     WEIGHTS_NAME,
+    adapter_files,
     adapter_key_layer,
 )
 from ..contract.rules import adapterdrop_keeps_layer, kept_by_switches
@@ -193,6 +194,25 @@ class AdaptableAdapterModel(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
+    # ------------------------------------------------------------------------- transformers pipelines
+    # transformers' pipelines accept a model object that answers like a PreTrainedModel in a few
+    # respects: where it lives (``device``, ``dtype``), whether it generates, and the head's labels on
+    # ``config`` (AdapterConfig derives num_labels, id2label and problem_type from the task). With these,
+    # ``pipeline("text-classification", model=AdaptableAdapterModel.from_pretrained(run), tokenizer=...)``
+    # scores with this model, adapters included. (A PreTrainedModel subclass would have to carry a
+    # transformers config as ``config``, which is the AdapterConfig here, on purpose.)
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
     # ------------------------------------------------------------------------------------- selection
     def kept_layers(self) -> list[int]:
         """Layers whose adapters contribute in eval mode: what the compiler keeps."""
@@ -300,7 +320,7 @@ class AdaptableAdapterModel(nn.Module):
                 params[name].copy_(value)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (trained weights only)."""
+        """Write the adapter config and weights (CONFIG_NAME, WEIGHTS_NAME: trained weights only)."""
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
@@ -347,10 +367,11 @@ class AdaptableAdapterModel(nn.Module):
         """Load an adapter folder (or Hub id) onto its backbone (or the one given), in eval mode."""
         directory = _resolve_adapter_folder(pretrained, revision=revision, token=token)
         config = AdapterConfig.load(directory)
-        weights = directory / WEIGHTS_NAME
+        files = adapter_files(directory)  # today's names, or PEFT's in folders of older versions
+        weights = files.weights
         if not weights.is_file():
             raise FileNotFoundError(
-                f"{weights} not found: the adapter folder {directory} is incomplete (it has {CONFIG_NAME} "
+                f"{weights} not found: the adapter folder {directory} is incomplete (it has {files.config.name} "
                 "but no weights); re-run the training or export that wrote it"
             )
         if isinstance(backbone, PreTrainedModel):
@@ -396,6 +417,10 @@ def _resolve_adapter_folder(pretrained: str | os.PathLike, *, revision: str | No
     patterns = list(RUN_DOWNLOAD_PATTERNS)
     return Path(
         resolve_pretrained_path(
-            str(pretrained), revision=revision, token=token, allow_patterns=patterns, required_file=CONFIG_NAME
+            str(pretrained),
+            revision=revision,
+            token=token,
+            allow_patterns=patterns,
+            required_file=ADAPTER_CONFIG_NAMES,
         )
     )

@@ -19,13 +19,13 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArgumen
 from ..backbones import resolve_backbone_path
 from ..config import AdapterConfig
 from ..contract.layout import (
-    CONFIG_NAME,
     KEPT_LAYERS_KEY,
     METRICS_NAME,
     PICTURE_NAME,
     SELECTION_NAME,
     TRAINING_CONFIG_NAME,
     WEIGHTS_NAME,
+    adapter_files,
 )
 from ..data import TaskDefinition, load_task, low_data_split
 from ..fileio import atomic_write_json, replace_folder, staging_dir_for
@@ -71,9 +71,9 @@ def check_selection_backbone(selection_from: str | os.PathLike, model: Adaptable
 
     Layer indices mean nothing across backbones (another depth, other representations per layer), so
     reusing them would train a focused run on a selection nobody searched. A folder without
-    adapter_config.json (a hand-written selection.json) records no backbone and is taken as is.
+    an adapter config (a hand-written selection.json) records no backbone and is taken as is.
     """
-    if not (Path(selection_from) / CONFIG_NAME).is_file():
+    if not adapter_files(selection_from).config.is_file():
         return
     recorded = AdapterConfig.load(selection_from)
     try:
