@@ -116,3 +116,28 @@ def options_from_args(cls: type[_T], args: argparse.Namespace) -> _T:
     """The dataclass ``cls`` built from the parsed flags added by :func:`add_options` (other keys ignored)."""
     values = vars(args)
     return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})  # type: ignore[call-arg]
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option typed in ``argv`` (also when the value typed equals the default).
+
+    ``parser`` must be a fresh parser of the same shape as the one that parsed ``argv``: its defaults
+    (and its subcommands' defaults) are replaced by "absent", so that argparse itself, with its prefix
+    matching and ``--flag=value`` forms, tells which options were given.
+    """
+    for each in _parsers_within(parser):
+        for action in each._actions:
+            if action.dest not in ("help", "command"):
+                action.default = argparse.SUPPRESS
+        each._defaults.clear()
+    namespace, _ = parser.parse_known_args(argv)
+    return {name for name in vars(namespace) if name != "command"}
+
+
+def _parsers_within(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found.extend(_parsers_within(sub))
+    return found

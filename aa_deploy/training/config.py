@@ -14,6 +14,7 @@ from ..cli_options import option
 from ..config import RECIPES
 from ..json_record import JsonRecord
 from ..rational_presets import DEFAULT_DEGREES, RATIONAL_PRESETS, RATIONAL_VERSIONS, check_rational
+from .option_rules import check_option_conflicts, set_options
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -35,9 +36,9 @@ class TrainConfig(JsonRecord):
     recipe: str = option("search", choices=RECIPES, help="what to train (docs/METHOD.md §4)")
     data_dir: str | None = option(None, env="AA_GLUE_DIR", metavar="DIR", help="GLUE folder")
     test_file: str | None = option(
-        None, help="labelled test file for a file task (GLUE tasks use the official dev set)"
+        None, help="labelled test file for a file task (default: none; GLUE tasks use the official dev set)"
     )
-    train_size: int | None = option(None, metavar="N", help="low-data setting: keep N shuffled training examples")
+    train_size: int | None = option(None, metavar="N", help="low-data setting: keep N shuffled training examples (default: all)")
     seed: int = option(42, help="seed of the data shuffle, the initialisation and the Gumbel noise")
     epochs: int = option(20, help="training epochs; the best epoch on the dev split is kept")
     batch_size: int = option(32, help="training batch size")
@@ -51,10 +52,10 @@ class TrainConfig(JsonRecord):
         None, metavar="NAME_OR_PATH", help="Hub id or local model folder (default: all-MiniLM-L6-v2)"
     )
     selection_from: str | None = option(
-        None, metavar="RUN_DIR", help="focused recipe: reuse this run's selected layers"
+        None, metavar="RUN_DIR", help="focused recipe: reuse this run's selected layers (default: none)"
     )
     selected_layers: list[int] | None = option(
-        None, flag="--layers", parse=parse_layers, help="focused recipe: explicit layers, e.g. 0,3,5"
+        None, flag="--layers", parse=parse_layers, help="focused recipe: explicit layers, e.g. 0,3,5 (default: none)"
     )
     reduction_factor: float = option(16.0, help="adapter bottleneck = hidden size / this")
     rational_init: str = option("one", choices=RATIONAL_PRESETS, help="starting shape of the rational activations")
@@ -63,7 +64,7 @@ class TrainConfig(JsonRecord):
     denominator_degree: int = option(DEFAULT_DEGREES[1], help="degree of the rational's denominator Q")
     switch_temperature: float = option(0.1, help="Gumbel-softmax temperature of the switches")
     switch_temperature_final: float | None = option(
-        None, flag="--anneal-to", help="anneal the switch temperature to this value"
+        None, flag="--anneal-to", help="anneal the switch temperature to this value (default: no annealing)"
     )
     adapterdrop_max_layers: int | None = option(
         None, help="AdapterDrop: drop up to k lowest layers per step (default: half)"
@@ -92,3 +93,4 @@ class TrainConfig(JsonRecord):
                 "(a finished search run) or --layers 0,3,5"
             )
         check_rational(self.rational_init, self.rational_version, self.numerator_degree, self.denominator_degree)
+        check_option_conflicts(self.recipe, set_options(vars(self)))

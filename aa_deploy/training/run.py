@@ -34,6 +34,7 @@ from ..modeling.model import check_backbone_matches
 from ..plotting import plot_model
 from .config import TrainConfig
 from .datasets import TokenizedDataset
+from .progress import use_epoch_progress
 from .run_metrics import RunMetrics, split_metrics
 from .trainer import AdapterTrainer, BestEpochCallback, SwitchAnnealingCallback
 
@@ -176,6 +177,7 @@ def train(cfg: TrainConfig) -> RunResult:
             callbacks=callbacks,
             learning_rates=(cfg.learning_rate, cfg.switch_learning_rate, cfg.rational_learning_rate),
         )
+        use_epoch_progress(trainer, spec.metric, enabled=cfg.progress)
         train_output = trainer.train()
         best.active = False
         if best.best_state is not None:
