@@ -171,3 +171,27 @@ def test_convert_is_listed_without_importing_torch() -> None:
     code = "import sys; from aa_deploy.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+@pytest.mark.slow
+def test_adapters_library_computes_our_logits_on_real_minilm(tmp_path: Path) -> None:
+    """The real all-MiniLM-L6-v2 (BERT, LayerNorm eps 1e-12 against the library's 1e-5) stays within 1e-4."""
+    from aa_deploy.backbones import resolve_backbone_path
+
+    python = adapters_python()
+    if python is None:
+        pytest.skip("no adapters environment: run `make adapters-env` (or set AA_ADAPTERS_PYTHON); `make test` builds it")
+    backbone = Path(resolve_backbone_path(None))
+    if not backbone.is_dir():
+        pytest.skip("the packaged all-MiniLM-L6-v2 is not installed")
+    run = write_run(tmp_path / "run", backbone, "standard", CLASSIFY)
+    run_config = AdapterConfig.load(run)
+    assert run_config.num_hidden_layers == 6
+    result = convert_to_adapters(run, tmp_path / "adapter")
+    encoded = {k: v.tolist() for k, v in AutoTokenizer.from_pretrained(backbone)(TEXTS, padding=True, return_tensors="np").items()}
+    case = {"id": "minilm", "backbone": str(backbone), "adapter": str(result.output), **{k: encoded[k] for k in ("input_ids", "attention_mask")}}
+    (tmp_path / "cases.json").write_text(json.dumps([case]))
+    proc = subprocess.run([python, "-c", _ADAPTERS_SCRIPT, str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = np.array(json.loads(proc.stdout.strip().splitlines()[-1])["minilm"]["logits"])
+    np.testing.assert_allclose(loaded, our_logits(run, encoded), rtol=0, atol=1e-4)
