@@ -24,7 +24,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train adapters on a frozen encoder and write a run folder loadable with from_pretrained.",
     )
     add_options(p, TrainConfig)  # one flag per TrainConfig field, defaults shown in --help
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (and nothing else on stdout)")
+    p.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object (and nothing else on stdout)"
+    )
     p.set_defaults(handler=_run_train)
 
 

@@ -98,7 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bearer token required for load/unload (prefer --token-file or $AA_DEPLOY_TOKEN: "
         "command lines are visible to other users); without a token, load/unload are off (default: none)",
     )
-    p.add_argument("--token-file", help="read the bearer token from this file (an empty file is an error; default: none)")
+    p.add_argument(
+        "--token-file", help="read the bearer token from this file (an empty file is an error; default: none)"
+    )
     p.add_argument(
         "--protect-predict",
         action="store_true",

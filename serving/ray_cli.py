@@ -21,8 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_task_argument(p, "an export folder every node can read at this path")
     p.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default 1)")
-    p.add_argument("--autoscale-min", type=int, metavar="N", help="autoscale: minimum replicas (with --autoscale-max; default: no autoscaling)")
-    p.add_argument("--autoscale-max", type=int, metavar="N", help="autoscale: maximum replicas (default: no autoscaling)")
+    p.add_argument(
+        "--autoscale-min",
+        type=int,
+        metavar="N",
+        help="autoscale: minimum replicas (with --autoscale-max; default: no autoscaling)",
+    )
+    p.add_argument(
+        "--autoscale-max", type=int, metavar="N", help="autoscale: maximum replicas (default: no autoscaling)"
+    )
     p.add_argument(
         "--target-ongoing",
         type=float,
@@ -39,8 +46,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="JSON ServerConfig for every replica (engine, batching ...); tasks/host/port are ignored here (default: none)",
     )
     p.add_argument("--engine", choices=["multitask", "sessions"], help="replica engine (default multitask)")
-    p.add_argument("--max-batch", type=int, dest="max_batch_size", help="max rows per batch in a replica (default: the server config's, else 16)")
-    p.add_argument("--max-delay-ms", type=float, dest="max_delay_ms", help="max wait to fill a batch (default: the server config's, else 5)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        dest="max_batch_size",
+        help="max rows per batch in a replica (default: the server config's, else 16)",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        dest="max_delay_ms",
+        help="max wait to fill a batch (default: the server config's, else 5)",
+    )
     p.add_argument("--host", default="0.0.0.0", help="Serve HTTP proxy bind address (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8000, help="Serve HTTP proxy port (default 8000)")
     p.add_argument(

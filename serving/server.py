@@ -44,7 +44,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     try:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
-        raise OSError(f"cannot listen on host {host!r}: {exc.strerror}; pass an address such as 127.0.0.1 or 0.0.0.0 to --host") from None
+        raise OSError(
+            f"cannot listen on host {host!r}: {exc.strerror}; pass an address such as 127.0.0.1 or 0.0.0.0 to --host"
+        ) from None
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -80,7 +80,9 @@ def write_run(folder: Path, backbone: Path, recipe: str, task: dict, seed: int =
 def our_logits(run: Path, encoded: dict) -> np.ndarray:
     model = AdaptableAdapterModel.from_pretrained(run)
     with torch.no_grad():
-        return model(input_ids=torch.tensor(encoded["input_ids"]), attention_mask=torch.tensor(encoded["attention_mask"])).logits.numpy()
+        return model(
+            input_ids=torch.tensor(encoded["input_ids"]), attention_mask=torch.tensor(encoded["attention_mask"])
+        ).logits.numpy()
 
 
 CASES = {
@@ -129,23 +131,33 @@ def library_logits(converted: dict[str, dict], tmp_path_factory: pytest.TempPath
     """The adapters environment run once for every case (its start-up dominates the time)."""
     python = adapters_python()
     if python is None:
-        pytest.skip("no adapters environment: run `make adapters-env` (or set AA_ADAPTERS_PYTHON); `make test` builds it")
+        pytest.skip(
+            "no adapters environment: run `make adapters-env` (or set AA_ADAPTERS_PYTHON); `make test` builds it"
+        )
     cases_file = tmp_path_factory.mktemp("adapters-cases") / "cases.json"
-    cases_file.write_text(json.dumps([{k: v for k, v in c.items() if k not in ("ours", "result")} for c in converted.values()]))
+    cases_file.write_text(
+        json.dumps([{k: v for k, v in c.items() if k not in ("ours", "result")} for c in converted.values()])
+    )
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run([python, "-c", _ADAPTERS_SCRIPT, str(cases_file)], capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [python, "-c", _ADAPTERS_SCRIPT, str(cases_file)], capture_output=True, text=True, timeout=600, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("case_id", sorted(CASES))
-def test_adapters_library_computes_our_logits(case_id: str, converted: dict[str, dict], library_logits: dict[str, dict]) -> None:
+def test_adapters_library_computes_our_logits(
+    case_id: str, converted: dict[str, dict], library_logits: dict[str, dict]
+) -> None:
     loaded = library_logits[case_id]
     assert loaded["name"] == CASES[case_id][2]["name"] and loaded["name"] in loaded["active"]
     np.testing.assert_allclose(np.array(loaded["logits"]), np.array(converted[case_id]["ours"]), rtol=0, atol=1e-4)
 
 
-def test_rational_runs_are_refused_naming_what_cannot_be_carried(tiny_backbone_dir: Path, tmp_path: Path, capsys) -> None:
+def test_rational_runs_are_refused_naming_what_cannot_be_carried(
+    tiny_backbone_dir: Path, tmp_path: Path, capsys
+) -> None:
     run = write_run(tmp_path / "search", tiny_backbone_dir, "search", CLASSIFY)
     with pytest.raises(NotConvertibleError, match="rational"):
         convert_to_adapters(run, tmp_path / "out")
@@ -180,7 +192,9 @@ def test_adapters_library_computes_our_logits_on_real_minilm(tmp_path: Path) -> 
 
     python = adapters_python()
     if python is None:
-        pytest.skip("no adapters environment: run `make adapters-env` (or set AA_ADAPTERS_PYTHON); `make test` builds it")
+        pytest.skip(
+            "no adapters environment: run `make adapters-env` (or set AA_ADAPTERS_PYTHON); `make test` builds it"
+        )
     backbone = Path(resolve_backbone_path(None))
     if not backbone.is_dir():
         pytest.skip("the packaged all-MiniLM-L6-v2 is not installed")
@@ -188,10 +202,20 @@ def test_adapters_library_computes_our_logits_on_real_minilm(tmp_path: Path) -> 
     run_config = AdapterConfig.load(run)
     assert run_config.num_hidden_layers == 6
     result = convert_to_adapters(run, tmp_path / "adapter")
-    encoded = {k: v.tolist() for k, v in AutoTokenizer.from_pretrained(backbone)(TEXTS, padding=True, return_tensors="np").items()}
-    case = {"id": "minilm", "backbone": str(backbone), "adapter": str(result.output), **{k: encoded[k] for k in ("input_ids", "attention_mask")}}
+    encoded = {
+        k: v.tolist()
+        for k, v in AutoTokenizer.from_pretrained(backbone)(TEXTS, padding=True, return_tensors="np").items()
+    }
+    case = {
+        "id": "minilm",
+        "backbone": str(backbone),
+        "adapter": str(result.output),
+        **{k: encoded[k] for k in ("input_ids", "attention_mask")},
+    }
     (tmp_path / "cases.json").write_text(json.dumps([case]))
-    proc = subprocess.run([python, "-c", _ADAPTERS_SCRIPT, str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [python, "-c", _ADAPTERS_SCRIPT, str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = np.array(json.loads(proc.stdout.strip().splitlines()[-1])["minilm"]["logits"])
     np.testing.assert_allclose(loaded, our_logits(run, encoded), rtol=0, atol=1e-4)

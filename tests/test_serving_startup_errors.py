@@ -16,7 +16,9 @@ FIXTURE_EXPORT = Path(__file__).parent / "fixtures" / "serving_exports" / "sst"
 
 
 def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "aa_deploy.cli", "serve", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "aa_deploy.cli", "serve", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def last_error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -50,7 +52,10 @@ def test_no_task_loading_ends_with_the_reason_not_a_traceback(tmp_path: Path) ->
         (lambda d: ["--models-dir", str(d / "nope")], "is not a folder"),
         (lambda d: ["--config", str(d / "missing.json")], "not found"),
         (lambda d: (d / "bad.json").write_text('{"port": ') and ["--config", str(d / "bad.json")], "not valid JSON"),
-        (lambda d: (d / "keys.json").write_text('{"prot": 1}') and ["--config", str(d / "keys.json")], "unknown server config keys"),
+        (
+            lambda d: (d / "keys.json").write_text('{"prot": 1}') and ["--config", str(d / "keys.json")],
+            "unknown server config keys",
+        ),
         (lambda d: ["--task", f"sst={FIXTURE_EXPORT}", "--host", "no-such-host.invalid"], "cannot listen on host"),
     ],
     ids=["models-dir", "config-missing", "config-json", "config-keys", "host"],

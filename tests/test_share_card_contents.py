@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import Reference
 
 from aa_deploy.card import build_model_card, write_model_card
 

@@ -60,7 +60,7 @@ def test_train_prints_a_readable_summary(demo_data: Path, tiny_backbone_dir: Pat
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "sentiment"  # the file stem without its split word
     text = captured.out
-    assert f"Trained standard adapters for sentiment" in text
+    assert "Trained standard adapters for sentiment" in text
     assert f"dev  accuracy: {metrics['value']:.4f} (best epoch {metrics['best_epoch']} of 2" in text
     assert f"test accuracy: {metrics['test_value']:.4f}" in text and f"Run folder: {out}" in text
     assert "{'" not in text + captured.err  # no raw Trainer log dicts

@@ -37,19 +37,33 @@ import torch
 from safetensors.torch import save_file
 
 from ..contract.families import family_for
-from ..contract.layout import ADAPTER_KEY_PREFIX, DOWN_BIAS, DOWN_WEIGHT, UP_BIAS, UP_WEIGHT, adapter_key
+from ..contract.layout import (
+    ADAPTER_KEY_PREFIX,
+    ADAPTERHUB_CONFIG_NAME,
+    ADAPTERHUB_HEAD_CONFIG_NAME,
+    ADAPTERHUB_HEAD_WEIGHTS_NAME,
+    ADAPTERHUB_SAFE_HEAD_WEIGHTS_NAME,
+    ADAPTERHUB_SAFE_WEIGHTS_NAME,
+    ADAPTERHUB_WEIGHTS_NAME,
+    CARD_NAME,
+    DOWN_BIAS,
+    DOWN_WEIGHT,
+    UP_BIAS,
+    UP_WEIGHT,
+    adapter_key,
+)
 from ..fileio import atomic_write_json, atomic_write_text, replace_folder, staging_dir_for
 
 # The library version whose save format we write (what its own `save_adapter` records as "version").
 ADAPTERS_FORMAT = "adapters.1.3.0"
-# The library's file names (adapters.utils: CONFIG_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_NAME, HEAD_*).
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-ADAPTER_WEIGHTS_FILE = "pytorch_adapter.bin"
-ADAPTER_SAFE_WEIGHTS_FILE = "adapter.safetensors"
-HEAD_CONFIG_FILE = "head_config.json"
-HEAD_WEIGHTS_FILE = "pytorch_model_head.bin"
-HEAD_SAFE_WEIGHTS_FILE = "model_head.safetensors"
-README_FILE = "README.md"
+# The library's file names live in the contract (aa_deploy.contract.layout, ADAPTERHUB_*).
+ADAPTER_CONFIG_FILE = ADAPTERHUB_CONFIG_NAME
+ADAPTER_WEIGHTS_FILE = ADAPTERHUB_WEIGHTS_NAME
+ADAPTER_SAFE_WEIGHTS_FILE = ADAPTERHUB_SAFE_WEIGHTS_NAME
+HEAD_CONFIG_FILE = ADAPTERHUB_HEAD_CONFIG_NAME
+HEAD_WEIGHTS_FILE = ADAPTERHUB_HEAD_WEIGHTS_NAME
+HEAD_SAFE_WEIGHTS_FILE = ADAPTERHUB_SAFE_HEAD_WEIGHTS_NAME
+README_FILE = CARD_NAME
 # Our trained head lives under the backbone module of the trainable state dict.
 _HEAD_PREFIX = "backbone."
 
@@ -154,7 +168,9 @@ def _library_reduction_factor(hidden_size: int, bottleneck: int, ours: float) ->
     )
 
 
-def _library_header(name: str, family: HubFamily, model_type: str, hidden_size: int, base: str | None) -> dict[str, Any]:
+def _library_header(
+    name: str, family: HubFamily, model_type: str, hidden_size: int, base: str | None
+) -> dict[str, Any]:
     return {"hidden_size": hidden_size, "model_class": family.model_class, "model_name": base,
             "model_type": model_type, "name": name, "version": ADAPTERS_FORMAT}  # fmt: skip
 
@@ -162,11 +178,15 @@ def _library_header(name: str, family: HubFamily, model_type: str, hidden_size: 
 def _readme(name: str, family: HubFamily, base: str | None, kept: list[int], task: dict[str, Any] | None) -> str:
     base_text = base or "<the backbone the run was trained on>"
     labels = (task or {}).get("label_names")
-    head = f"a classification head over {len(labels)} labels ({', '.join(map(str, labels))})" if labels else "a regression head"
+    head = (
+        f"a classification head over {len(labels)} labels ({', '.join(map(str, labels))})"
+        if labels
+        else "a regression head"
+    )
     return (
         "---\n"
         "library_name: adapter-transformers\n"
-        f"tags:\n- adapter-transformers\n- adapterhub\n- aa-deploy\n"
+        "tags:\n- adapter-transformers\n- adapterhub\n- aa-deploy\n"
         + (f"base_model: {base}\n" if base else "")
         + "---\n\n"
         f"# {name}\n\n"
@@ -223,7 +243,9 @@ def convert_to_adapters(
     if family.head_activation is None and getattr(backbone_model.config, "pooler_hidden_size", None) not in (
         None, backbone_model.config.hidden_size,
     ):  # fmt: skip
-        raise NotConvertibleError("the backbone's pooler size differs from its hidden size: the adapters head cannot hold it")
+        raise NotConvertibleError(
+            "the backbone's pooler size differs from its hidden size: the adapters head cannot hold it"
+        )
     adapter_name = adapter_name_for(name or (config.task or {}).get("name"))
     prefix = f"{backbone_model.base_model_prefix}.{family_for(config.base_model_type).layers}"
     norms = output_layer_norms(backbone_model)

@@ -22,8 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", required=True, choices=sorted(TARGETS), help="target format")
     p.add_argument("--output", required=True, metavar="DIR", help="folder to write")
     p.add_argument("--name", help="adapter name inside the library (default: the run's task name)")
-    p.add_argument("--backbone", metavar="NAME_OR_PATH",
-                   help="backbone to read the layer norms from (default: the one recorded in the run)")
+    p.add_argument(
+        "--backbone",
+        metavar="NAME_OR_PATH",
+        help="backbone to read the layer norms from (default: the one recorded in the run)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     p.add_argument("--json", action="store_true", help="print what was written as JSON instead of a summary")
     p.set_defaults(handler=_run_convert)
@@ -32,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     from .adapters_hub import convert_to_adapters
 
-    result = convert_to_adapters(args.run, args.output, backbone=args.backbone, name=args.name, overwrite=args.overwrite)
+    result = convert_to_adapters(
+        args.run, args.output, backbone=args.backbone, name=args.name, overwrite=args.overwrite
+    )
     if args.json:
         record = {k: (str(v) if k == "output" else v) for k, v in vars(result).items()}
         print(json.dumps(record))

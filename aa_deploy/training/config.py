@@ -38,7 +38,9 @@ class TrainConfig(JsonRecord):
     test_file: str | None = option(
         None, help="labelled test file for a file task (default: none; GLUE tasks use the official dev set)"
     )
-    train_size: int | None = option(None, metavar="N", help="low-data setting: keep N shuffled training examples (default: all)")
+    train_size: int | None = option(
+        None, metavar="N", help="low-data setting: keep N shuffled training examples (default: all)"
+    )
     seed: int = option(42, help="seed of the data shuffle, the initialisation and the Gumbel noise")
     epochs: int = option(20, help="training epochs; the best epoch on the dev split is kept")
     batch_size: int = option(32, help="training batch size")

@@ -61,9 +61,7 @@ def option_conflicts(recipe: str, given: Iterable[str]) -> list[str]:
             )
     for first, second in EXCLUSIVE_PAIRS:
         if first in given and second in given:
-            problems.append(
-                f"{flag_name(first)} and {flag_name(second)} both give the focused layers: pass only one"
-            )
+            problems.append(f"{flag_name(first)} and {flag_name(second)} both give the focused layers: pass only one")
     return problems
 
 

@@ -50,7 +50,9 @@ class EpochProgress(TrainerCallback):
         if self._bar is not None:
             self._bar.update(1)
 
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw: Any):
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw: Any
+    ):
         # The final dev/test evaluations use other key prefixes ("dev_", "test_"): they give NaN here.
         value = float((metrics or {}).get(f"eval_{self.metric}", math.nan))
         if not math.isnan(value) and (self.best is None or value > self.best[0]):

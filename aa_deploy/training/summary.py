@@ -43,7 +43,9 @@ def summary_text(output: Path, metrics: dict[str, Any]) -> str:
         f"{metrics.get('dev_examples', '?')} examples)",
     ]
     if metrics.get("test_value") is not None:
-        lines.append(f"  test {metric}: {float(metrics['test_value']):.4f} ({metrics.get('test_examples', '?')} examples)")
+        lines.append(
+            f"  test {metric}: {float(metrics['test_value']):.4f} ({metrics.get('test_examples', '?')} examples)"
+        )
     lines += [
         f"  adapters kept in layers: {layers} ({len(kept)} of {metrics.get('num_layers', '?')})",
         f"  trained parameters: {int(metrics.get('trained_params', 0)):,} "
