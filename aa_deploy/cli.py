@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .cli_options import add_options, explicit_options, options_from_args
+from .cli_options import add_options, explicit_options, flag_rule_problems, options_from_args, subcommand_parser
 from .extras import missing_extra_message
 
 Handler = Callable[[argparse.Namespace], int]
@@ -84,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit_options = explicit_options(build_parser(), list(sys.argv[1:] if argv is None else argv))
+    rules = getattr(args, "flag_rules", None)
+    if rules is not None:
+        problems = flag_rule_problems(rules, args.explicit_options, subcommand_parser(parser, args.command))
+        if problems:
+            print(f"aa-deploy: error: contradictory options: {'; '.join(problems)}", file=sys.stderr)
+            return 1
     if args.version:
         from . import __version__
 

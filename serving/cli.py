@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from aa_deploy.cli_options import FlagRules
+
 
 def _task(value: str):
     from .config import TaskSpec
@@ -147,7 +149,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], help="server log level (default info)"
     )
     p.add_argument("--print-config", action="store_true", help="print the effective config (token redacted) and exit")
-    p.set_defaults(handler=_run_serve)
+    p.set_defaults(
+        handler=_run_serve,
+        flag_rules=FlagRules(
+            exclusive=(("token", "token_file", "give the token one way"),),
+            requires=(("models_tasks", "models_dir"),),
+        ),
+    )
 
 
 _OVERRIDES = (

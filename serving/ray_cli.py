@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from aa_deploy.cli_options import FlagRules
+
 from .cli import add_task_argument
 
 
@@ -68,7 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--app-name", default="aa-deploy", help="Serve application name (default aa-deploy)")
     p.add_argument("--output", required=True, metavar="FILE", help="YAML file to write (e.g. serve.yaml)")
-    p.set_defaults(handler=_run_ray_config)
+    p.set_defaults(
+        handler=_run_ray_config,
+        flag_rules=FlagRules(
+            exclusive=(
+                ("replicas", "autoscale_min", "a fixed number of replicas or autoscaling, not both"),
+                ("replicas", "autoscale_max", "a fixed number of replicas or autoscaling, not both"),
+            )
+        ),
+    )
 
 
 def build_spec(args: argparse.Namespace):
