@@ -219,3 +219,10 @@ def test_adapters_library_computes_our_logits_on_real_minilm(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = np.array(json.loads(proc.stdout.strip().splitlines()[-1])["minilm"]["logits"])
     np.testing.assert_allclose(loaded, our_logits(run, encoded), rtol=0, atol=1e-4)
+
+
+def test_readme_names_a_hub_base_model_but_never_a_local_path(converted: dict[str, dict]) -> None:
+    text = (Path(converted["bert-standard"]["adapter"]) / "README.md").read_text()
+    assert "library_name: adapter-transformers" in text and "aa-deploy" in text
+    assert "base_model:" not in text  # the tiny backbone is a local folder
+    assert "load_adapter(" in text and "layers 0, 1, 2" in text

@@ -176,6 +176,8 @@ def _library_header(
 
 
 def _readme(name: str, family: HubFamily, base: str | None, kept: list[int], task: dict[str, Any] | None) -> str:
+    from ..hub import is_hub_id
+
     base_text = base or "<the backbone the run was trained on>"
     labels = (task or {}).get("label_names")
     head = (
@@ -187,7 +189,7 @@ def _readme(name: str, family: HubFamily, base: str | None, kept: list[int], tas
         "---\n"
         "library_name: adapter-transformers\n"
         "tags:\n- adapter-transformers\n- adapterhub\n- aa-deploy\n"
-        + (f"base_model: {base}\n" if base else "")
+        + (f"base_model: {base}\n" if base and is_hub_id(base) else "")  # never a local path
         + "---\n\n"
         f"# {name}\n\n"
         f"A sequential bottleneck adapter (ReLU) for `{base_text}` with {head}, converted from an aa-deploy run "
