@@ -106,9 +106,12 @@ def write_model_card(
     repo_id: str | None = None,
     include_onnx: bool | None = None,
     output_dir: str | os.PathLike[str] | None = None,
+    files: Collection[str] | None = None,
 ) -> Path:
     """Write README.md and its picture into ``output_dir`` (default: ``folder``) and return the README path.
 
+    ``files``: the names of the files that will travel with the card (default: ``folder``'s, without the
+    ONNX files when ``include_onnx`` is False); what the card says about its contents follows from them.
     The README is replaced atomically. Only a missing or unreadable ``adapter_config.json`` is an error;
     any other missing input just leaves its section out, so an export never fails because of its card.
     """
@@ -117,7 +120,7 @@ def write_model_card(
     out = Path(output_dir) if output_dir is not None else directory
     out.mkdir(parents=True, exist_ok=True)
     pictures = ensure_picture(art, out)
-    card = render(art, pictures, repo_id, include_onnx)
+    card = render(art, pictures, repo_id, include_onnx, files)
     path = out / CARD_NAME
     atomic_write_text(path, str(card))
     return path
