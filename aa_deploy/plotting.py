@@ -135,14 +135,14 @@ def activation_figure(
             stack = fig.add_subplot(grid[:, cols])
             colors = ["tab:blue" if i in kept else "lightgray" for i in range(num_layers)]
             stack.barh(range(num_layers), list(switch_probabilities), color=colors, edgecolor="black")
-            stack.axvline(0.5, color="tab:red", ls="--", lw=1.8, label="threshold 0.5:\nkept if above")
+            stack.axvline(0.5, color="tab:red", ls="--", lw=1.8, label="threshold 0.5: kept if above")
             stack.set_xlim(0, 1)
             stack.set_xticks([0, 0.5, 1])
             stack.set_yticks(range(num_layers))
             stack.set_yticklabels([f"layer {i}" for i in range(num_layers)])
             stack.set_xlabel("switch P(adapter)")
-            stack.set_title("switches\n(bottom = input side)")
-            stack.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 * 2 / (rows + 1)), frameon=False)
+            # The threshold is named in the title: a legend below the axis would collide with its label.
+            stack.set_title("switches (bottom = input)\nkept if right of red 0.5")
         heading = title or "learned activations"
         if not shared:
             heading += "\n(y-scales differ per panel: each layer's curve has its own range)"
