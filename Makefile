@@ -13,6 +13,8 @@ THREADS ?= 2
 STAMP := $(VENV)/.aa-deploy-installed
 OPTIMUM_VENV ?= .venv-optimum
 OPTIMUM_STAMP := $(OPTIMUM_VENV)/.installed
+ADAPTERS_VENV ?= .venv-adapters
+ADAPTERS_STAMP := $(ADAPTERS_VENV)/.installed
 KSERVE_VENV ?= .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -23,7 +25,7 @@ SERVE_WHEELS := build/serve-wheel
 PACKAGE_SOURCES := $(shell find aa_deploy export serving -name '*.py' -o -name '*.csv' -o -name '*.md' 2>/dev/null)
 export AA_GLUE_DIR
 
-.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env serve-env kserve-env
+.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env adapters-env serve-env kserve-env
 
 setup: $(STAMP)
 
@@ -64,6 +66,17 @@ $(OPTIMUM_STAMP): Makefile
 
 optimum-env: $(OPTIMUM_STAMP)
 
+# AdapterHub's `adapters` 1.3.0 pins transformers~=4.57.6, so the test that loads our converted adapters
+# with it (`aa-deploy convert --to adapters`) runs that environment's interpreter (AA_ADAPTERS_PYTHON).
+$(ADAPTERS_STAMP): Makefile
+	@test -x $(ADAPTERS_VENV)/bin/python || $(PYTHON) -m venv $(ADAPTERS_VENV)
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	@$(MAKE) --no-print-directory torch-into VENV_PY=$(ADAPTERS_VENV)/bin/python
+	$(ADAPTERS_VENV)/bin/python -m pip install --quiet "adapters==1.3.0" safetensors
+	@touch $(ADAPTERS_STAMP)
+
+adapters-env: $(ADAPTERS_STAMP)
+
 # The serving-only install, the same steps as docker/Dockerfile: build the project's wheel, then install
 # it with one extra (SERVE_EXTRA=serve-cpu for the CPU-only ONNX Runtime) into a fresh environment.
 $(SERVE_STAMP): pyproject.toml Makefile $(PACKAGE_SOURCES)
@@ -90,8 +103,9 @@ kserve-env: $(KSERVE_STAMP)
 demo: setup
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/aa-deploy demo --output demo-output
 
-test: setup optimum-env kserve-env
+test: setup optimum-env adapters-env kserve-env
 	OMP_NUM_THREADS=$(THREADS) AA_OPTIMUM_PYTHON=$(abspath $(OPTIMUM_VENV))/bin/python \
+		AA_ADAPTERS_PYTHON=$(abspath $(ADAPTERS_VENV))/bin/python \
 		AA_KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python $(PY) -m pytest -q
 
 test-fast: setup
@@ -101,4 +115,4 @@ bench-train: setup
 	$(PY) benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) $(OPTIMUM_VENV) $(KSERVE_VENV) $(SERVE_VENV) .venv-serve-cpu $(SERVE_WHEELS) demo-output .pytest_cache
+	rm -rf $(VENV) $(OPTIMUM_VENV) $(ADAPTERS_VENV) $(KSERVE_VENV) $(SERVE_VENV) .venv-serve-cpu $(SERVE_WHEELS) demo-output .pytest_cache

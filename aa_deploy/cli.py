@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .cli_options import add_options, options_from_args
+from .cli_options import add_options, explicit_options, flag_rule_problems, options_from_args, subcommand_parser
 from .extras import missing_extra_message
 
 Handler = Callable[[argparse.Namespace], int]
@@ -24,21 +24,27 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train adapters on a frozen encoder and write a run folder loadable with from_pretrained.",
     )
     add_options(p, TrainConfig)  # one flag per TrainConfig field, defaults shown in --help
+    p.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object (and nothing else on stdout)"
+    )
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .training.config import TrainConfig
+    from .training.option_rules import check_option_conflicts
+    from .training.summary import summary_record, summary_text
 
-    result = train(options_from_args(TrainConfig, args))
-    summary = {
-        "output": str(result.output),
-        "metric": result.metric,
-        "value": round(result.value, 4),
-        "test_value": None if result.test_value is None else round(result.test_value, 4),
-        "selected_layers": result.kept_layers,
-    }
-    print(json.dumps(summary))
+    config = options_from_args(TrainConfig, args)
+    # Flags typed for another recipe are refused even when their value equals the default.
+    check_option_conflicts(config.recipe, getattr(args, "explicit_options", set()))
+    from .training import train
+
+    result = train(config)
+    if args.json:
+        print(json.dumps(summary_record(result.output, result.metrics)))
+    else:
+        print(summary_text(result.output, result.metrics))
     return 0
 
 
@@ -51,6 +57,7 @@ def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
         "aa_deploy.serving.kserve_cli",
         "aa_deploy.serving.ray_cli",
         "aa_deploy.hub_cli",
+        "aa_deploy.interop.cli",
         "aa_deploy.demo",
     ):
         try:
@@ -76,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.explicit_options = explicit_options(build_parser(), list(sys.argv[1:] if argv is None else argv))
+    rules = getattr(args, "flag_rules", None)
+    if rules is not None:
+        problems = flag_rule_problems(rules, args.explicit_options, subcommand_parser(parser, args.command))
+        if problems:
+            print(f"aa-deploy: error: contradictory options: {'; '.join(problems)}", file=sys.stderr)
+            return 1
     if args.version:
         from . import __version__
 

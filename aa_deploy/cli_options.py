@@ -18,6 +18,7 @@ import os
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -116,3 +117,61 @@ def options_from_args(cls: type[_T], args: argparse.Namespace) -> _T:
     """The dataclass ``cls`` built from the parsed flags added by :func:`add_options` (other keys ignored)."""
     values = vars(args)
     return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})  # type: ignore[call-arg]
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option typed in ``argv`` (also when the value typed equals the default).
+
+    ``parser`` must be a fresh parser of the same shape as the one that parsed ``argv``: its defaults
+    (and its subcommands' defaults) are replaced by "absent", so that argparse itself, with its prefix
+    matching and ``--flag=value`` forms, tells which options were given.
+    """
+    for each in _parsers_within(parser):
+        for action in each._actions:
+            if action.dest not in ("help", "command"):
+                action.default = argparse.SUPPRESS
+        each._defaults.clear()
+    namespace, _ = parser.parse_known_args(argv)
+    return {name for name in vars(namespace) if name != "command"}
+
+
+def _parsers_within(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found.extend(_parsers_within(sub))
+    return found
+
+
+@dataclass(frozen=True)
+class FlagRules:
+    """Flag combinations a subcommand refuses, judged on the flags the user typed (not on defaults).
+
+    A subcommand attaches its rules with ``parser.set_defaults(flag_rules=FlagRules(...))`` next to the
+    flags themselves; :func:`flag_rule_problems` applies them. ``exclusive``: two flags that must not be
+    given together (one would silently win). ``requires``: a flag that means nothing without another.
+    """
+
+    exclusive: tuple[tuple[str, str, str], ...] = ()  # (dest, dest, why)
+    requires: tuple[tuple[str, str], ...] = ()  # (dest, the dest it needs)
+
+
+def flag_rule_problems(rules: FlagRules, given: set[str], parser: argparse.ArgumentParser) -> list[str]:
+    """One message per broken rule; flags are named as the user types them."""
+    names = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    problems = []
+    for first, second, why in rules.exclusive:
+        if first in given and second in given:
+            problems.append(f"{names[first]} and {names[second]} cannot be used together: {why}")
+    for option, needed in rules.requires:
+        if option in given and needed not in given:
+            problems.append(f"{names[option]} only works with {names[needed]}")
+    return problems
+
+
+def subcommand_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command)
+    return None

@@ -107,8 +107,8 @@ def run_demo(output: Path, epochs: int, backbone: str | None) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train → export → serve → one request, on the built-in demo data")
-    p.add_argument("--output", type=Path, default=Path("demo-output"))
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--output", type=Path, default=Path("demo-output"), help="folder for the run, the export and the logs (default: demo-output)")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
     p.add_argument("--backbone", help="backbone folder or id (default: all-MiniLM-L6-v2)")
     p.set_defaults(handler=lambda args: run_demo(args.output, args.epochs, args.backbone))
 

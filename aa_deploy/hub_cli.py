@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--private", action="store_true", help="create the repo as private (an existing repo keeps its visibility)"
     )
-    p.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if missing)")
+    p.add_argument(
+        "--revision", metavar="BRANCH", help="push to this branch (created from main if missing; default: main)"
+    )
     p.add_argument(
         "--with-onnx",
         action="store_true",

@@ -276,7 +276,8 @@ def push_to_hub(
 
             kept = _stage_model(AdaptableAdapterModel.from_pretrained(source), staging, source)
         card_source = staging if pruned else source
-        write_model_card(card_source, repo_id=full_repo_id, include_onnx=with_onnx, output_dir=staging)
+        # The card describes exactly what this commit uploads (not, e.g., the local training_config.json).
+        write_model_card(card_source, repo_id=full_repo_id, include_onnx=with_onnx, output_dir=staging, files=files)
         files.update(_staged_files(staging))
         url, sizes = _commit_files(
             api, files, full_repo_id, private, revision,

@@ -37,6 +37,7 @@ from aa_deploy.contract.layout import (
     BACKBONE_DATA_NAME,
     GRAPH_NAME,
     GRAPH_OUTPUT,
+    MANIFEST_NAME,
     MODEL_CONFIG_NAME,
     RUN_FILES_FOR_CARD,
     SCRATCH_SUFFIX,
@@ -638,10 +639,23 @@ def _write_manifest(
         manifest["sizes"] = sizes.to_manifest()
         new_text = manifest_json(manifest)
         if new_text == text:
-            break
+            return sizes
         text = write_manifest(staging, manifest)
         if on_write is not None:
             on_write()
+        sizes = folder_report(staging, sharing=sharing)
+    # No fixpoint: recording N bytes can print a number one character shorter (a ratio that loses a
+    # trailing digit), so the folder comes out at N - 1, and recording N - 1 makes it N again. Record the
+    # larger total, then pad the manifest with JSON whitespace up to exactly what it records.
+    if sizes.task_bytes > manifest["sizes"]["task_bytes"]:
+        manifest["sizes"] = sizes.to_manifest()
+        text = write_manifest(staging, manifest)
+        if on_write is not None:
+            on_write()
+        sizes = folder_report(staging, sharing=sharing)
+    shortfall = manifest["sizes"]["task_bytes"] - sizes.task_bytes
+    if shortfall > 0:
+        atomic_write_text(staging / MANIFEST_NAME, text.rstrip("\n") + " " * shortfall + "\n")
         sizes = folder_report(staging, sharing=sharing)
     return sizes
 

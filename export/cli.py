@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from aa_deploy.cli_options import add_options, options_from_args
+from aa_deploy.cli_options import FlagRules, add_options, options_from_args
 
 from .options import ExportOptions
 
@@ -28,7 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="DIR", help="task folder to write")
     add_options(p, ExportOptions)  # one flag per ExportOptions field, defaults shown in --help
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
-    p.set_defaults(handler=_run_export)
+    p.set_defaults(
+        handler=_run_export,
+        flag_rules=FlagRules(
+            exclusive=(("standalone", "backbone_store", "a standalone export keeps the backbone in model.onnx"),)
+        ),
+    )
 
 
 def _run_export(args: argparse.Namespace) -> int:

@@ -25,7 +25,9 @@ class ExportOptions:
     optimize: bool = option(
         False, help="apply ONNX Runtime's transformer fusions (for GPUs / many threads; slower on 1-2 CPU threads)"
     )
-    quantize: str | None = option(None, choices=QUANTIZATION_TYPES, help="dynamic INT8 quantisation of the weights")
+    quantize: str | None = option(
+        None, choices=QUANTIZATION_TYPES, help="dynamic INT8 quantisation of the weights (default: none, fp32)"
+    )
     backbone_store: str | None = option(
         None,
         metavar="PATH",
@@ -47,7 +49,9 @@ class ExportOptions:
     atol: float = option(1e-4, help="max abs logit difference ONNX vs PyTorch (fp32)")
     task_name: str | None = option(None, help="task name recorded in the manifest (default: the run's task)")
     overwrite: bool = option(False, help="replace an existing --output folder")
-    max_eval_examples: int | None = option(None, metavar="N", help="cap the dev examples used for the INT8 metric")
+    max_eval_examples: int | None = option(
+        None, metavar="N", help="cap the dev examples used for the INT8 metric (default: all)"
+    )
 
     def __post_init__(self) -> None:
         if self.quantize is not None and self.quantize not in QUANTIZATION_TYPES:

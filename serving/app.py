@@ -31,7 +31,12 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await service.start()
+        try:
+            await service.start()
+        except Exception as exc:
+            # `aa-deploy serve` ends with this as its one-line error (serving/server.py: run).
+            app.state.startup_error = str(exc)
+            raise
         try:
             yield
         finally:

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from aa_deploy.cli_options import FlagRules
+
 
 def _task(value: str):
     from .config import TaskSpec
@@ -32,7 +34,7 @@ def add_task_argument(p: argparse.ArgumentParser, where: str) -> None:
         default=[],
         metavar="NAME=DIR",
         help=f"serve DIR ({where}, or a Hub id[@revision]) as task NAME; repeatable; "
-        "the same folder may be served under several names",
+        "the same folder may be served under several names (default: none)",
     )
 
 
@@ -47,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--models-dir",
         metavar="DIR",
-        help="serve every export folder DIR/<task>/ as task <task> (the layout KServe leaves in /mnt/models)",
+        help="serve every export folder DIR/<task>/ as task <task> (the layout KServe leaves in /mnt/models; "
+        "default: none)",
     )
     p.add_argument(
         "--models-tasks",
@@ -95,9 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--token",
         help="bearer token required for load/unload (prefer --token-file or $AA_DEPLOY_TOKEN: "
-        "command lines are visible to other users); without a token, load/unload are off",
+        "command lines are visible to other users); without a token, load/unload are off (default: none)",
     )
-    p.add_argument("--token-file", help="read the bearer token from this file (an empty file is an error)")
+    p.add_argument(
+        "--token-file", help="read the bearer token from this file (an empty file is an error; default: none)"
+    )
     p.add_argument(
         "--protect-predict",
         action="store_true",
@@ -115,7 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         dest="allowed_roots",
         metavar="DIR",
-        help="load only export folders under DIR (repeatable); anything else answers 'source not allowed or not found'",
+        help="load only export folders under DIR (repeatable); anything else answers 'source not allowed or not found' "
+        "(default: any local folder)",
     )
     p.add_argument("--no-hub", action="store_false", dest="allow_hub", default=None, help="never load from the Hub")
     p.add_argument(
@@ -139,9 +145,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="keep running when none of the --task folders loads (load tasks at runtime instead)",
     )
-    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"], help="server log level (default info)"
+    )
     p.add_argument("--print-config", action="store_true", help="print the effective config (token redacted) and exit")
-    p.set_defaults(handler=_run_serve)
+    p.set_defaults(
+        handler=_run_serve,
+        flag_rules=FlagRules(
+            exclusive=(("token", "token_file", "give the token one way"),),
+            requires=(("models_tasks", "models_dir"),),
+        ),
+    )
 
 
 _OVERRIDES = (

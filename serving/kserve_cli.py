@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", action="append", required=True, metavar="NAME", help="task to serve (repeatable)")
     p.add_argument("--storage-uri", required=True, help="e.g. s3://bucket/exports, pvc://claim/exports, hf://org/repo")
     p.add_argument("--name", help="InferenceService name (default: aa-<tasks joined by '-'>)")
-    p.add_argument("--namespace", help="namespace for the InferenceService")
+    p.add_argument("--namespace", help="namespace for the InferenceService (default: the kubectl context's)")
     p.add_argument("--runtime-name", default="aa-deploy", help="ServingRuntime name (default aa-deploy)")
     p.add_argument("--image", help="server image (default aa-deploy:<version>; use the CUDA image with --gpus)")
     p.add_argument("--cpu", default="1", help="CPU request (default 1)")
@@ -31,15 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory", default="2Gi", help="memory request (default 2Gi)")
     p.add_argument("--memory-limit", default="4Gi", help="memory limit (default 4Gi)")
     p.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu per replica (default 0)")
-    p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--max-replicas", type=int, default=1)
+    p.add_argument("--min-replicas", type=int, default=1, help="fewest replicas (default 1)")
+    p.add_argument("--max-replicas", type=int, default=1, help="most replicas (default 1)")
     p.add_argument(
         "--serve-arg",
         action="append",
         default=[],
         dest="serve_args",
         metavar="ARG",
-        help="extra `aa-deploy serve` argument for the runtime (repeatable, e.g. --serve-arg=--max-batch=32)",
+        help="extra `aa-deploy serve` argument for the runtime (repeatable, e.g. --serve-arg=--max-batch=32; default: none)",
     )
     p.add_argument(
         "--output",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from aa_deploy.cli_options import FlagRules
+
 from .cli import add_task_argument
 
 
@@ -21,8 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_task_argument(p, "an export folder every node can read at this path")
     p.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default 1)")
-    p.add_argument("--autoscale-min", type=int, metavar="N", help="autoscale: minimum replicas (with --autoscale-max)")
-    p.add_argument("--autoscale-max", type=int, metavar="N", help="autoscale: maximum replicas")
+    p.add_argument(
+        "--autoscale-min",
+        type=int,
+        metavar="N",
+        help="autoscale: minimum replicas (with --autoscale-max; default: no autoscaling)",
+    )
+    p.add_argument(
+        "--autoscale-max", type=int, metavar="N", help="autoscale: maximum replicas (default: no autoscaling)"
+    )
     p.add_argument(
         "--target-ongoing",
         type=float,
@@ -36,11 +45,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--server-config",
         metavar="FILE",
-        help="JSON ServerConfig for every replica (engine, batching ...); tasks/host/port are ignored here",
+        help="JSON ServerConfig for every replica (engine, batching ...); tasks/host/port are ignored here (default: none)",
     )
     p.add_argument("--engine", choices=["multitask", "sessions"], help="replica engine (default multitask)")
-    p.add_argument("--max-batch", type=int, dest="max_batch_size", help="max rows per batch in a replica")
-    p.add_argument("--max-delay-ms", type=float, dest="max_delay_ms", help="max wait to fill a batch")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        dest="max_batch_size",
+        help="max rows per batch in a replica (default: the server config's, else 16)",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        dest="max_delay_ms",
+        help="max wait to fill a batch (default: the server config's, else 5)",
+    )
     p.add_argument("--host", default="0.0.0.0", help="Serve HTTP proxy bind address (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8000, help="Serve HTTP proxy port (default 8000)")
     p.add_argument(
@@ -51,7 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--app-name", default="aa-deploy", help="Serve application name (default aa-deploy)")
     p.add_argument("--output", required=True, metavar="FILE", help="YAML file to write (e.g. serve.yaml)")
-    p.set_defaults(handler=_run_ray_config)
+    p.set_defaults(
+        handler=_run_ray_config,
+        flag_rules=FlagRules(
+            exclusive=(
+                ("replicas", "autoscale_min", "a fixed number of replicas or autoscaling, not both"),
+                ("replicas", "autoscale_max", "a fixed number of replicas or autoscaling, not both"),
+            )
+        ),
+    )
 
 
 def build_spec(args: argparse.Namespace):

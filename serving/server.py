@@ -4,8 +4,11 @@ free port of 127.0.0.1 (tests, benchmarks, notebooks)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -31,17 +34,73 @@ def _uvicorn_config(app: Any, config: ServerConfig, **overrides: Any) -> Any:
     return uvicorn.Config(app, **options)
 
 
+class PortInUseError(OSError):
+    """Another process listens on the port the server was asked to use."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bind ``host:port`` before anything loads, so that a taken port is one clear error, not a
+    uvicorn log line after every task has been loaded."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise OSError(
+            f"cannot listen on host {host!r}: {exc.strerror}; pass an address such as 127.0.0.1 or 0.0.0.0 to --host"
+        ) from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"port {port} on {host} is already in use (another server?): stop that process or pass another --port"
+            ) from None
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+class _NoStartupTraceback(logging.Filter):
+    """Drop the traceback uvicorn logs when the app's start-up fails: ``run`` ends with the error as one line
+    (AA_DEPLOY_DEBUG=1 keeps it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Traceback (most recent call last)" not in record.getMessage()
+
+
 def run(config: ServerConfig) -> int:
-    """Serve until SIGINT/SIGTERM; uvicorn stops accepting, in-flight requests finish, the queue drains."""
+    """Serve until SIGINT/SIGTERM; uvicorn stops accepting, in-flight requests finish, the queue drains.
+
+    Start-up failures end with one ``aa-deploy: error: ...`` line on stderr: a taken port before any task
+    loads (raised, exit status 1), an app that fails to start (e.g. no task loads; exit status 3).
+    """
     import uvicorn
 
     from .app import create_app
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = uvicorn.Server(_uvicorn_config(create_app(config), config))
-    server.run()
-    # uvicorn returns without raising when the application's start-up fails (e.g. no task loads).
-    return 0 if server.started else 3
+    sock = listening_socket(config.host, config.port)
+    app = create_app(config)
+    server = uvicorn.Server(_uvicorn_config(app, config))
+    quiet = _NoStartupTraceback()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not os.environ.get("AA_DEPLOY_DEBUG"):
+        uvicorn_log.addFilter(quiet)
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:
+        if server.started:
+            raise
+        # uvicorn exits (status 3) when the application's start-up fails, e.g. when no task loads.
+    finally:
+        uvicorn_log.removeFilter(quiet)
+        sock.close()
+    if not server.started:
+        reason = getattr(app.state, "startup_error", None) or "the application failed to start (see the log above)"
+        print(f"aa-deploy: error: {reason}", file=sys.stderr)
+        return 3
+    return 0
 
 
 class BackgroundServer:

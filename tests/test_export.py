@@ -20,10 +20,10 @@ from tokenizers import Tokenizer
 
 from aa_deploy.contract.layout import BACKBONE_DATA_NAME as DATA_NAME
 from aa_deploy.contract.manifest import MANIFEST_NAME, REQUIRED_KEYS, read_manifest
-from aa_deploy.modeling import AdaptableAdapterModel
 from aa_deploy.export import export_run
 from aa_deploy.export.errors import RunFolderError, ValidationError
 from aa_deploy.export.size_report import fleet_report
+from aa_deploy.modeling import AdaptableAdapterModel
 
 SST2 = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
 STSB = {"name": "stsb", "metric": "spearman", "label_names": None, "is_pair": True}

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from aa_deploy.modeling.rational import RATIONAL_INITS, RationalActivation
 from aa_deploy.export.folding import FoldedRational, FoldedRationalSpec, rational_reference
+from aa_deploy.modeling.rational import RATIONAL_INITS, RationalActivation
 
 X = torch.linspace(-6.0, 6.0, 2001, dtype=torch.float32).reshape(1, -1)
 

@@ -414,10 +414,10 @@ def test_real_minilm_tasks_served_exactly(tmp_path: Path) -> None:
     """The real backbone (all-MiniLM-L6-v2): two exports share it in one multi-task graph and answer as
     their own exported models do, over HTTP, alone and in one multi-task call."""
     pytest.importorskip("torch", reason="exports the real backbone")
-    from aa_deploy.export import export_run
     from serving_helpers import RTE, SST, make_run_folder
 
     from aa_deploy.backbones import resolve_backbone_path
+    from aa_deploy.export import export_run
 
     backbone = Path(resolve_backbone_path(None))
     folders = {}

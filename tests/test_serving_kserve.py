@@ -17,13 +17,13 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from serving_helpers import TEXTS, Reference
+
+from aa_deploy.cli import build_parser, main
 from aa_deploy.serving import kserve
 from aa_deploy.serving.cli import build_config
 from aa_deploy.serving.config import MODELS_DIR_TASKS_ENV, discover_tasks
 from aa_deploy.serving.server import BackgroundServer
-from serving_helpers import TEXTS, Reference
-
-from aa_deploy.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 VALIDATOR = Path(__file__).resolve().parent / "kserve_validate.py"

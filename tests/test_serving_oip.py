@@ -3,7 +3,6 @@ binary bodies, errors, and OIP requests recorded in the same metrics as native `
 
 from __future__ import annotations
 
-
 import httpx
 import numpy as np
 import pytest

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def card_files(card_text: str) -> set[str]:
+    """The file names a model card's "Files" table lists."""
+    section = card_text.split("## Files", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([^`]+)` \|", section, flags=re.MULTILINE))
 
 
 def search_model(backbone: Path, head_shift: float = 0.0) -> AdaptableAdapterModel:
@@ -186,6 +193,7 @@ def test_pushed_search_artefact_is_pruned_and_smaller(
     card = files["README.md"].decode()
     assert f'from_pretrained("{REPO}")' in card and f"--task rte={REPO}" in card
     assert files["activations.png"].startswith(b"\x89PNG")
+    assert card_files(card) == set(files)  # the card lists exactly what the commit holds
 
 
 def test_model_push_to_hub_method_round_trip(logged_in: FakeHub, model: AdaptableAdapterModel, own_tmp: Path) -> None:
@@ -357,6 +365,7 @@ def test_export_folder_push_without_onnx_is_compact(
     assert "model.onnx was left out (pass --with-onnx" in capsys.readouterr().out
     card = ModelCard(files["README.md"].decode())
     assert "onnx" not in card.data.tags and "not `model.onnx`" in card.text
+    assert card_files(card.text) == set(files) and "No copy of the backbone is included" in card.text
     assert files["README.md"] != (export_dir / "README.md").read_bytes()  # a fresh card, for this repo
     assert snapshot(export_dir) == before
     loaded = AdaptableAdapterModel.from_pretrained(REPO)
@@ -372,7 +381,9 @@ def test_export_folder_push_with_onnx_adds_the_graph_and_its_data(
     assert files["model.onnx"] == (export_dir / "model.onnx").read_bytes()
     assert files["backbone.onnx_data"] == (export_dir / "backbone.onnx_data").read_bytes()
     assert "backbone.onnx_data adds 50,000 bytes" in capsys.readouterr().out
-    assert "onnx" in ModelCard(files["README.md"].decode()).data.tags
+    card = ModelCard(files["README.md"].decode())
+    assert "onnx" in card.data.tags and card_files(card.text) == set(files)
+    assert "also holds a copy of the backbone's weights in `backbone.onnx_data`" in card.text
 
 
 def test_standalone_export_pushes_no_backbone_data(

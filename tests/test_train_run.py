@@ -175,10 +175,10 @@ def test_cli_unsupported_backbone(tmp_path, demo_data, capsys) -> None:
 def test_cli_trains_real_minilm_on_glue_slice(tmp_path, glue_dir) -> None:
     out = tmp_path / "rte"
     cmd = [sys.executable, "-m", "aa_deploy.cli", "train", "--task", "rte", "--data-dir", str(glue_dir), "--recipe", "search",
-           "--train-size", "48", "--epochs", "2", "--max-length", "64", "--seed", "42", "--no-progress", "--output", str(out)]
+           "--train-size", "48", "--epochs", "2", "--max-length", "64", "--seed", "42", "--no-progress", "--json", "--output", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = json.loads(proc.stdout)  # --json: the summary is all of stdout
     assert summary["metric"] == "accuracy" and 0.0 <= summary["test_value"] <= 1.0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_examples"] == 277 and metrics["train_examples"] == 36

@@ -49,10 +49,10 @@ def test_unknown_protocol_is_refused() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"recipe": "search", "selected_layers": [0, 1]}, "decides its layers itself"),
-        ({"recipe": "search", "selection_from": "x"}, "decides its layers itself"),
-        ({"recipe": "standard", "max_layers": 2}, "--max-layers and --layer-cost budget the switches"),
-        ({"recipe": "focused", "selected_layers": [0], "layer_cost": 0.1}, "budget the switches"),
+        ({"recipe": "search", "selected_layers": [0, 1]}, "--layers only applies to the focused and standard recipes"),
+        ({"recipe": "search", "selection_from": "x"}, "--selection-from only applies to the focused and standard"),
+        ({"recipe": "standard", "max_layers": 2}, "--max-layers only applies to the search recipe"),
+        ({"recipe": "focused", "selected_layers": [0], "layer_cost": 0.1}, "--layer-cost prices the switches"),
         ({"recipe": "search", "max_layers": 0}, "--max-layers must be >= 1"),
         ({"warmup_ratio": 1.0}, "warmup ratio must be in"),
     ],

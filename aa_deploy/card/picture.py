@@ -48,6 +48,7 @@ def ensure_picture(art: Artifact, output_dir: Path) -> list[str]:
             art.tensors.rationals if art.tensors else {},
             version=str(art.config.get("rational_version") or "A"),
             title=f"{art.task_name or 'adapter'} · {art.recipe}{score}",
+            has_switches=art.recipe == "search",
         )
         return [PICTURE_NAME]
     except Exception as exc:  # noqa: BLE001 - a picture is never worth failing an export or a push

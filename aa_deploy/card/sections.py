@@ -8,12 +8,29 @@ section only (see :func:`aa_deploy.card.render.render`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from ..contract.layout import BACKBONE_DATA_NAME, CONFIG_NAME, GRAPH_NAME, LIBRARY_NAME, WEIGHTS_NAME
+from ..contract.families import TOKENIZER_FILES
+from ..contract.layout import (
+    BACKBONE_DATA_NAME,
+    CARD_NAME,
+    CONFIG_NAME,
+    GRAPH_INPUTS,
+    GRAPH_NAME,
+    GRAPH_OUTPUT,
+    LIBRARY_NAME,
+    MANIFEST_NAME,
+    METRICS_NAME,
+    MODEL_CONFIG_NAME,
+    PICTURE_NAME,
+    SELECTION_NAME,
+    TOKENIZER_NAME,
+    TRAINING_CONFIG_NAME,
+    WEIGHTS_NAME,
+)
 from .artifact import Artifact
 from .facts import Results, Sizes, byte_size, count, percent, ratio, scientific
 
@@ -150,7 +167,7 @@ def sizes(found: Sizes | None) -> dict[str, Any] | None:
     }
 
 
-def onnx_report(art: Artifact, include_onnx: bool) -> dict[str, Any] | None:
+def onnx_report(art: Artifact, files: Collection[str]) -> dict[str, Any] | None:
     manifest = art.manifest
     if manifest is None:
         return None
@@ -181,7 +198,8 @@ def onnx_report(art: Artifact, include_onnx: bool) -> dict[str, Any] | None:
         "onnx_name": GRAPH_NAME,
         "data_name": BACKBONE_DATA_NAME,
         "rows": rows,
-        "included": include_onnx,
+        "included": GRAPH_NAME in files,
+        "data_included": BACKBONE_DATA_NAME in files,
     }
 
 
@@ -226,3 +244,64 @@ def training(art: Artifact) -> list[tuple[str, Any]]:
 def _degrees(cfg: dict[str, Any]) -> str | None:
     numerator, denominator = cfg.get("numerator_degree"), cfg.get("denominator_degree")
     return f"{numerator}/{denominator}" if numerator is not None and denominator is not None else None
+
+
+# What each file of an artefact is, for the card's file list (files not named here are listed plainly).
+FILE_ROLES: dict[str, str] = {
+    **{name: "tokenizer file (for `transformers.AutoTokenizer`)" for name in TOKENIZER_FILES},
+    CONFIG_NAME: "adapter configuration: recipe, kept layers, the backbone's name and fingerprints",
+    WEIGHTS_NAME: "the trained tensors only: adapters and task head (no backbone weights)",
+    SELECTION_NAME: "which layers kept their adapter, with the switch probabilities",
+    METRICS_NAME: "what the training run measured",
+    TRAINING_CONFIG_NAME: "the training options of the run",
+    MANIFEST_NAME: "the ONNX export's manifest: mode, validation, sizes",
+    GRAPH_NAME: "the ONNX task graph",
+    BACKBONE_DATA_NAME: "the backbone's tensors that the ONNX graph reads (a copy of the backbone)",
+    MODEL_CONFIG_NAME: "the transformers config of the classifier (labels)",
+    TOKENIZER_NAME: "the tokenizer (the `tokenizers` library)",
+    PICTURE_NAME: "the learned activations and the layer stack",
+    CARD_NAME: "this model card",
+}
+
+
+def contents(art: Artifact, files: Collection[str]) -> dict[str, Any]:
+    """What the artefact holds, from the names of the files that travel with the card.
+
+    Every statement the card makes about its files (is the backbone inside? is the ONNX graph? its
+    data?) is derived from this, never assumed, so the card cannot contradict the folder.
+    """
+    names = set(files) | {CARD_NAME}
+    mode = (art.manifest or {}).get("mode")
+    graph = GRAPH_NAME in names
+    standalone_graph = graph and mode == "standalone"
+    data = BACKBONE_DATA_NAME in names
+    return {
+        "files": [(name, FILE_ROLES.get(name, "")) for name in sorted(names)],
+        "has_graph": graph,
+        "has_backbone_data": data,
+        "standalone_graph": standalone_graph,
+        "holds_backbone": data or standalone_graph,
+        "graph_name": GRAPH_NAME,
+        "data_name": BACKBONE_DATA_NAME,
+        "config_name": CONFIG_NAME,
+        "weights_name": WEIGHTS_NAME,
+    }
+
+
+def onnx_usage(art: Artifact, files: Collection[str], repo_id: str) -> dict[str, Any] | None:
+    """The ONNX Runtime snippet's variables, when the graph (and what it needs beside it) is present."""
+    names = set(files)
+    if GRAPH_NAME not in names or TOKENIZER_NAME not in names:
+        return None
+    if (art.manifest or {}).get("mode") == "shared" and BACKBONE_DATA_NAME not in names:
+        return None
+    return {
+        "repo_id": repo_id,
+        "graph_name": GRAPH_NAME,
+        "tokenizer_name": TOKENIZER_NAME,
+        "max_length": (art.manifest or {}).get("max_length"),
+        "inputs": list(GRAPH_INPUTS),
+        "output": GRAPH_OUTPUT,
+        "pair": bool(art.task.get("is_pair")),
+        "labels": art.task.get("label_names"),
+    }

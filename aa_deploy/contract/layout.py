@@ -125,3 +125,14 @@ def adapter_files(folder: str | os.PathLike) -> AdapterFiles:
     if not (folder / CONFIG_NAME).is_file() and (folder / LEGACY_CONFIG_NAME).is_file():
         return AdapterFiles(folder / LEGACY_CONFIG_NAME, folder / LEGACY_WEIGHTS_NAME)
     return AdapterFiles(folder / CONFIG_NAME, folder / WEIGHTS_NAME)
+
+
+# ------------------------------------------- AdapterHub folder (`aa-deploy convert --to adapters`)
+# The `adapters` library's own file names (its adapters.utils CONFIG_NAME, WEIGHTS_NAME, ...), which its
+# load_adapter reads. That library fixes them: they stay as they are even if our run-folder names change.
+ADAPTERHUB_CONFIG_NAME = "adapter_config.json"
+ADAPTERHUB_WEIGHTS_NAME = "pytorch_adapter.bin"
+ADAPTERHUB_SAFE_WEIGHTS_NAME = "adapter.safetensors"
+ADAPTERHUB_HEAD_CONFIG_NAME = "head_config.json"
+ADAPTERHUB_HEAD_WEIGHTS_NAME = "pytorch_model_head.bin"
+ADAPTERHUB_SAFE_HEAD_WEIGHTS_NAME = "model_head.safetensors"

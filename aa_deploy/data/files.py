@@ -264,6 +264,23 @@ def _to_examples(rows: list[_Row], path: Path, label_names: list[str] | None) ->
     return examples
 
 
+# Split words that end a training file's name ("sentiment_train.csv") but are not part of the task's name.
+_SPLIT_SUFFIXES = ("_train", "-train", ".train", "_training", "-training")
+
+
+def task_name_from_file(path: Path) -> str:
+    """The task name a training file stands for: ``sentiment_train.csv`` → ``sentiment``.
+
+    The name lands in metrics.json, plot titles, the model card and the export's task name, where
+    "sentiment_train" would read as if the model were about the training split.
+    """
+    stem = path.stem
+    for suffix in _SPLIT_SUFFIXES:
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
 def load_file_task(
     train_file: str | os.PathLike[str],
     test_file: str | os.PathLike[str] | None = None,
@@ -302,7 +319,7 @@ def load_file_task(
                 f"problem_type='regression')"
             )
     spec = TaskDefinition(
-        name=name or train_path.stem,
+        name=name or task_name_from_file(train_path),
         metric=metric or ("spearman" if names is None else "accuracy"),
         label_names=names,
         is_pair=is_pair,

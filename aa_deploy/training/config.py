@@ -15,6 +15,7 @@ from ..config import RECIPES
 from ..json_record import JsonRecord
 from ..rational_presets import DEFAULT_DEGREES, RATIONAL_PRESETS, RATIONAL_VERSIONS, check_rational
 from .protocols import PROTOCOLS, describe, schedule_named
+from .option_rules import check_option_conflicts, set_options
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -41,9 +42,11 @@ class TrainConfig(JsonRecord):
     recipe: str = option("search", choices=RECIPES, help="what to train (docs/METHOD.md §4)")
     data_dir: str | None = option(None, env="AA_GLUE_DIR", metavar="DIR", help="GLUE folder")
     test_file: str | None = option(
-        None, help="labelled test file for a file task (GLUE tasks use the official dev set)"
+        None, help="labelled test file for a file task (default: none; GLUE tasks use the official dev set)"
     )
-    train_size: int | None = option(None, metavar="N", help="low-data setting: keep N shuffled training examples")
+    train_size: int | None = option(
+        None, metavar="N", help="low-data setting: keep N shuffled training examples (default: all)"
+    )
     seed: int = option(42, help="seed of the data shuffle, the initialisation and the Gumbel noise")
     protocol: str = option(
         "default",
@@ -74,11 +77,11 @@ class TrainConfig(JsonRecord):
         None, metavar="NAME_OR_PATH", help="Hub id or local model folder (default: all-MiniLM-L6-v2)"
     )
     selection_from: str | None = option(
-        None, metavar="RUN_DIR", help="focused recipe: reuse this run's selected layers"
+        None, metavar="RUN_DIR", help="focused recipe: reuse this run's selected layers (default: none)"
     )
     selected_layers: list[int] | None = option(
         None, flag="--layers", parse=parse_layers,
-        help="focused or standard recipe: adapters only at these layers, e.g. 0,3,5",
+        help="focused or standard recipe: adapters only at these layers, e.g. 0,3,5 (default: none)",
     )
     max_layers: int | None = option(
         None, metavar="K", help="search recipe: layer budget, keep at most K adapter layers (docs/METHOD.md §3)"
@@ -95,7 +98,7 @@ class TrainConfig(JsonRecord):
     denominator_degree: int = option(DEFAULT_DEGREES[1], help="degree of the rational's denominator Q")
     switch_temperature: float = option(0.1, help="Gumbel-softmax temperature of the switches")
     switch_temperature_final: float | None = option(
-        None, flag="--anneal-to", help="anneal the switch temperature to this value"
+        None, flag="--anneal-to", help="anneal the switch temperature to this value (default: no annealing)"
     )
     adapterdrop_max_layers: int | None = option(
         None, help="AdapterDrop: drop up to k lowest layers per step (default: half)"
@@ -122,20 +125,12 @@ class TrainConfig(JsonRecord):
             raise ValueError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.min_steps < 0:  # type: ignore[operator]
             raise ValueError(f"min steps must be >= 0, got {self.min_steps}")
-        if self.recipe != "search" and (self.max_layers is not None or self.layer_cost):
-            raise ValueError(
-                "--max-layers and --layer-cost budget the switches of the search recipe: pass --recipe search, "
-                "or give a fixed choice of layers with --layers for the standard and focused recipes"
-            )
+        if self.recipe != "search" and self.layer_cost:
+            raise ValueError("--layer-cost prices the switches of the search recipe: pass --recipe search or drop it")
         if self.max_layers is not None and self.max_layers < 1:
             raise ValueError(f"--max-layers must be >= 1, got {self.max_layers}")
         if self.layer_cost < 0:
             raise ValueError(f"--layer-cost must be >= 0, got {self.layer_cost}")
-        if self.recipe in ("search", "adapterdrop") and (self.selected_layers is not None or self.selection_from):
-            raise ValueError(
-                f"the {self.recipe} recipe decides its layers itself, so --layers/--selection-from would be ignored: "
-                "drop them, use --max-layers K to budget a search, or use --recipe focused/standard for fixed layers"
-            )
         if self.epochs < 1:  # type: ignore[operator]
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -150,3 +145,4 @@ class TrainConfig(JsonRecord):
         check_rational(
             self.rational_init, self.rational_version, self.numerator_degree, self.denominator_degree  # type: ignore[arg-type]
         )
+        check_option_conflicts(self.recipe, set_options(vars(self)))

@@ -38,6 +38,7 @@ from .datasets import TokenizedDataset
 from .head_init import start_regression_head_at_mean
 from .layer_savings import measure_layer_savings
 from .protocols import epochs_for, schedule_named
+from .progress import use_epoch_progress
 from .run_metrics import RunMetrics, split_metrics
 from .trainer import AdapterTrainer, BestEpochCallback, SwitchAnnealingCallback
 
@@ -191,6 +192,7 @@ def train(cfg: TrainConfig) -> RunResult:
             learning_rates=(cfg.learning_rate, cfg.switch_learning_rate, cfg.rational_learning_rate),
             layer_cost=cfg.layer_cost,
         )
+        use_epoch_progress(trainer, spec.metric, enabled=cfg.progress)
         train_output = trainer.train()
         best.active = False
         if best.best_state is not None:
