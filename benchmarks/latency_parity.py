@@ -22,7 +22,10 @@ layers) and ``late`` (layer 5 only) have random adapters on the same backbone. T
 dev sentences when ``$AA_GLUE_DIR`` has them, built-in sentences otherwise.
 
 The machine is shared: both sides of every ratio run in alternating rounds in this one run, and each
-ratio is the median of the per-round ratios (speed ratios: > 1 means ours is faster). Writes
+ratio is the median of the per-round ratios (speed ratios: > 1 means ours is faster). Beside wall time,
+every part reports CPU time (the server process's CPU per request; the calling thread's CPU per model
+call, which with one ORT thread is the model's own cost), which other jobs on the machine hardly change.
+Writes
 ``benchmarks/results/latency_parity.json`` and prints a table.
 """
 
@@ -200,15 +203,18 @@ def measure_http(exports: dict[str, Path], threads: int, rounds: int, requests: 
                 for endpoint in ("v1", "oip"):
                     rng = random.Random(0)
                     samples: dict[str, list[list[float]]] = {"ours": [], "handrolled": []}
+                    cpu: dict[str, list[float]] = {"ours": [], "handrolled": []}
                     warm = [(singles[0], pairs[0][1] if pair else None)] * 20
                     sequential(ours_port, task, endpoint, warm)
                     sequential(their_port, task, endpoint, warm)
                     for r in range(rounds):
                         chosen = [rng.choice(pairs) if pair else (rng.choice(singles), None) for _ in range(requests)]
-                        order = [("ours", ours_port), ("handrolled", their_port)]
-                        for side, port in order if r % 2 == 0 else order[::-1]:
+                        order = [("ours", ours, ours_port), ("handrolled", theirs, their_port)]
+                        for side, proc, port in order if r % 2 == 0 else order[::-1]:
+                            before = process_cpu_s(proc)
                             samples[side].append(sequential(port, task, endpoint, chosen))
-                    rows.append(http_row(config, task, endpoint, samples, memory))
+                            cpu[side].append(1000 * (process_cpu_s(proc) - before) / len(chosen))
+                    rows.append(http_row(config, task, endpoint, samples, cpu, memory))
                     print_http_row(rows[-1])
         finally:
             stop(ours)
@@ -216,7 +222,19 @@ def measure_http(exports: dict[str, Path], threads: int, rounds: int, requests: 
     return rows
 
 
-def http_row(config: str, task: str, endpoint: str, samples: dict[str, list[list[float]]], memory: dict) -> dict:
+def process_cpu_s(proc: subprocess.Popen) -> float:
+    """CPU seconds the server process has used (all its threads): unlike wall time, hardly changed by
+    other jobs on a shared machine."""
+    import psutil
+
+    times = psutil.Process(proc.pid).cpu_times()
+    return times.user + times.system
+
+
+def http_row(
+    config: str, task: str, endpoint: str, samples: dict[str, list[list[float]]], cpu: dict[str, list[float]],
+    memory: dict,
+) -> dict:  # fmt: skip
     rps = {side: [len(r) / sum(r) for r in rounds] for side, rounds in samples.items()}
     p50 = {side: [statistics.median(r) * 1000 for r in rounds] for side, rounds in samples.items()}
     return {
@@ -228,6 +246,9 @@ def http_row(config: str, task: str, endpoint: str, samples: dict[str, list[list
         # > 1: ours answers more requests per second / ours has the lower p50.
         "rps_ratio": round(statistics.median(o / h for o, h in zip(rps["ours"], rps["handrolled"])), 3),
         "p50_ratio": round(statistics.median(h / o for o, h in zip(p50["ours"], p50["handrolled"])), 3),
+        # Server CPU per request (ms) and hand-rolled / ours (> 1: ours uses less CPU per request).
+        "cpu_ms_per_request": {side: round(statistics.median(v), 3) for side, v in cpu.items()},
+        "cpu_ratio": round(statistics.median(h / o for o, h in zip(cpu["ours"], cpu["handrolled"])), 3),
         "rounds": len(samples["ours"]),
         "requests_per_round": len(samples["ours"][0]),
         **memory,
@@ -238,7 +259,8 @@ def print_http_row(row: dict) -> None:
     print(
         f"http c=1 {row['config']:<16} {row['task']:<9} {row['endpoint']:<3}  ours {row['rps']['ours']:>6} req/s "
         f"p50 {row['p50_ms']['ours']:>6} ms | hand-rolled {row['rps']['handrolled']:>6} req/s "
-        f"p50 {row['p50_ms']['handrolled']:>6} ms | req/s ratio {row['rps_ratio']}, p50 ratio {row['p50_ratio']}",
+        f"p50 {row['p50_ms']['handrolled']:>6} ms | req/s ratio {row['rps_ratio']}, p50 ratio {row['p50_ratio']}, "
+        f"CPU/request {row['cpu_ms_per_request']} ratio {row['cpu_ratio']}",
         flush=True,
     )
 
@@ -282,10 +304,13 @@ def measure_graph(exports: dict[str, Path], threads: int, rounds: int) -> dict[s
         return run
 
     cases = {"plain session": plain_run, **{k: engine_run(r) for k, r in registries.items()}}
-    samples = interleaved(cases, rounds * 4)
-    out: dict[str, Any] = {"ms_per_request": {k: round(1000 * statistics.median(v) / len(encoded), 3) for k, v in samples.items()}}
-    out["speed_vs_plain"] = {
-        k: round(statistics.median(p / e for p, e in zip(samples["plain session"], samples[k])), 3) for k in registries
+    wall, cpu = interleaved(cases, rounds * 4)
+    out: dict[str, Any] = {
+        "ms_per_request": {k: round(1000 * statistics.median(v) / len(encoded), 3) for k, v in wall.items()},
+        "cpu_ms_per_request": {k: round(1000 * statistics.median(v) / len(encoded), 3) for k, v in cpu.items()},
+        # plain time / engine time: > 1 means the engine is faster.
+        "speed_vs_plain": {k: paired(wall, "plain session", k) for k in registries},
+        "cpu_speed_vs_plain": {k: paired(cpu, "plain session", k) for k in registries},
     }
     for registry in registries.values():
         registry.close()
@@ -293,18 +318,29 @@ def measure_graph(exports: dict[str, Path], threads: int, rounds: int) -> dict[s
     return out
 
 
-def interleaved(cases: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of every case, one call of each per round (the order alternating), after a warm-up."""
+def interleaved(
+    cases: dict[str, Callable[[], None]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall seconds and CPU seconds of this thread per call of every case, one call of each per round (the
+    order alternating), after a warm-up. With one ORT thread the session runs in the calling thread, so
+    the CPU time is the model's own cost, hardly changed by other jobs on the machine."""
     for fn in cases.values():
         fn()
-    samples: dict[str, list[float]] = {k: [] for k in cases}
+    wall: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
     names = list(cases)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             cases[name]()
-            samples[name].append(time.perf_counter() - started)
-    return samples
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(time.thread_time() - started_cpu)
+    return wall, cpu
+
+
+def paired(samples: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of numerator/denominator, each pair measured back to back."""
+    return round(statistics.median(a / b for a, b in zip(samples[numerator], samples[denominator])), 4)
 
 
 # ---------------------------------------------------------------------------------------------- 3. engine
@@ -348,33 +384,43 @@ def measure_http_vs_engine(
                     enc = entry.artifact.tokenizer.encode([rng.choice(singles)])
                 batch.append(WorkItem(enc, (entry.target,)))
             batches.append(batch)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         for batch in batches:
             execute(batch, 16)
+        engine_cpu.append((time.thread_time() - started_cpu) / (size * len(batches)))
         return size * len(batches) / (time.perf_counter() - started)
 
+    engine_cpu: list[float] = []
     proc, port = start_ours(tasks, threads)
     url = f"http://127.0.0.1:{port}"
-    ratios, slices = [], []
+    ratios, cpu_ratios, slices = [], [], []
     try:
         asyncio.run(load_run(url, concurrency, 2.0, mixed))  # warm-up
         engine_rows_per_s(4, 0)
         for r in range(rounds):
             before = _batch_stats(url)
+            cpu_before = process_cpu_s(proc)
             result = asyncio.run(load_run(url, concurrency, seconds, mixed))
+            server_cpu = (process_cpu_s(proc) - cpu_before) / max(1, result["requests"])
             after = _batch_stats(url)
             batches = after[0] - before[0]
             mean_rows = (after[1] - before[1]) / batches if batches else 1.0
             engine = engine_rows_per_s(max(1, int(round(mean_rows))), r)
             ratios.append(result["rps"] / engine)
+            cpu_ratios.append(engine_cpu[-1] / server_cpu)
             slices.append({"http_rps": result["rps"], "p50_ms": result["p50_ms"], "mean_batch_rows": round(mean_rows, 2),
-                           "engine_rows_per_s": round(engine, 1), "errors": result["errors"]})  # fmt: skip
+                           "engine_rows_per_s": round(engine, 1), "errors": result["errors"],
+                           "server_cpu_ms_per_request": round(1000 * server_cpu, 3),
+                           "engine_cpu_ms_per_row": round(1000 * engine_cpu[-1], 3)})  # fmt: skip
             print(f"http vs engine c={concurrency} round {r}: {slices[-1]}", flush=True)
     finally:
         stop(proc)
         registry.close()
     return {"concurrency": concurrency, "traffic": "mixed, 4 tasks", "slices": slices,
-            "http_vs_engine": round(statistics.median(ratios), 3)}  # fmt: skip
+            "http_vs_engine": round(statistics.median(ratios), 3),
+            # engine CPU per row / server CPU per request (all threads, HTTP included): the share of the
+            # server's CPU that goes into the model.
+            "cpu_http_vs_engine": round(statistics.median(cpu_ratios), 3)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- 4. int8
@@ -418,15 +464,14 @@ def measure_int8(exports: dict[str, Path], workdir: Path, threads: int, rounds: 
             wanted = {i.name for i in s.get_inputs()}
             return lambda: s.run(None, {k: v for k, v in feeds.items() if k in wanted})
 
-        samples = interleaved({k: call(s) for k, s in sessions.items()}, max(10, rounds * (20 if batch == 1 else 3)))
+        wall, cpu = interleaved({k: call(s) for k, s in sessions.items()}, max(10, rounds * (20 if batch == 1 else 4)))
         out["batches"][str(batch)] = {
-            "median_ms": {k: round(1000 * statistics.median(v), 3) for k, v in samples.items()},
-            "task_vs_backbone_int8": round(
-                statistics.median(t / b for t, b in zip(samples["task-int8"], samples["backbone-int8"])), 4
-            ),
-            "task_vs_backbone_fp32": round(
-                statistics.median(t / b for t, b in zip(samples["task-fp32"], samples["backbone-fp32"])), 4
-            ),
+            "median_ms": {k: round(1000 * statistics.median(v), 3) for k, v in wall.items()},
+            "cpu_median_ms": {k: round(1000 * statistics.median(v), 3) for k, v in cpu.items()},
+            "task_vs_backbone_int8": paired(wall, "task-int8", "backbone-int8"),
+            "task_vs_backbone_fp32": paired(wall, "task-fp32", "backbone-fp32"),
+            "cpu_task_vs_backbone_int8": paired(cpu, "task-int8", "backbone-int8"),
+            "cpu_task_vs_backbone_fp32": paired(cpu, "task-fp32", "backbone-fp32"),
         }
         print(f"int8 batch {batch}: {out['batches'][str(batch)]}", flush=True)
     return out
@@ -439,22 +484,28 @@ def print_table(report: dict[str, Any]) -> None:
     if "http" in report:
         print("\n1. aa-deploy serve vs hand-rolled FastAPI + ORT, concurrency 1 (ratios > 1: ours better)")
         print(f"{'config':<16} {'task':<9} {'api':<4} {'ours req/s':>10} {'hr req/s':>9} {'ours p50':>9} "
-              f"{'hr p50':>8} {'req/s ratio':>11} {'p50 ratio':>9}")  # fmt: skip
+              f"{'hr p50':>8} {'req/s ratio':>11} {'p50 ratio':>9} {'ours CPU':>9} {'hr CPU':>7} {'CPU ratio':>9}")  # fmt: skip
         for row in report["http"]:
             print(f"{row['config']:<16} {row['task']:<9} {row['endpoint']:<4} {row['rps']['ours']:>10} "
                   f"{row['rps']['handrolled']:>9} {row['p50_ms']['ours']:>9} {row['p50_ms']['handrolled']:>8} "
-                  f"{row['rps_ratio']:>11} {row['p50_ratio']:>9}")  # fmt: skip
+                  f"{row['rps_ratio']:>11} {row['p50_ratio']:>9} {row['cpu_ms_per_request']['ours']:>9} "
+                  f"{row['cpu_ms_per_request']['handrolled']:>7} {row['cpu_ratio']:>9}")  # fmt: skip
+        print("(p50 in ms; CPU: server CPU ms per request, all threads; ratios median of per-round ratios)")
     if "graph" in report:
         print("\n2. engine at batch 1 vs a plain session of the task's model.onnx (speed ratio, > 1: faster)")
-        for k, v in report["graph"]["speed_vs_plain"].items():
-            print(f"   {k:<24} {v}  ({report['graph']['ms_per_request'][k]} ms vs {report['graph']['ms_per_request']['plain session']} ms)")
+        g = report["graph"]
+        for k, v in g["speed_vs_plain"].items():
+            print(f"   {k:<24} wall {v} ({g['ms_per_request'][k]} vs {g['ms_per_request']['plain session']} ms), "
+                  f"CPU {g['cpu_speed_vs_plain'][k]} ({g['cpu_ms_per_request'][k]} vs {g['cpu_ms_per_request']['plain session']} ms)")
     if "engine" in report:
         e = report["engine"]
-        print(f"\n3. HTTP vs raw engine, {e['traffic']}, concurrency {e['concurrency']}: {e['http_vs_engine']}")
+        print(f"\n3. HTTP vs raw engine, {e['traffic']}, concurrency {e['concurrency']}: throughput {e['http_vs_engine']}, "
+              f"CPU per row {e['cpu_http_vs_engine']}")
     if "int8" in report:
         print(f"\n4. task / backbone latency (plain sessions, seq {report['int8']['seq']}, kept layers {report['int8']['kept_layers']})")
         for batch, row in report["int8"]["batches"].items():
-            print(f"   batch {batch:>2}: int8 {row['task_vs_backbone_int8']}, fp32 {row['task_vs_backbone_fp32']}  {row['median_ms']}")
+            print(f"   batch {batch:>2}: wall int8 {row['task_vs_backbone_int8']}, fp32 {row['task_vs_backbone_fp32']}; "
+                  f"CPU int8 {row['cpu_task_vs_backbone_int8']}, fp32 {row['cpu_task_vs_backbone_fp32']}  {row['cpu_median_ms']}")
 
 
 def main() -> int:
