@@ -253,10 +253,14 @@ class InferenceService:
                 else:
                     encoded = await asyncio.to_thread(tokenizer.encode, text_list, pair_list)
                 items.append(WorkItem(encoded, tuple(e.target for e in members)))
+            results = None
             if len(items) == 1 and self.batcher.can_run_now(items[0]):
-                results = [self.batcher.run_now(items[0])]
-            else:
-                results = None
+                # One turn of the event loop first: requests that arrived meanwhile get as far as the
+                # batcher (they see this one arriving and queue), and then this one queues with them.
+                await asyncio.sleep(0)
+                if self.batcher.can_run_now(items[0]):
+                    results = [self.batcher.run_now(items[0])]
+            if results is None:
                 futures: list[asyncio.Future] = []
                 try:
                     for item in items:

@@ -142,10 +142,10 @@ def test_inline_off_or_without_eager_dispatch_always_queues(serving_exports: dic
 
 # ---------------------------------------------------------------------------------------------- HTTP
 def _config(exports: dict[str, Path], **options: Any) -> ServerConfig:
+    options = {"max_batch_size": 8, "max_queue_rows": 64, **options}
     return ServerConfig(
-        port=0, intra_op_threads=1, max_batch_size=8, max_queue_rows=12,
-        tasks=[TaskSpec(n, str(exports[n])) for n in (*TASKS, "broken")], **options,
-    )  # fmt: skip
+        port=0, intra_op_threads=1, tasks=[TaskSpec(n, str(exports[n])) for n in (*TASKS, "broken")], **options
+    )
 
 
 def _answers(client: httpx.Client) -> dict[str, Any]:
@@ -199,7 +199,8 @@ def test_http_fast_paths_answer_like_the_batched_path(exports_with_broken: dict[
 
 
 def test_http_fast_path_keeps_limits_errors_and_metrics(exports_with_broken: dict[str, Path]) -> None:
-    with BackgroundServer(_config(exports_with_broken)) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+    config = _config(exports_with_broken, max_queue_rows=12)
+    with BackgroundServer(config) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
         assert predict(c, "sst", TEXTS[:1]).status_code == 200
         # 13 texts x 1 task fit no batch queue of 12 rows: refused like a queued request.
         r = predict(c, "sst", (TEXTS * 4)[:13])
@@ -217,3 +218,47 @@ def test_http_fast_path_keeps_limits_errors_and_metrics(exports_with_broken: dic
     assert 'aa_requests_total{endpoint="predict",status="413",task="sst"} 1.0' in metrics
     batches = next(line for line in metrics.splitlines() if line.startswith("aa_batch_rows_count"))
     assert float(batches.split()[-1]) >= 3  # the inline runs are observed as batches
+
+
+class CountingBatcher(DynamicBatcher):
+    """The real batcher, counting the requests it ran inline."""
+
+    inline = 0
+
+    def run_now(self, item: WorkItem) -> dict[str, Any]:
+        self.inline += 1
+        return super().run_now(item)
+
+
+def test_requests_arriving_together_are_batched_not_run_inline(serving_exports: dict[str, Path]) -> None:
+    """Two requests started in the same turn of the event loop: the first one gives the second one a
+    turn before running inline, sees it arriving, and both are queued into one batch. A request alone
+    afterwards still queues (the previous batch was not a lone request); the one after runs inline."""
+    from aa_deploy.serving.metrics import ServerMetrics
+    from aa_deploy.serving.service import InferenceService
+
+    registry = _registry(serving_exports)
+    config = ServerConfig(intra_op_threads=1, max_delay_ms=50)
+    batches: list[int] = []
+    batcher = CountingBatcher(config, observer=lambda batch, stats, elapsed: batches.append(len(batch)))
+    service = InferenceService(config, batcher, ServerMetrics(), registry)
+
+    async def scenario() -> None:
+        await service.start()
+        together = await asyncio.gather(
+            service.infer(["sst"], TEXTS[:2], None, endpoint="predict"),
+            service.infer(["rte"], TEXTS[:2], PAIRS[:2], endpoint="predict"),
+        )
+        assert batches == [2] and batcher.inline == 0
+        alone = await service.infer(["rte"], TEXTS[:2], PAIRS[:2], endpoint="predict")
+        assert batches == [2, 1] and batcher.inline == 0
+        again = await service.infer(["rte"], TEXTS[:2], PAIRS[:2], endpoint="predict")
+        assert batches == [2, 1, 1] and batcher.inline == 1
+        for values in (alone["rte"].logits, again["rte"].logits):
+            np.testing.assert_allclose(values, together[1]["rte"].logits, atol=1e-5)
+        await service.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        registry.close()
