@@ -244,11 +244,11 @@ def http_row(
         "rps": {side: round(statistics.median(v), 1) for side, v in rps.items()},
         "p50_ms": {side: round(statistics.median(v), 2) for side, v in p50.items()},
         # > 1: ours answers more requests per second / ours has the lower p50.
-        "rps_ratio": round(statistics.median(o / h for o, h in zip(rps["ours"], rps["handrolled"])), 3),
-        "p50_ratio": round(statistics.median(h / o for o, h in zip(p50["ours"], p50["handrolled"])), 3),
+        "rps_ratio": round(statistics.median(o / h for o, h in zip(rps["ours"], rps["handrolled"], strict=True)), 3),
+        "p50_ratio": round(statistics.median(h / o for o, h in zip(p50["ours"], p50["handrolled"], strict=True)), 3),
         # Server CPU per request (ms) and hand-rolled / ours (> 1: ours uses less CPU per request).
         "cpu_ms_per_request": {side: round(statistics.median(v), 3) for side, v in cpu.items()},
-        "cpu_ratio": round(statistics.median(h / o for o, h in zip(cpu["ours"], cpu["handrolled"])), 3),
+        "cpu_ratio": round(statistics.median(h / o for o, h in zip(cpu["ours"], cpu["handrolled"], strict=True)), 3),
         "rounds": len(samples["ours"]),
         "requests_per_round": len(samples["ours"][0]),
         **memory,
@@ -268,11 +268,11 @@ def print_http_row(row: dict) -> None:
 # ---------------------------------------------------------------------------------------------- 2. graph
 def measure_graph(exports: dict[str, Path], threads: int, rounds: int) -> dict[str, Any]:
     import onnxruntime as ort
+    from serving_bench import load_texts
 
     from aa_deploy.serving.config import ServerConfig
     from aa_deploy.serving.engine import WorkItem, execute, pad_feeds
     from aa_deploy.serving.registry import TaskRegistry
-    from serving_bench import load_texts
 
     singles, _ = load_texts()
     registries = {
@@ -340,7 +340,7 @@ def interleaved(
 
 def paired(samples: dict[str, list[float]], numerator: str, denominator: str) -> float:
     """Median over rounds of numerator/denominator, each pair measured back to back."""
-    return round(statistics.median(a / b for a, b in zip(samples[numerator], samples[denominator])), 4)
+    return round(statistics.median(a / b for a, b in zip(samples[numerator], samples[denominator], strict=True)), 4)
 
 
 # ---------------------------------------------------------------------------------------------- 3. engine
@@ -348,10 +348,11 @@ def measure_http_vs_engine(
     exports: dict[str, Path], threads: int, rounds: int, seconds: float, concurrency: int = 8
 ) -> dict[str, Any]:
     """HTTP mixed-task traffic at ``concurrency`` against the raw engine on batches of the server's mean size."""
+    from serving_bench import _batch_stats, load_run, load_texts
+
     from aa_deploy.serving.config import ServerConfig
     from aa_deploy.serving.engine import WorkItem, execute
     from aa_deploy.serving.registry import TaskRegistry
-    from serving_bench import _batch_stats, load_run, load_texts
 
     singles, pairs = load_texts()
     tasks = {n: exports[n] for n in FOUR}
@@ -427,9 +428,9 @@ def measure_http_vs_engine(
 def measure_int8(exports: dict[str, Path], workdir: Path, threads: int, rounds: int, seq: int = 128) -> dict[str, Any]:
     import numpy as np
     import onnxruntime as ort
+    from serving_bench import load_texts
 
     from aa_deploy.serving.tokenization import TaskTokenizer
-    from serving_bench import load_texts
 
     def session(path: Path) -> Any:
         options = ort.SessionOptions()
@@ -460,11 +461,9 @@ def measure_int8(exports: dict[str, Path], workdir: Path, threads: int, rounds: 
             mask[i, : len(row)] = 1
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
-        def call(s: Any) -> Callable[[], None]:
-            wanted = {i.name for i in s.get_inputs()}
-            return lambda: s.run(None, {k: v for k, v in feeds.items() if k in wanted})
-
-        wall, cpu = interleaved({k: call(s) for k, s in sessions.items()}, max(10, rounds * (20 if batch == 1 else 4)))
+        wall, cpu = interleaved(
+            {k: session_call(s, feeds) for k, s in sessions.items()}, max(10, rounds * (20 if batch == 1 else 4))
+        )
         out["batches"][str(batch)] = {
             "median_ms": {k: round(1000 * statistics.median(v), 3) for k, v in wall.items()},
             "cpu_median_ms": {k: round(1000 * statistics.median(v), 3) for k, v in cpu.items()},
@@ -475,6 +474,13 @@ def measure_int8(exports: dict[str, Path], workdir: Path, threads: int, rounds: 
         }
         print(f"int8 batch {batch}: {out['batches'][str(batch)]}", flush=True)
     return out
+
+
+def session_call(session: Any, feeds: dict[str, Any]) -> Callable[[], None]:
+    """One run of ``session`` on the inputs of ``feeds`` it declares."""
+    wanted = {i.name for i in session.get_inputs()}
+    chosen = {k: v for k, v in feeds.items() if k in wanted}
+    return lambda: session.run(None, chosen)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -495,17 +501,25 @@ def print_table(report: dict[str, Any]) -> None:
         print("\n2. engine at batch 1 vs a plain session of the task's model.onnx (speed ratio, > 1: faster)")
         g = report["graph"]
         for k, v in g["speed_vs_plain"].items():
-            print(f"   {k:<24} wall {v} ({g['ms_per_request'][k]} vs {g['ms_per_request']['plain session']} ms), "
-                  f"CPU {g['cpu_speed_vs_plain'][k]} ({g['cpu_ms_per_request'][k]} vs {g['cpu_ms_per_request']['plain session']} ms)")
+            print(
+                f"   {k:<24} wall {v} ({g['ms_per_request'][k]} vs {g['ms_per_request']['plain session']} ms), "
+                f"CPU {g['cpu_speed_vs_plain'][k]} ({g['cpu_ms_per_request'][k]} vs {g['cpu_ms_per_request']['plain session']} ms)"
+            )
     if "engine" in report:
         e = report["engine"]
-        print(f"\n3. HTTP vs raw engine, {e['traffic']}, concurrency {e['concurrency']}: throughput {e['http_vs_engine']}, "
-              f"CPU per row {e['cpu_http_vs_engine']}")
+        print(
+            f"\n3. HTTP vs raw engine, {e['traffic']}, concurrency {e['concurrency']}: throughput {e['http_vs_engine']}, "
+            f"CPU per row {e['cpu_http_vs_engine']}"
+        )
     if "int8" in report:
-        print(f"\n4. task / backbone latency (plain sessions, seq {report['int8']['seq']}, kept layers {report['int8']['kept_layers']})")
+        print(
+            f"\n4. task / backbone latency (plain sessions, seq {report['int8']['seq']}, kept layers {report['int8']['kept_layers']})"
+        )
         for batch, row in report["int8"]["batches"].items():
-            print(f"   batch {batch:>2}: wall int8 {row['task_vs_backbone_int8']}, fp32 {row['task_vs_backbone_fp32']}; "
-                  f"CPU int8 {row['cpu_task_vs_backbone_int8']}, fp32 {row['cpu_task_vs_backbone_fp32']}  {row['cpu_median_ms']}")
+            print(
+                f"   batch {batch:>2}: wall int8 {row['task_vs_backbone_int8']}, fp32 {row['task_vs_backbone_fp32']}; "
+                f"CPU int8 {row['cpu_task_vs_backbone_int8']}, fp32 {row['cpu_task_vs_backbone_fp32']}  {row['cpu_median_ms']}"
+            )
 
 
 def main() -> int:
@@ -525,8 +539,11 @@ def main() -> int:
         "command": "python benchmarks/latency_parity.py " + " ".join(sys.argv[1:]),
         "threads": args.threads,
         "rounds": args.rounds,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_average_start": [round(x, 2) for x in os.getloadavg()]},  # fmt: skip
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        },  # fmt: skip
     }
     if "http" in parts:
         report["http"] = measure_http(exports, args.threads, args.rounds, args.requests)

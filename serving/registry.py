@@ -167,7 +167,8 @@ class TaskRegistry:
             **a.manifest.public_info(),
             "engine": runner.kind,
             "shared_layers": runner.shared_layers if isinstance(runner, MergedRunner) else 0,
-            "own_session": not isinstance(runner, MergedRunner) or runner.own_session(entry.target.slot or 0) is not None,
+            "own_session": not isinstance(runner, MergedRunner)
+            or runner.own_session(entry.target.slot or 0) is not None,
             "merge_note": a.merge_note,
             "aliases": sorted(a.names - {entry.name}),
             "sizes": {
