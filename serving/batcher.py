@@ -15,6 +15,15 @@ Back-pressure is explicit: once ``max_queue_rows`` rows wait, :meth:`enqueue` ra
 bound; a request that alone needs more than ``max_queue_rows`` rows could never fit and is refused with
 :class:`~serving.errors.RequestTooLarge` (413). :meth:`stop` refuses new work and drains what is queued.
 
+Lone requests (``inline_lone_requests``, on by default): a request that finds the batcher idle - nothing
+queued or running, no other request being received, and the previous batch held a single request - is
+run at once on the event loop, without queueing and without the two thread hops to the inference
+thread and back. At concurrency 1 that is all a request waits for besides the model (on a loaded
+machine each hop can cost a scheduler time slice); as soon as requests overlap, batches hold more than
+one request and every request goes through the queue again, so concurrent requests still batch. Limits,
+errors and metrics are those of the batched path (the same checks, :func:`~serving.engine.execute` and
+the same observer).
+
 Fairness: a request of more than ``max_batch_size`` texts is split into parts of at most that many
 texts (its texts sorted by length first, so each part pads little), and every queued request is a
 lane; batches take one part from each lane in turn. A small request that arrives behind a large one
@@ -58,6 +67,8 @@ class DynamicBatcher:
         self._accepting = False
         self._busy = False
         self._arriving = 0
+        # Requests in the previous batch: 1 at concurrency 1 (a lone request may then run inline).
+        self._last_batch_items = 1
 
     # ------------------------------------------------------------------------------------------ control
     async def start(self) -> None:
@@ -113,6 +124,56 @@ class DynamicBatcher:
 
     def enqueue(self, item: WorkItem) -> asyncio.Future:
         """Queue ``item`` now (synchronously) and return the future of its result."""
+        self._admit(item)
+        loop = asyncio.get_running_loop()
+        item.future = loop.create_future()
+        item.enqueued_at = time.perf_counter()
+        parts = split_item(item, self.config.max_batch_size)
+        if len(parts) > 1:
+            for part in parts:
+                part.future = loop.create_future()
+                part.enqueued_at = item.enqueued_at
+            join_parts(item, parts)
+        self._lanes.append(deque(parts))
+        self._queued_rows += item.rows
+        self._wakeup.set()  # type: ignore[union-attr]
+        return item.future
+
+    def can_run_now(self, item: WorkItem) -> bool:
+        """Whether ``item`` is a lone request that :meth:`run_now` may run inline: with ``eager_dispatch``,
+        the batcher is idle,
+        no other request is being received (the caller is inside its own :meth:`arrival`), the previous
+        batch held one request, and the item fits in one batch."""
+        return (
+            self.config.inline_lone_requests
+            and self.config.eager_dispatch  # without it, every batch waits max_delay_ms for company
+            and self._accepting
+            and not self._lanes
+            and not self._busy
+            and self._arriving <= 1
+            and self._last_batch_items == 1
+            and len(item.encoded) <= self.config.max_batch_size
+        )
+
+    def run_now(self, item: WorkItem) -> dict[str, Any]:
+        """Run ``item`` at once on the calling thread (see :meth:`can_run_now`): the same limits, executor,
+        errors and observer as a queued batch of one item."""
+        self._admit(item)
+        started = item.enqueued_at = item.started_at = time.perf_counter()
+        stats = BatchStats()
+        self._busy = True
+        try:
+            result = execute([item], self.config.max_batch_size, stats, self.config.split_cost_tokens)[0]
+        finally:
+            self._busy = False
+        self._last_batch_items = 1
+        self._observe([item], stats, time.perf_counter() - started)
+        if isinstance(result, BaseException):
+            raise as_serving_error(result)
+        return result
+
+    def _admit(self, item: WorkItem) -> None:
+        """The checks every item passes before it runs: accepting, fits the queue at all, queue not full."""
         if not self._accepting or self._wakeup is None:
             raise ShuttingDown()
         limit = self.config.max_queue_rows
@@ -128,19 +189,6 @@ class DynamicBatcher:
                 f"retry after {self.config.retry_after_s}s",
                 retry_after=self.config.retry_after_s,
             )
-        loop = asyncio.get_running_loop()
-        item.future = loop.create_future()
-        item.enqueued_at = time.perf_counter()
-        parts = split_item(item, self.config.max_batch_size)
-        if len(parts) > 1:
-            for part in parts:
-                part.future = loop.create_future()
-                part.enqueued_at = item.enqueued_at
-            join_parts(item, parts)
-        self._lanes.append(deque(parts))
-        self._queued_rows += item.rows
-        self._wakeup.set()
-        return item.future
 
     # ------------------------------------------------------------------------------------------ loop
     async def _next_batch(self) -> list[WorkItem]:
@@ -212,23 +260,29 @@ class DynamicBatcher:
         finally:
             self._busy = False
         elapsed = time.perf_counter() - started
+        self._last_batch_items = len({id(item.future) for item in batch})
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue
             if isinstance(result, BaseException):
-                error = (
-                    result
-                    if isinstance(result, ServingError)
-                    else InferenceError(f"inference failed: {type(result).__name__}: {result}")
-                )
-                item.future.set_exception(error)
+                item.future.set_exception(as_serving_error(result))
             else:
                 item.future.set_result(result)
+        self._observe(batch, stats, elapsed)
+
+    def _observe(self, batch: Sequence[WorkItem], stats: BatchStats, elapsed: float) -> None:
         if self._observer is not None:
             try:
                 self._observer(batch, stats, elapsed)
             except Exception:  # pragma: no cover - metrics must never break serving
                 pass
+
+
+def as_serving_error(error: BaseException) -> ServingError:
+    """What a request sees when its rows failed: serving errors as they are, anything else as a 500."""
+    if isinstance(error, ServingError):
+        return error
+    return InferenceError(f"inference failed: {type(error).__name__}: {error}")
 
 
 def split_item(item: WorkItem, max_texts: int) -> list[WorkItem]:

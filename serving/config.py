@@ -156,6 +156,9 @@ class ServerConfig:
     retry_after_s: int = 1
     # Close a batch early when no other request is being received (no point waiting at low load).
     eager_dispatch: bool = True
+    # With eager_dispatch: run a lone request (batcher idle, previous batch a single request) at once on
+    # the event loop, without the queue and the thread hops; overlapping requests are batched as usual.
+    inline_lone_requests: bool = True
     # A batch is run as length-sorted runs when that saves more than this many padded tokens per extra
     # session run (0: one run per length; a huge value: always one run padded to the longest row).
     split_cost_tokens: float = DEFAULT_SPLIT_COST_TOKENS
@@ -166,6 +169,12 @@ class ServerConfig:
     max_body_bytes: int = 2 * 1024 * 1024
     # Multi-task calls compute the adapter-free lowest layers once for all tasks (multitask engine).
     prefix_sharing: bool = True
+    # Multitask engine: the first N tasks of a multi-task graph (load order) also keep their own session,
+    # and a batch of one of them alone runs on it: a task's own graph is the fastest for it (the stacked
+    # graph pays for every member's adapter layers and the gathers), so a lone request is never slower
+    # than a plain session of its model. Each costs one prepacked copy of the backbone (~45 MiB on
+    # MiniLM); 0: every batch runs on the multi-task graph (one backbone copy for all tasks).
+    single_task_sessions: int = 4
     # ONNX Runtime.
     intra_op_threads: int = 0
     prepacking: bool = True

@@ -16,7 +16,7 @@ in length-sorted runs of at most ``chunk_rows`` rows, each padded to its own lon
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +126,7 @@ class MergedRunner:
         *,
         external_folder: str,
         prefix_sharing: bool = True,
+        task_runners: Mapping[int, SoloRunner] | None = None,
     ) -> None:
         self.members = [s.key for s in sources]
         self.slot = {key: j for j, key in enumerate(self.members)}
@@ -134,8 +135,20 @@ class MergedRunner:
         self._settings = settings
         self._backbone = backbone
         self._external_folder = external_folder
-        self._task_runners: dict[int, SoloRunner] = {}
+        # Members' own sessions, by slot: given (the registry's single-task sessions) or made after a failure.
+        self._task_runners: dict[int, SoloRunner] = dict(task_runners or {})
         self.pad_id = sources[0].manifest.pad_token_id
+        self.prefix: Any = None
+        self.suffix: Any = None
+        self.cut: str | None = None
+        self.prefix_inputs: set[str] = set()
+        self.suffix_inputs: set[str] = set()
+        if len(sources) == 1 and 0 in self._task_runners:
+            # One member with its own session: the stacked graph could only be slower and would keep a
+            # second prepacked backbone; every call runs the member's own graph.
+            self.num_labels = [sources[0].manifest.num_labels]
+            self.split_layer = 0
+            return
         compiled: CompiledGraph = compile_multitask(sources, prefix_sharing=prefix_sharing)
         self.num_labels = compiled.num_labels
         self.split_layer = compiled.split_layer
@@ -145,9 +158,7 @@ class MergedRunner:
             self.suffix = create_session(suffix, settings, backbone=backbone, external_folder=external_folder)
             self.cut = compiled.cut
         else:
-            self.prefix = None
             self.suffix = create_session(compiled.model, settings, backbone=backbone, external_folder=external_folder)
-            self.cut = None
         self.prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix is not None else set()
         self.suffix_inputs = {i.name for i in self.suffix.get_inputs()}
 
@@ -172,6 +183,10 @@ class MergedRunner:
             self._task_runners[slot] = runner
         return runner
 
+    def own_session(self, slot: int) -> SoloRunner | None:
+        """Member ``slot``'s own session if it has one (then batches of that task alone run on it)."""
+        return self._task_runners.get(slot)
+
     @property
     def shared_layers(self) -> int:
         """How many of the lowest layers a multi-task call computes once for all tasks."""
@@ -181,7 +196,17 @@ class MergedRunner:
         self, items: Sequence[WorkItem], pairs: Sequence[tuple[int, Target]], chunk_rows: int, split_cost: float
     ) -> list[np.ndarray]:
         """Logits of each ``(item index, target)`` of ``pairs``, in that order, in one call of :meth:`run`:
-        each item's rows are fed once, and every task that item is for reads them."""
+        each item's rows are fed once, and every task that item is for reads them.
+
+        Rows of one task alone run on that task's own session when it has one: its own graph is the
+        cheapest for it (the stacked graph pays for every member's adapter layers, the gathers and, when
+        the prefix is split off, a second session run), and with nothing to share it gains nothing.
+        """
+        slots = {target.slot for _, target in pairs}
+        if len(slots) == 1:
+            own = self._task_runners.get(int(next(iter(slots)) or 0))
+            if own is not None:
+                return own.logits_for(items, pairs, chunk_rows, split_cost)
         order = sorted({i for i, _ in pairs})
         offsets, start = {}, 0
         for i in order:
@@ -212,6 +237,8 @@ class MergedRunner:
         The prefix runs once per distinct input, the suffix once per (input, task) row; both in
         length-sorted runs trimmed to their longest row (:func:`plan_runs`).
         """
+        if self.suffix is None:  # one member, served by its own session
+            return self._run_own(feeds, row_map, chunk_rows, split_cost)
         lengths = feeds["attention_mask"].sum(axis=1)
         source = feeds
         if self.prefix is not None:
@@ -232,6 +259,18 @@ class MergedRunner:
             chunk = {k: v[inputs, :width] for k, v in source.items() if k in self.suffix_inputs}
             chunk[TASK_IDS] = task_ids[rows]
             logits[rows] = self.suffix.run([LOGITS], chunk)[0]
+        return logits
+
+    def _run_own(
+        self, feeds: dict[str, np.ndarray], row_map: np.ndarray, chunk_rows: int, split_cost: float
+    ) -> np.ndarray:
+        own = self._task_runners[0]
+        rows_feeds = {k: v[row_map] for k, v in feeds.items()}
+        lengths = rows_feeds["attention_mask"].sum(axis=1)
+        logits = np.empty((len(row_map), self.num_labels[0]), dtype=np.float32)
+        for rows in plan_runs(lengths, chunk_rows, split_cost):
+            width = int(lengths[rows].max())
+            logits[rows] = own.run({k: v[rows, :width] for k, v in rows_feeds.items()})[:, : self.num_labels[0]]
         return logits
 
 

@@ -82,7 +82,7 @@ class BodyLimitMiddleware:
         more = True
         while more:
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                message = await _within(receive(), deadline)
             except asyncio.TimeoutError:
                 message = f"request body not received within {self.timeout_s:g} s: send the whole body at once"
                 await _send_error(scope, send, 408, "request_timeout", message)
@@ -111,6 +111,17 @@ class BodyLimitMiddleware:
     async def _refuse_too_large(self, scope: dict, send: Any) -> None:
         message = f"request body over {self.limit} bytes: send fewer or shorter texts"
         await _send_error(scope, send, 413, PayloadTooLarge.code, message)
+
+
+async def _within(awaitable: Any, deadline: float) -> Any:
+    """``await awaitable``, or TimeoutError at loop time ``deadline``. On Python 3.11+ through
+    ``asyncio.timeout``, which runs it in the calling task: ``wait_for`` wraps it in a new task, a cost
+    paid on every request here."""
+    timeout_at = getattr(asyncio, "timeout_at", None)
+    if timeout_at is None:  # Python 3.10
+        return await asyncio.wait_for(awaitable, max(0.0, deadline - asyncio.get_running_loop().time()))
+    async with timeout_at(deadline):
+        return await awaitable
 
 
 async def _send_error(scope: dict, send: Any, status: int, code: str, message: str) -> None:

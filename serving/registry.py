@@ -69,6 +69,9 @@ class Artifact:
     merge: MergeSource | None = None
     merge_note: str | None = None
     solo: SoloRunner | None = None
+    # A member of a multi-task graph with its own session too (``single_task_sessions``): kept across
+    # rebuilds of the graph, so that a load does not rebuild the other members' sessions.
+    own: SoloRunner | None = None
     reference: tuple[Encoded, np.ndarray] | None = None
     names: set[str] = field(default_factory=set)
     task_bytes: int = 0
@@ -164,6 +167,8 @@ class TaskRegistry:
             **a.manifest.public_info(),
             "engine": runner.kind,
             "shared_layers": runner.shared_layers if isinstance(runner, MergedRunner) else 0,
+            "own_session": not isinstance(runner, MergedRunner)
+            or runner.own_session(entry.target.slot or 0) is not None,
             "merge_note": a.merge_note,
             "aliases": sorted(a.names - {entry.name}),
             "sizes": {
@@ -420,7 +425,7 @@ class TaskRegistry:
                     else:
                         rejected = self._all_alone(members, exc)
             for a, note in rejected:
-                solo = a.solo or self._solo(a)
+                solo = a.solo or a.own or self._solo(a)
                 demoted.append((a, note, solo))
             if runner is None:
                 groups.pop(group, None)
@@ -445,6 +450,7 @@ class TaskRegistry:
                 first.backbone,  # type: ignore[arg-type]
                 external_folder=first.external_folder,  # type: ignore[arg-type]
                 prefix_sharing=self.config.prefix_sharing,
+                task_runners=self._single_task_sessions(members),
             )
             bad = self._validate(runner, members) if self.config.validate_merged else []
             if not bad:
@@ -456,6 +462,15 @@ class TaskRegistry:
                 )
             members = [a for a in members if all(a is not b for b, _ in bad)]
         return None, rejected
+
+    def _single_task_sessions(self, members: list[Artifact]) -> dict[int, SoloRunner]:
+        """Own sessions for the first ``single_task_sessions`` members (in load order), by slot: kept
+        from the previous graph (:attr:`Artifact.own`) or made now. Batches of one of these tasks alone
+        run on its own graph, the fastest for it; each costs a prepacked copy of the backbone."""
+        sessions = {}
+        for slot, artifact in enumerate(members[: self.config.single_task_sessions]):
+            sessions[slot] = artifact.own or self._solo(artifact)
+        return sessions
 
     def _validate(self, runner: MergedRunner, members: list[Artifact]) -> list[tuple[Artifact, float]]:
         probes = [a for a in members if a.reference is not None]
@@ -479,7 +494,11 @@ class TaskRegistry:
     def _commit(self, plan: Plan, loaded_at: dict[str, float]) -> None:
         """Publish ``plan`` in one step: plain assignments that cannot fail, then the new view."""
         for a, note, solo in plan.demoted:
-            a.merge, a.merge_note, a.solo = None, note, solo
+            a.merge, a.merge_note, a.solo, a.own = None, note, solo, None
+        for group in plan.groups.values():
+            for key, slot in group.slot.items():
+                if key in plan.artifacts:
+                    plan.artifacts[key].own = group.own_session(slot)
         for key, artifact in plan.artifacts.items():
             artifact.names = {n for n, k in plan.names.items() if k == key}
         view = self._view_of(plan, loaded_at)
@@ -511,6 +530,7 @@ class TaskRegistry:
 
     def _release(self, artifact: Artifact) -> None:
         artifact.solo = None
+        artifact.own = None
         if artifact.backbone is not None:
             self.backbones.release(artifact.backbone, artifact.key)
 

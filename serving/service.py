@@ -253,15 +253,24 @@ class InferenceService:
                 else:
                     encoded = await asyncio.to_thread(tokenizer.encode, text_list, pair_list)
                 items.append(WorkItem(encoded, tuple(e.target for e in members)))
-            futures: list[asyncio.Future] = []
-            try:
-                for item in items:
-                    futures.append(self.batcher.enqueue(item))
-            except BaseException:
-                for future in futures:  # the part already queued will not be awaited
-                    future.cancel()
-                raise
-        results = await asyncio.gather(*futures)
+            results = None
+            if len(items) == 1 and self.batcher.can_run_now(items[0]):
+                # One turn of the event loop first: requests that arrived meanwhile get as far as the
+                # batcher (they see this one arriving and queue), and then this one queues with them.
+                await asyncio.sleep(0)
+                if self.batcher.can_run_now(items[0]):
+                    results = [self.batcher.run_now(items[0])]
+            if results is None:
+                futures: list[asyncio.Future] = []
+                try:
+                    for item in items:
+                        futures.append(self.batcher.enqueue(item))
+                except BaseException:
+                    for future in futures:  # the part already queued will not be awaited
+                        future.cancel()
+                    raise
+        if results is None:
+            results = await asyncio.gather(*futures)
         labels = {e.name: e.artifact.manifest.label_names for e in entries}
         merged: dict[str, TaskOutput] = {}
         for result in results:

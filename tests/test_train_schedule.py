@@ -138,3 +138,14 @@ def test_an_explicit_epoch_count_is_taken_literally() -> None:
     assert TrainConfig(task="rte", output="o", epochs=3).min_steps == 0
     assert TrainConfig(task="rte", output="o", epochs=3, min_steps=50).min_steps == 50
     assert TrainConfig(task="rte", output="o").min_steps == DEFAULT.min_steps
+
+
+def test_card_reports_the_latency_the_kept_layers_save(tmp_path, tiny_backbone_dir, demo_data) -> None:
+    from aa_deploy.card import write_model_card
+
+    result = train(run_config(tmp_path, tiny_backbone_dir, demo_data, recipe="search", max_layers=1))
+    savings = result.metrics["savings"]
+    text = write_model_card(result.output).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| latency: adapters at every layer"))
+    assert f"{savings['latency_ms_full']:.2f} ms" in row and f"{savings['latency_ratio']:.2f}×" in row
+    assert f"| layers with an adapter | 3 | {len(result.kept_layers)} |" in text

@@ -76,6 +76,7 @@ def render(
         results=_safely("results", lambda: sections.results_table(results), None),
         layers=_safely("selected layers", lambda: sections.layers(art, kept, pictures), None),
         sizes=_safely("size comparison", lambda: sections.sizes(sizes_of(art, kept)), None),
+        latency=_safely("latency saving", lambda: sections.latency_saving(art), None),
         onnx=_safely("ONNX report", lambda: sections.onnx_report(art, names), None),
         usage=sections.usage(art, target),
         contents=sections.contents(art, names),

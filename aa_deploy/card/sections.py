@@ -167,6 +167,19 @@ def sizes(found: Sizes | None) -> dict[str, Any] | None:
     }
 
 
+def latency_saving(art: Artifact) -> dict[str, Any] | None:
+    """What the kept layers save in latency, as measured at the end of training (metrics.json ``savings``)."""
+    savings = (art.metrics or {}).get("savings") or {}
+    if not savings.get("latency_ms_full"):
+        return None
+    return {
+        "full_ms": f"{savings['latency_ms_full']:.2f}",
+        "kept_ms": f"{savings['latency_ms_kept']:.2f}",
+        "ratio": f"{savings['latency_ratio']:.2f}",
+        "setting": savings.get("latency_setting", ""),
+    }
+
+
 def onnx_report(art: Artifact, files: Collection[str]) -> dict[str, Any] | None:
     manifest = art.manifest
     if manifest is None:

@@ -11,11 +11,13 @@ from ..errors import Forbidden, TaskChangesRefused, Unauthorized
 from ..service import InferenceService
 
 
-def get_service(request: Request) -> InferenceService:
+# Every dependency is ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread
+# pool, and three such hops per request cost more than the rest of the HTTP layer at concurrency 1.
+async def get_service(request: Request) -> InferenceService:
     return request.app.state.service
 
 
-def get_config(request: Request) -> ServerConfig:
+async def get_config(request: Request) -> ServerConfig:
     return request.app.state.config
 
 
@@ -34,7 +36,7 @@ def _check_token(request: Request, token: str | None) -> None:
         raise Unauthorized("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
 
 
-def require_admin_token(request: Request, config: ServerConfig = Depends(get_config)) -> None:
+async def require_admin_token(request: Request, config: ServerConfig = Depends(get_config)) -> None:
     """Loading and unloading fail closed: they need the token, and without a token they are off (403)
     unless explicitly opened to loopback clients (``allow_unauthenticated_admin``).
 
@@ -50,7 +52,7 @@ def require_admin_token(request: Request, config: ServerConfig = Depends(get_con
     _check_token(request, config.token)
 
 
-def require_predict_token(request: Request, config: ServerConfig = Depends(get_config)) -> None:
+async def require_predict_token(request: Request, config: ServerConfig = Depends(get_config)) -> None:
     """Predictions, and the task listing and metadata, need the token only with ``protect_predict``."""
     if config.protect_predict:
         _check_token(request, config.token)

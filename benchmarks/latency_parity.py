@@ -1,0 +1,567 @@
+"""Never slower than the simplest alternative: four latency ratios, each measured within one run.
+
+    python benchmarks/latency_parity.py [--workdir /tmp/aa_latency_parity] [--threads 1] [--rounds 5]
+                                        [--requests 100] [--parts http,graph,engine,int8]
+
+1. ``http``: ``aa-deploy serve`` against the hand-rolled server of ``benchmarks/handrolled_server.py``
+   (FastAPI + one ONNX Runtime session per export, inference in the handler) on the same exports, at
+   concurrency 1 (one client, keep-alive): req/s and p50, single-text and pair tasks, ``/v1`` and the
+   Open Inference Protocol, with 1 and with 4 tasks loaded;
+2. ``graph``: the engine at batch 1 (``execute`` on one request of one task) against a plain ORT session
+   of the task's own ``model.onnx``; with the default ``single_task_sessions`` and with the multi-task
+   graph only (``single_task_sessions=0``);
+3. ``engine``: HTTP throughput at concurrency 8 on mixed-task traffic against the raw engine (same
+   process as the benchmark, no HTTP) on batches of the size the server formed;
+4. ``int8``: an INT8 task graph against its INT8 backbone (the store's bare backbone graph), plain
+   sessions, batch 1 and 16 at sequence length 128 (fp32 alongside).
+
+Exports (built once in ``--workdir``): ``sentiment`` is a real run, ``aa-deploy train`` on the built-in
+demo data (search recipe, 1 epoch) on all-MiniLM-L6-v2, exported in fp32 and with ``--quantize int8``;
+``nli`` (pair task, rational B at layers 1 and 3), ``topic`` (standard recipe: ReLU adapters on all 6
+layers) and ``late`` (layer 5 only) have random adapters on the same backbone. Texts: GLUE SST-2 / RTE
+dev sentences when ``$AA_GLUE_DIR`` has them, built-in sentences otherwise.
+
+The machine is shared: both sides of every ratio run in alternating rounds in this one run, and each
+ratio is the median of the per-round ratios (speed ratios: > 1 means ours is faster). Beside wall time,
+every part reports CPU time (the server process's CPU per request; the calling thread's CPU per model
+call, which with one ORT thread is the model's own cost), which other jobs on the machine hardly change.
+Writes
+``benchmarks/results/latency_parity.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import itertools
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+RESULTS = REPO / "benchmarks" / "results" / "latency_parity.json"
+FOUR = ("sentiment", "nli", "topic", "late")
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def build_exports(workdir: Path) -> dict[str, Path]:
+    """The exports of the module docstring, cached in ``workdir``."""
+    exports = {name: workdir / "exports" / name for name in (*FOUR, "sentiment-int8")}
+    if all((p / "aa_export.json").is_file() for p in exports.values()):
+        return exports
+    from aa_deploy.backbones import resolve_backbone_path
+    from aa_deploy.demo import DEMO_DATA
+    from aa_deploy.export import export_run
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from serving_helpers import RTE, SST, TOPIC, make_run_folder
+
+    store = workdir / "store"
+    run = workdir / "runs" / "sentiment"
+    if not (run / "adapter_model.safetensors").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "aa_deploy.cli", "train", "--task", str(DEMO_DATA / "sentiment_train.csv"),
+             "--test-file", str(DEMO_DATA / "sentiment_test.csv"), "--recipe", "search", "--epochs", "1",
+             "--batch-size", "16", "--learning-rate", "1e-3", "--output", str(run), "--overwrite", "--no-progress"],
+            check=True,
+        )  # fmt: skip
+    for name, quantize in (("sentiment", None), ("sentiment-int8", "int8")):
+        if not (exports[name] / "aa_export.json").is_file():
+            export_run(run, exports[name], backbone_store=store, quantize=quantize, overwrite=True)
+    backbone = Path(resolve_backbone_path(None))
+    specs = {"nli": (RTE, "search", "B", [1, 3], 2), "topic": (TOPIC, "standard", "A", None, 3),
+             "late": (SST, "search", "A", [5], 4)}  # fmt: skip
+    for name, (task, recipe, version, layers, seed) in specs.items():
+        if not (exports[name] / "aa_export.json").is_file():
+            folder = make_run_folder(workdir / "runs" / name, backbone, task, recipe, version, layers, seed, 128)
+            export_run(folder, exports[name], backbone_store=store, overwrite=True)
+    return exports
+
+
+def is_pair(folder: Path) -> bool:
+    return bool(json.loads((folder / "aa_export.json").read_text())["task"]["is_pair"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/ready")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def start_ours(tasks: dict[str, Path], threads: int, extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "aa_deploy.cli", "serve", "--port", str(port), "--log-level", "warning",
+           "--threads", str(threads), *(extra or [])]  # fmt: skip
+    for name, folder in tasks.items():
+        cmd += ["--task", f"{name}={folder}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_ready(port, proc)
+    return proc, port
+
+
+def start_handrolled(tasks: dict[str, Path], threads: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    exports = ",".join(f"{name}={folder}" for name, folder in tasks.items())
+    cmd = [sys.executable, str(REPO / "benchmarks" / "handrolled_server.py"), "--export", exports,
+           "--port", str(port), "--threads", str(threads)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_ready(port, proc)
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rss_mib(proc: subprocess.Popen) -> float:
+    import psutil
+
+    return round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
+
+
+# ---------------------------------------------------------------------------------------------- 1. http
+def request_body(endpoint: str, text: str, pair: str | None) -> tuple[str, bytes]:
+    if endpoint == "v1":
+        body: dict[str, Any] = {"texts": [text]}
+        if pair is not None:
+            body["text_pairs"] = [pair]
+        return "/v1/tasks/{task}/predict", json.dumps(body).encode()
+    inputs = [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]
+    if pair is not None:
+        inputs.append({"name": "text_pair", "datatype": "BYTES", "shape": [1], "data": [pair]})
+    return "/v2/models/{task}/infer", json.dumps({"inputs": inputs}).encode()
+
+
+def sequential(port: int, task: str, endpoint: str, inputs: list[tuple[str, str | None]]) -> list[float]:
+    """One client, one keep-alive connection, one request after the other; latencies in seconds."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    latencies = []
+    for text, pair in inputs:
+        path, body = request_body(endpoint, text, pair)
+        started = time.perf_counter()
+        conn.request("POST", path.format(task=task), body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - started)
+        if response.status != 200:
+            raise RuntimeError(f"{path.format(task=task)} answered {response.status}")
+    conn.close()
+    return latencies
+
+
+def measure_http(exports: dict[str, Path], threads: int, rounds: int, requests: int) -> list[dict[str, Any]]:
+    from serving_bench import load_texts
+
+    singles, pairs = load_texts()
+    configs = {
+        "1 task (single)": ["sentiment"],
+        "1 task (pair)": ["nli"],
+        "4 tasks": list(FOUR),
+    }
+    rows = []
+    for config, names in configs.items():
+        tasks = {n: exports[n] for n in names}
+        ours, ours_port = start_ours(tasks, threads)
+        theirs, their_port = start_handrolled(tasks, threads)
+        try:
+            memory = {"ours_rss_mib": rss_mib(ours), "handrolled_rss_mib": rss_mib(theirs)}
+            for task in [n for n in names if n in ("sentiment", "nli")]:
+                pair = is_pair(exports[task])
+                for endpoint in ("v1", "oip"):
+                    rng = random.Random(0)
+                    samples: dict[str, list[list[float]]] = {"ours": [], "handrolled": []}
+                    cpu: dict[str, list[float]] = {"ours": [], "handrolled": []}
+                    warm = [(singles[0], pairs[0][1] if pair else None)] * 20
+                    sequential(ours_port, task, endpoint, warm)
+                    sequential(their_port, task, endpoint, warm)
+                    for r in range(rounds):
+                        chosen = [rng.choice(pairs) if pair else (rng.choice(singles), None) for _ in range(requests)]
+                        order = [("ours", ours, ours_port), ("handrolled", theirs, their_port)]
+                        for side, proc, port in order if r % 2 == 0 else order[::-1]:
+                            before = process_cpu_s(proc)
+                            samples[side].append(sequential(port, task, endpoint, chosen))
+                            cpu[side].append(1000 * (process_cpu_s(proc) - before) / len(chosen))
+                    rows.append(http_row(config, task, endpoint, samples, cpu, memory))
+                    print_http_row(rows[-1])
+        finally:
+            stop(ours)
+            stop(theirs)
+    return rows
+
+
+def process_cpu_s(proc: subprocess.Popen) -> float:
+    """CPU seconds the server process has used (all its threads): unlike wall time, hardly changed by
+    other jobs on a shared machine."""
+    import psutil
+
+    times = psutil.Process(proc.pid).cpu_times()
+    return times.user + times.system
+
+
+def http_row(
+    config: str, task: str, endpoint: str, samples: dict[str, list[list[float]]], cpu: dict[str, list[float]],
+    memory: dict,
+) -> dict:  # fmt: skip
+    rps = {side: [len(r) / sum(r) for r in rounds] for side, rounds in samples.items()}
+    p50 = {side: [statistics.median(r) * 1000 for r in rounds] for side, rounds in samples.items()}
+    return {
+        "config": config,
+        "task": task,
+        "endpoint": endpoint,
+        "rps": {side: round(statistics.median(v), 1) for side, v in rps.items()},
+        "p50_ms": {side: round(statistics.median(v), 2) for side, v in p50.items()},
+        # > 1: ours answers more requests per second / ours has the lower p50.
+        "rps_ratio": round(statistics.median(o / h for o, h in zip(rps["ours"], rps["handrolled"], strict=True)), 3),
+        "p50_ratio": round(statistics.median(h / o for o, h in zip(p50["ours"], p50["handrolled"], strict=True)), 3),
+        # Server CPU per request (ms) and hand-rolled / ours (> 1: ours uses less CPU per request).
+        "cpu_ms_per_request": {side: round(statistics.median(v), 3) for side, v in cpu.items()},
+        "cpu_ratio": round(statistics.median(h / o for o, h in zip(cpu["ours"], cpu["handrolled"], strict=True)), 3),
+        "rounds": len(samples["ours"]),
+        "requests_per_round": len(samples["ours"][0]),
+        **memory,
+    }
+
+
+def print_http_row(row: dict) -> None:
+    print(
+        f"http c=1 {row['config']:<16} {row['task']:<9} {row['endpoint']:<3}  ours {row['rps']['ours']:>6} req/s "
+        f"p50 {row['p50_ms']['ours']:>6} ms | hand-rolled {row['rps']['handrolled']:>6} req/s "
+        f"p50 {row['p50_ms']['handrolled']:>6} ms | req/s ratio {row['rps_ratio']}, p50 ratio {row['p50_ratio']}, "
+        f"CPU/request {row['cpu_ms_per_request']} ratio {row['cpu_ratio']}",
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- 2. graph
+def measure_graph(exports: dict[str, Path], threads: int, rounds: int) -> dict[str, Any]:
+    import onnxruntime as ort
+    from serving_bench import load_texts
+
+    from aa_deploy.serving.config import ServerConfig
+    from aa_deploy.serving.engine import WorkItem, execute, pad_feeds
+    from aa_deploy.serving.registry import TaskRegistry
+
+    singles, _ = load_texts()
+    registries = {
+        "engine (default)": TaskRegistry(ServerConfig(intra_op_threads=threads)),
+        "multi-task graph only": TaskRegistry(ServerConfig(intra_op_threads=threads, single_task_sessions=0)),
+    }
+    for registry in registries.values():
+        for name in FOUR:
+            registry.load(name, str(exports[name]))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    plain = ort.InferenceSession(str(exports["sentiment"] / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    plain_inputs = {i.name for i in plain.get_inputs()}
+    entry = registries["engine (default)"].view.get("sentiment")
+    encoded = [entry.artifact.tokenizer.encode([t]) for t in random.Random(1).sample(singles, 16)]
+
+    def plain_run() -> None:
+        for enc in encoded:
+            feeds = pad_feeds([enc], 0)
+            plain.run(["logits"], {k: v for k, v in feeds.items() if k in plain_inputs})
+
+    def engine_run(registry: TaskRegistry) -> Callable[[], None]:
+        target = registry.view.get("sentiment").target
+
+        def run() -> None:
+            for enc in encoded:
+                execute([WorkItem(enc, (target,))], 16)
+
+        return run
+
+    cases = {"plain session": plain_run, **{k: engine_run(r) for k, r in registries.items()}}
+    wall, cpu = interleaved(cases, rounds * 4)
+    out: dict[str, Any] = {
+        "ms_per_request": {k: round(1000 * statistics.median(v) / len(encoded), 3) for k, v in wall.items()},
+        "cpu_ms_per_request": {k: round(1000 * statistics.median(v) / len(encoded), 3) for k, v in cpu.items()},
+        # plain time / engine time: > 1 means the engine is faster.
+        "speed_vs_plain": {k: paired(wall, "plain session", k) for k in registries},
+        "cpu_speed_vs_plain": {k: paired(cpu, "plain session", k) for k in registries},
+    }
+    for registry in registries.values():
+        registry.close()
+    print(f"graph batch 1: {out}", flush=True)
+    return out
+
+
+def interleaved(
+    cases: dict[str, Callable[[], None]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall seconds and CPU seconds of this thread per call of every case, one call of each per round (the
+    order alternating), after a warm-up. With one ORT thread the session runs in the calling thread, so
+    the CPU time is the model's own cost, hardly changed by other jobs on the machine."""
+    for fn in cases.values():
+        fn()
+    wall: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
+    names = list(cases)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            cases[name]()
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(time.thread_time() - started_cpu)
+    return wall, cpu
+
+
+def paired(samples: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of numerator/denominator, each pair measured back to back."""
+    return round(statistics.median(a / b for a, b in zip(samples[numerator], samples[denominator], strict=True)), 4)
+
+
+# ---------------------------------------------------------------------------------------------- 3. engine
+def measure_http_vs_engine(
+    exports: dict[str, Path], threads: int, rounds: int, seconds: float, concurrency: int = 8
+) -> dict[str, Any]:
+    """HTTP mixed-task traffic at ``concurrency`` against the raw engine on batches of the server's mean size."""
+    from serving_bench import _batch_stats, load_run, load_texts
+
+    from aa_deploy.serving.config import ServerConfig
+    from aa_deploy.serving.engine import WorkItem, execute
+    from aa_deploy.serving.registry import TaskRegistry
+
+    singles, pairs = load_texts()
+    tasks = {n: exports[n] for n in FOUR}
+    pair_task = {n: is_pair(f) for n, f in tasks.items()}
+    turn = itertools.count()
+
+    def mixed(rng: random.Random) -> tuple[str, dict[str, Any]]:
+        name = FOUR[next(turn) % len(FOUR)]
+        if pair_task[name]:
+            a, b = rng.choice(pairs)
+            return f"/v1/tasks/{name}/predict", {"texts": [a], "text_pairs": [b]}
+        return f"/v1/tasks/{name}/predict", {"texts": [rng.choice(singles)]}
+
+    registry = TaskRegistry(ServerConfig(intra_op_threads=threads))
+    for name, folder in tasks.items():
+        registry.load(name, str(folder))
+
+    def engine_rows_per_s(size: int, seed: int) -> float:
+        rng = random.Random(seed)
+        batches = []
+        for _ in range(max(2, 96 // size)):
+            batch = []
+            for _ in range(size):
+                name = FOUR[next(turn) % len(FOUR)]
+                entry = registry.view.get(name)
+                if pair_task[name]:
+                    a, b = rng.choice(pairs)
+                    enc = entry.artifact.tokenizer.encode([a], [b])
+                else:
+                    enc = entry.artifact.tokenizer.encode([rng.choice(singles)])
+                batch.append(WorkItem(enc, (entry.target,)))
+            batches.append(batch)
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        for batch in batches:
+            execute(batch, 16)
+        engine_cpu.append((time.thread_time() - started_cpu) / (size * len(batches)))
+        return size * len(batches) / (time.perf_counter() - started)
+
+    engine_cpu: list[float] = []
+    proc, port = start_ours(tasks, threads)
+    url = f"http://127.0.0.1:{port}"
+    ratios, cpu_ratios, slices = [], [], []
+    try:
+        asyncio.run(load_run(url, concurrency, 2.0, mixed))  # warm-up
+        engine_rows_per_s(4, 0)
+        for r in range(rounds):
+            before = _batch_stats(url)
+            cpu_before = process_cpu_s(proc)
+            result = asyncio.run(load_run(url, concurrency, seconds, mixed))
+            server_cpu = (process_cpu_s(proc) - cpu_before) / max(1, result["requests"])
+            after = _batch_stats(url)
+            batches = after[0] - before[0]
+            mean_rows = (after[1] - before[1]) / batches if batches else 1.0
+            engine = engine_rows_per_s(max(1, int(round(mean_rows))), r)
+            ratios.append(result["rps"] / engine)
+            cpu_ratios.append(engine_cpu[-1] / server_cpu)
+            slices.append({"http_rps": result["rps"], "p50_ms": result["p50_ms"], "mean_batch_rows": round(mean_rows, 2),
+                           "engine_rows_per_s": round(engine, 1), "errors": result["errors"],
+                           "server_cpu_ms_per_request": round(1000 * server_cpu, 3),
+                           "engine_cpu_ms_per_row": round(1000 * engine_cpu[-1], 3)})  # fmt: skip
+            print(f"http vs engine c={concurrency} round {r}: {slices[-1]}", flush=True)
+    finally:
+        stop(proc)
+        registry.close()
+    return {"concurrency": concurrency, "traffic": "mixed, 4 tasks", "slices": slices,
+            "http_vs_engine": round(statistics.median(ratios), 3),
+            # engine CPU per row / server CPU per request (all threads, HTTP included): the share of the
+            # server's CPU that goes into the model.
+            "cpu_http_vs_engine": round(statistics.median(cpu_ratios), 3)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- 4. int8
+def measure_int8(exports: dict[str, Path], workdir: Path, threads: int, rounds: int, seq: int = 128) -> dict[str, Any]:
+    import numpy as np
+    import onnxruntime as ort
+    from serving_bench import load_texts
+
+    from aa_deploy.serving.tokenization import TaskTokenizer
+
+    def session(path: Path) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def backbone_graph(folder: Path) -> Path:
+        manifest = json.loads((folder / "aa_export.json").read_text())
+        return workdir / "store" / "objects" / manifest["backbone_data"]["store_object"] / "backbone.onnx"
+
+    sessions = {
+        "task-fp32": session(exports["sentiment"] / "model.onnx"),
+        "backbone-fp32": session(backbone_graph(exports["sentiment"])),
+        "task-int8": session(exports["sentiment-int8"] / "model.onnx"),
+        "backbone-int8": session(backbone_graph(exports["sentiment-int8"])),
+    }
+    manifest = json.loads((exports["sentiment"] / "aa_export.json").read_text())
+    tokenizer = TaskTokenizer(exports["sentiment"] / "tokenizer.json", max_length=seq, is_pair=False)
+    singles, _ = load_texts()
+    out: dict[str, Any] = {"kept_layers": manifest["kept_layers"], "seq": seq, "batches": {}}
+    for batch in (1, 16):
+        enc = tokenizer.encode([" ".join(singles[i : i + 12]) for i in range(batch)])
+        ids = np.zeros((batch, seq), dtype=np.int64)
+        mask = np.zeros((batch, seq), dtype=np.int64)
+        for i, row in enumerate(enc.ids):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+        wall, cpu = interleaved(
+            {k: session_call(s, feeds) for k, s in sessions.items()}, max(10, rounds * (20 if batch == 1 else 4))
+        )
+        out["batches"][str(batch)] = {
+            "median_ms": {k: round(1000 * statistics.median(v), 3) for k, v in wall.items()},
+            "cpu_median_ms": {k: round(1000 * statistics.median(v), 3) for k, v in cpu.items()},
+            "task_vs_backbone_int8": paired(wall, "task-int8", "backbone-int8"),
+            "task_vs_backbone_fp32": paired(wall, "task-fp32", "backbone-fp32"),
+            "cpu_task_vs_backbone_int8": paired(cpu, "task-int8", "backbone-int8"),
+            "cpu_task_vs_backbone_fp32": paired(cpu, "task-fp32", "backbone-fp32"),
+        }
+        print(f"int8 batch {batch}: {out['batches'][str(batch)]}", flush=True)
+    return out
+
+
+def session_call(session: Any, feeds: dict[str, Any]) -> Callable[[], None]:
+    """One run of ``session`` on the inputs of ``feeds`` it declares."""
+    wanted = {i.name for i in session.get_inputs()}
+    chosen = {k: v for k, v in feeds.items() if k in wanted}
+    return lambda: session.run(None, chosen)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def print_table(report: dict[str, Any]) -> None:
+    print(f"\nthreads={report['threads']}, load average at start {report['machine']['load_average_start']}, "
+          f"at end {report['machine']['load_average_end']} (2-core machine, shared)")  # fmt: skip
+    if "http" in report:
+        print("\n1. aa-deploy serve vs hand-rolled FastAPI + ORT, concurrency 1 (ratios > 1: ours better)")
+        print(f"{'config':<16} {'task':<9} {'api':<4} {'ours req/s':>10} {'hr req/s':>9} {'ours p50':>9} "
+              f"{'hr p50':>8} {'req/s ratio':>11} {'p50 ratio':>9} {'ours CPU':>9} {'hr CPU':>7} {'CPU ratio':>9}")  # fmt: skip
+        for row in report["http"]:
+            print(f"{row['config']:<16} {row['task']:<9} {row['endpoint']:<4} {row['rps']['ours']:>10} "
+                  f"{row['rps']['handrolled']:>9} {row['p50_ms']['ours']:>9} {row['p50_ms']['handrolled']:>8} "
+                  f"{row['rps_ratio']:>11} {row['p50_ratio']:>9} {row['cpu_ms_per_request']['ours']:>9} "
+                  f"{row['cpu_ms_per_request']['handrolled']:>7} {row['cpu_ratio']:>9}")  # fmt: skip
+        print("(p50 in ms; CPU: server CPU ms per request, all threads; ratios median of per-round ratios)")
+    if "graph" in report:
+        print("\n2. engine at batch 1 vs a plain session of the task's model.onnx (speed ratio, > 1: faster)")
+        g = report["graph"]
+        for k, v in g["speed_vs_plain"].items():
+            print(
+                f"   {k:<24} wall {v} ({g['ms_per_request'][k]} vs {g['ms_per_request']['plain session']} ms), "
+                f"CPU {g['cpu_speed_vs_plain'][k]} ({g['cpu_ms_per_request'][k]} vs {g['cpu_ms_per_request']['plain session']} ms)"
+            )
+    if "engine" in report:
+        e = report["engine"]
+        print(
+            f"\n3. HTTP vs raw engine, {e['traffic']}, concurrency {e['concurrency']}: throughput {e['http_vs_engine']}, "
+            f"CPU per row {e['cpu_http_vs_engine']}"
+        )
+    if "int8" in report:
+        print(
+            f"\n4. task / backbone latency (plain sessions, seq {report['int8']['seq']}, kept layers {report['int8']['kept_layers']})"
+        )
+        for batch, row in report["int8"]["batches"].items():
+            print(
+                f"   batch {batch:>2}: wall int8 {row['task_vs_backbone_int8']}, fp32 {row['task_vs_backbone_fp32']}; "
+                f"CPU int8 {row['cpu_task_vs_backbone_int8']}, fp32 {row['cpu_task_vs_backbone_fp32']}  {row['cpu_median_ms']}"
+            )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/aa_latency_parity"))
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads, both servers (default 1)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per comparison (default 5)")
+    p.add_argument("--requests", type=int, default=100, help="sequential requests per round and side (default 100)")
+    p.add_argument("--seconds", type=float, default=4.0, help="seconds per HTTP slice of part 3 (default 4)")
+    p.add_argument("--parts", default="http,graph,engine,int8")
+    p.add_argument("--output", type=Path, default=RESULTS)
+    args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    exports = build_exports(args.workdir)
+    parts = set(args.parts.split(","))
+    report: dict[str, Any] = {
+        "command": "python benchmarks/latency_parity.py " + " ".join(sys.argv[1:]),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        },  # fmt: skip
+    }
+    if "http" in parts:
+        report["http"] = measure_http(exports, args.threads, args.rounds, args.requests)
+    if "graph" in parts:
+        report["graph"] = measure_graph(exports, args.threads, args.rounds)
+    if "engine" in parts:
+        report["engine"] = measure_http_vs_engine(exports, args.threads, args.rounds, args.seconds)
+    if "int8" in parts:
+        report["int8"] = measure_int8(exports, args.workdir, args.threads, args.rounds)
+    report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    from aa_deploy.fileio import atomic_write_text
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
