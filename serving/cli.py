@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="single_task_sessions",
         metavar="N",
         help="multitask engine: the first N tasks also keep their own session, used for batches of that task "
-        "alone (fastest for one task; ~45 MiB each on MiniLM; 0: all on the multi-task graph; default 4)",
+        "alone (fastest for one task; ~45 MiB each on MiniLM; default 0: all on the multi-task graph, one backbone copy)",
     )
     p.add_argument(
         "--token",
