@@ -15,6 +15,8 @@ OPTIMUM_VENV ?= .venv-optimum
 OPTIMUM_STAMP := $(OPTIMUM_VENV)/.installed
 KSERVE_VENV ?= .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
+INFINITY_VENV ?= .venv-infinity
+INFINITY_STAMP := $(INFINITY_VENV)/.installed
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 SERVE_VENV ?= .venv-serve
 SERVE_EXTRA ?= serve
@@ -23,7 +25,7 @@ SERVE_WHEELS := build/serve-wheel
 PACKAGE_SOURCES := $(shell find aa_deploy export serving -name '*.py' -o -name '*.csv' -o -name '*.md' 2>/dev/null)
 export AA_GLUE_DIR
 
-.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env serve-env kserve-env
+.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env serve-env kserve-env peers-env bench-peers
 
 setup: $(STAMP)
 
@@ -87,6 +89,20 @@ $(KSERVE_STAMP): Makefile
 
 kserve-env: $(KSERVE_STAMP)
 
+# Peer servers for benchmarks/peers.py, each in its own environment: Infinity pins numpy<2 and (through
+# optimum[onnxruntime]) an older transformers, which clash with this project's pins.
+$(INFINITY_STAMP): Makefile
+	@test -x $(INFINITY_VENV)/bin/python || $(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	@$(MAKE) --no-print-directory torch-into VENV_PY=$(INFINITY_VENV)/bin/python
+	$(INFINITY_VENV)/bin/python -m pip install --quiet "infinity-emb[server,optimum]==0.0.78" psutil
+	@touch $(INFINITY_STAMP)
+
+peers-env: $(INFINITY_STAMP)
+
+bench-peers: setup peers-env
+	$(PY) benchmarks/peers.py
+
 demo: setup
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/aa-deploy demo --output demo-output
 
@@ -101,4 +117,4 @@ bench-train: setup
 	$(PY) benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) $(OPTIMUM_VENV) $(KSERVE_VENV) $(SERVE_VENV) .venv-serve-cpu $(SERVE_WHEELS) demo-output .pytest_cache
+	rm -rf $(VENV) $(OPTIMUM_VENV) $(KSERVE_VENV) $(INFINITY_VENV) $(SERVE_VENV) .venv-serve-cpu $(SERVE_WHEELS) demo-output .pytest_cache
