@@ -90,12 +90,14 @@ $(KSERVE_STAMP): Makefile
 kserve-env: $(KSERVE_STAMP)
 
 # Peer servers for benchmarks/peers.py, each in its own environment: Infinity pins numpy<2 and (through
-# optimum[onnxruntime]) an older transformers, which clash with this project's pins.
+# optimum-onnx) transformers<4.58, which clash with this project's pins. Optimum 2 (optimum-onnx) is the
+# line that imports with the CPU torch used here (Optimum 1.x needs a torch.onnx helper gone since 2.9).
 $(INFINITY_STAMP): Makefile
 	@test -x $(INFINITY_VENV)/bin/python || $(PYTHON) -m venv $(INFINITY_VENV)
 	$(INFINITY_VENV)/bin/python -m pip install --quiet --upgrade pip
 	@$(MAKE) --no-print-directory torch-into VENV_PY=$(INFINITY_VENV)/bin/python
-	$(INFINITY_VENV)/bin/python -m pip install --quiet "infinity-emb[server,optimum]==0.0.78" psutil
+	$(INFINITY_VENV)/bin/python -m pip install --quiet "infinity-emb[server,optimum]==0.0.78" \
+		"optimum==2.1.0" "optimum-onnx[onnxruntime]==0.1.0" "numpy<2" psutil
 	@touch $(INFINITY_STAMP)
 
 peers-env: $(INFINITY_STAMP)

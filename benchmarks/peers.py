@@ -17,16 +17,20 @@ Servers (one at a time, each a subprocess on 127.0.0.1, RSS summed over its whol
 - ``infinity``: Infinity (``infinity-emb[server,optimum]==0.0.78``, ``make peers-env``), ``v2`` with
   ``--engine optimum``: its ``/classify`` route runs Optimum's ``ORTModelForSequenceClassification``
   in a transformers ``text-classification`` pipeline, with Infinity's own dynamic batching per model.
-  What it needed: a **standalone** export (``aa-deploy export --standalone``: one self-contained
-  ``model.onnx`` + ``config.json`` with ``id2label`` + the tokenizer files: an Optimum-style folder).
-  A shared export cannot be given (Optimum does not follow ``backbone.onnx_data``), and neither can
-  the training run folder: its torch checkpoint is an adapter model that transformers'
-  ``AutoModelForSequenceClassification`` (Infinity's torch engine) cannot build. Infinity optimises the
-  graph at load time with Optimum's ORTOptimizer (its default) and writes ``model_optimized.onnx`` into
-  the model folder, so it gets its own hard-linked copies of the standalone folders. Its ONNX Runtime
-  thread count cannot be set (ONNX Runtime's default: one thread per physical core); ``--threads``
-  should match that for a fair comparison (2 on the project's 2-core machine). One model per task:
-  Infinity has no shared backbone, each model holds its own weights.
+  What it needed to run at all: a **standalone** export (``aa-deploy export --standalone``: one
+  self-contained ``model.onnx`` + ``config.json`` with ``id2label`` + the tokenizer files, which is an
+  Optimum-style folder); a shared export cannot be given (Optimum does not follow
+  ``backbone.onnx_data``), nor the training run (its torch checkpoint is an adapter model that
+  transformers' ``AutoModelForSequenceClassification``, Infinity's torch engine, cannot build).
+  Started through benchmarks/infinity_launch.py, which fixes one incompatibility between Infinity
+  0.0.78 and Optimum 2 (local folders fail to load; see that file). ``--no-model-warmup``: its warm-up
+  sends a 514-token text, and its pipeline does not truncate, so the warm-up overflows MiniLM's 512
+  positions (texts over 512 tokens fail with Infinity; ours truncates at the export's max_length, 128:
+  the demo sentences are far shorter, so both see the same tokens). Its load-time graph optimisation
+  (Optimum's ORTOptimizer) fails on Optimum 2's API and Infinity falls back, by design, to the plain
+  graph, which is what is measured. Its ONNX Runtime thread count cannot be set (ONNX Runtime's
+  default: one thread per physical core); ``--threads`` should match that (2 on the project's 2-core
+  machine). One model per task, each with its own weights.
 - MLServer (its Hugging Face runtime) was not tried: it serves transformers pipelines from torch
   checkpoints, which our adapter models are not, so it would need a custom runtime written for it.
 
@@ -169,24 +173,30 @@ def base_tasks(config: BenchConfig) -> list[TaskFolders]:
             alone = s
         if alone is not None and ExportManifest.load(alone).shared:
             raise SystemExit(f"{alone}: not a standalone export: re-export with `aa-deploy export --standalone`")
+        if alone is not None and alone.name != s.name:  # servers that name tasks by folder see one name
+            alone = linked_copy(alone, Path(config.workdir) / "renamed" / s.name)
         tasks.append(TaskFolders(s.name, s, alone, tuple(manifest.label_names or ())))
     if len({t.name for t in tasks}) != len(tasks):
         raise SystemExit("export folders must have distinct names: a folder's name is its task's name")
     return tasks
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def linked_copy(src: Path, dst: Path, link_over: int = 0) -> Path:
+    """A copy of ``src`` (cached) whose files over ``link_over`` bytes are hard links: a distinct task for a
+    server at no extra disk."""
 
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            if os.path.getsize(a) > link_over:
+                os.link(a, b)
+                return
+        except OSError:
+            pass
+        shutil.copy2(a, b)
 
-def linked_copy(src: Path, dst: Path) -> Path:
-    """A folder of hard links to ``src``'s files (cached): a distinct task for a server, no extra disk."""
     if not (dst / MANIFEST_NAME).is_file():
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst, copy_function=_link_or_copy)
+        shutil.copytree(src, dst, copy_function=link_or_copy)
     return dst
 
 
@@ -257,19 +267,21 @@ def infinity_python() -> Path:
 
 
 def _infinity_missing() -> str | None:
-    if not (infinity_python().parent / "infinity_emb").is_file():
+    if not (infinity_python().parent / "infinity_emb").is_file():  # the console script: installed
         return f"{infinity_python().parent.parent} has no infinity_emb: run `make peers-env`"
     return None
 
 
 def _infinity_folders(tasks: list[TaskFolders], root: Path) -> list[Path]:
-    """Infinity writes its optimised graph into the model folder: give it hard-linked copies of its own."""
-    return [linked_copy(t.standalone, root / t.name) for t in tasks if t.standalone]
+    """Infinity may write an optimised graph (and its config) into the model folder: give it folders of its
+    own (the graph hard-linked: a new file never overwrites it; the small files copied)."""
+    return [linked_copy(t.standalone, root / t.name, link_over=2**20) for t in tasks if t.standalone]
 
 
 def _infinity_command_in(root: Path) -> Callable[[list[TaskFolders], int, int], list[str]]:
     def command(tasks: list[TaskFolders], port: int, threads: int) -> list[str]:
-        cmd = [str(infinity_python().parent / "infinity_emb"), "v2", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [str(infinity_python()), str(BENCHMARKS / "infinity_launch.py"), "v2", "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--no-model-warmup"]
         for t, folder in zip(tasks, _infinity_folders(tasks, root), strict=True):
             cmd += ["--model-id", str(folder), "--served-model-name", t.name, "--engine", "optimum"]
             cmd += ["--device", "cpu", "--batch-size", "16"]
@@ -311,8 +323,8 @@ def servers(workdir: Path) -> dict[str, Server]:
             "/health",
             needs_standalone=True,
             missing=_infinity_missing,
-            notes="infinity-emb 0.0.78, v2 --engine optimum (ORTOptimizer at load), dynamic batching per model; "
-            "ORT threads: its default (one per physical core)",
+            notes="infinity-emb 0.0.78, v2 --engine optimum, plain graph (its optimiser falls back), dynamic "
+            "batching per model, no warm-up; ORT threads: its default (one per physical core)",
         ),
     }
 
