@@ -579,42 +579,46 @@ def _print_run(r: dict[str, Any]) -> None:
         )
 
 
+def _scenario(run: dict[str, Any] | None, traffic: str, concurrency: int) -> dict[str, Any] | None:
+    for s in (run or {}).get("scenarios", []):
+        if (s["traffic"], s["concurrency"]) == (traffic, concurrency):
+            return s
+    return None
+
+
 def table(result: dict[str, Any]) -> str:
-    """Markdown: one latency/throughput table (servers side by side) and one memory + predictions table."""
+    """Markdown: req/s and latency with the servers side by side (and ours' req/s over each peer's), then
+    memory, start-up time and the prediction check."""
     ok_runs = [r for r in result["runs"] if "error" not in r]
     names = list(dict.fromkeys(r["server"] for r in ok_runs))
+    peers = [n for n in names if n != "ours"] if "ours" in names else []
     by = {(r["server"], r["tasks"]): r for r in ok_runs}
-    lines = ["| tasks | traffic | conc. | " + " | ".join(f"{n} req/s (p50 / p99 ms)" for n in names) + " |"]
-    lines.append("|---|---|---|" + "---|" * len(names))
-    keys = []
-    for r in ok_runs:
-        for s in r["scenarios"]:
-            key = (r["tasks"], s["traffic"], s["concurrency"])
-            if key not in keys:
-                keys.append(key)
+    header = ["tasks", "traffic", "conc."] + [f"{n} req/s (p50 / p99 ms)" for n in names]
+    header += [f"ours / {n}" for n in peers]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    keys = dict.fromkeys((r["tasks"], s["traffic"], s["concurrency"]) for r in ok_runs for s in r["scenarios"])
     for tasks, traffic, c in sorted(keys, key=lambda k: (k[0], k[1] != "single", k[2])):
-        cells = []
-        for n in names:
-            s = next(
-                (s for s in by.get((n, tasks), {}).get("scenarios", []) if (s["traffic"], s["concurrency"]) == (traffic, c)),
-                None,
-            )
+        found = {n: _scenario(by.get((n, tasks)), traffic, c) for n in names}
+        cells = [str(tasks), traffic, str(c)]
+        for s in found.values():
             cells.append("-" if s is None else f"{s['rps']:.1f} ({s['p50_ms']:.0f} / {s['p99_ms']:.0f})")
-        lines.append(f"| {tasks} | {traffic} | {c} | " + " | ".join(cells) + " |")
-    lines += ["", "| tasks | server | RSS loaded MiB | RSS peak MiB | startup s | predictions vs ours |", "|---|---|---|---|---|---|"]
+        for n in peers:
+            ours, peer = found["ours"], found[n]
+            cells.append("-" if not (ours and peer and peer["rps"]) else f"x{ours['rps'] / peer['rps']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| tasks | server | RSS loaded MiB | RSS peak MiB | startup s | predictions vs ours |"]
+    lines.append("|---|---|---|---|---|---|")
     for r in sorted(ok_runs, key=lambda r: (r["tasks"], names.index(r["server"]))):
         p = r["predictions"]
-        check = (
-            "(reference)"
-            if p is None
-            else f"max abs diff {p['max_abs_diff']:.1e} (tol {p['tolerance']:.0e}), labels {p['labels_equal']}/{p['texts']}"
-        )
+        check = "(reference)" if p is None else f"max abs diff {p['max_abs_diff']:.1e} (tol {p['tolerance']:.0e}), "
+        check += "" if p is None else f"labels {p['labels_equal']}/{p['texts']}"
         lines.append(
-            f"| {r['tasks']} | {r['server']} | {r['rss_loaded_mib']:.0f} | {r['rss_peak_mib']:.0f} | {r['startup_s']} | {check} |"
+            f"| {r['tasks']} | {r['server']} | {r['rss_loaded_mib']:.0f} | {r['rss_peak_mib']:.0f} | "
+            f"{r['startup_s']} | {check} |"
         )
-    failed = [r for r in result["runs"] if "error" in r]
-    for r in failed:
-        lines.append(f"\n{r['server']} with {r['tasks']} tasks failed: {r['error']}")
+    for r in result["runs"]:
+        if "error" in r:
+            lines.append(f"\n{r['server']} with {r['tasks']} tasks failed: {r['error']}")
     for name, reason in result["skipped"].items():
         lines.append(f"\n{name} skipped: {reason}")
     return "\n".join(lines)
