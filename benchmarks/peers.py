@@ -104,6 +104,7 @@ class BenchConfig:
     exports: list[str] = field(default_factory=list)  # shared (or any) exports; empty: build them
     standalone_exports: list[str] = field(default_factory=list)  # for peers that need a plain ONNX
     start_timeout_s: float = 900.0
+    interleave: bool = False  # all servers loaded, rounds alternating between them (one under load at a time)
     output: str = str(RESULTS)
 
     @classmethod
@@ -459,39 +460,56 @@ def compare(reference: dict[str, Scores], answers: dict[str, Scores], tolerance:
     }
 
 
-def measure_server(
-    server: Server, tasks: list[TaskFolders], config: BenchConfig, texts: list[str], reference: dict[str, Scores] | None
-) -> dict[str, Any]:
-    """Start ``server`` with ``tasks``, check its predictions, run every scenario ``rounds`` times, stop it."""
-    workdir = Path(config.workdir)
-    running = RunningServer(server, tasks, config.threads, workdir, config.start_timeout_s)
-    try:
-        result: dict[str, Any] = {"server": server.name, "tasks": len(tasks), "startup_s": running.startup_s}
-        result["rss_loaded_mib"] = round(running.rss_mib(), 1)
-        answers = check_predictions(running, server, tasks, texts[:CHECK_TEXTS])
-        result["predictions"] = compare(reference, answers, config.tolerance) if reference else None
-        names = [t.name for t in tasks]
+class Trial:
+    """One server with one task set: started, checked and warmed up, then measured round by round.
 
-        def single(rng: random.Random) -> tuple[str, dict[str, Any]]:
-            return server.request(names[0], [rng.choice(texts)])
+    Rounds are separate calls so that ``--interleave`` can alternate them between servers."""
 
-        turn = itertools.count()
+    def __init__(
+        self,
+        server: Server,
+        tasks: list[TaskFolders],
+        config: BenchConfig,
+        texts: list[str],
+        reference: dict[str, Scores] | None,
+    ) -> None:
+        self.server, self.config, self.texts = server, config, texts
+        self.names = [t.name for t in tasks]
+        self.running = RunningServer(server, tasks, config.threads, Path(config.workdir), config.start_timeout_s)
+        try:
+            self.result: dict[str, Any] = {"server": server.name, "tasks": len(tasks)}
+            self.result["startup_s"] = self.running.startup_s
+            self.result["rss_loaded_mib"] = round(self.running.rss_mib(), 1)
+            self.answers = check_predictions(self.running, server, tasks, texts[:CHECK_TEXTS])
+            self.result["predictions"] = compare(reference, self.answers, config.tolerance) if reference else None
+            self._turn = itertools.count()
+            self.traffics = {"single": self._single, "mixed": self._mixed} if len(tasks) > 1 else {}
+            self.traffics = self.traffics or {"single": self._single}
+            asyncio.run(load_run(self.running.url, max(config.concurrencies), config.warmup_s, self._mixed))
+        except BaseException:
+            self.running.stop()
+            raise
+        self.samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self.running.start_sampling()
 
-        def mixed(rng: random.Random) -> tuple[str, dict[str, Any]]:  # same texts, tasks in turn
-            return server.request(names[next(turn) % len(names)], [rng.choice(texts)])
+    def _single(self, rng: random.Random) -> tuple[str, dict[str, Any]]:
+        return self.server.request(self.names[0], [rng.choice(self.texts)])
 
-        traffics = {"single": single, "mixed": mixed} if len(tasks) > 1 else {"single": single}
-        asyncio.run(load_run(running.url, max(config.concurrencies), config.warmup_s, mixed))
-        running.start_sampling()
-        samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for _ in range(config.rounds):  # rounds outermost: a load change on the machine hits every scenario
-            for traffic, fn in traffics.items():
-                for c in config.concurrencies:
-                    samples.setdefault((traffic, c), []).append(
-                        asyncio.run(load_run(running.url, c, config.seconds, fn))
-                    )
-        result["rss_peak_mib"] = round(running.peak_mib(), 1)
-        result["scenarios"] = [
+    def _mixed(self, rng: random.Random) -> tuple[str, dict[str, Any]]:  # same texts as _single, tasks in turn
+        return self.server.request(self.names[next(self._turn) % len(self.names)], [rng.choice(self.texts)])
+
+    def run_round(self) -> None:
+        """Every scenario once (within a round, so that a load change on the machine hits them all)."""
+        for traffic, fn in self.traffics.items():
+            for c in self.config.concurrencies:
+                run = asyncio.run(load_run(self.running.url, c, self.config.seconds, fn))
+                self.samples.setdefault((traffic, c), []).append(run)
+
+    def finish(self) -> dict[str, Any]:
+        """Stop the server; the result with per-scenario medians over the rounds."""
+        self.result["rss_peak_mib"] = round(self.running.peak_mib(), 1)
+        self.running.stop()
+        self.result["scenarios"] = [
             {
                 "traffic": traffic,
                 "concurrency": c,
@@ -502,11 +520,63 @@ def measure_server(
                 "errors": sum(r["errors"] for r in runs),
                 "rounds_rps": [r["rps"] for r in runs],
             }
-            for (traffic, c), runs in samples.items()
+            for (traffic, c), runs in self.samples.items()
         ]
-        return result | {"_answers": answers}
+        return self.result
+
+    def stop(self) -> None:
+        self.running.stop()
+
+
+def measure_task_set(
+    active: list[Server], tasks: list[TaskFolders], config: BenchConfig, texts: list[str]
+) -> list[dict[str, Any]]:
+    """All servers on one task set: one at a time (default), or all loaded and the rounds alternating
+    between them (``interleave``: one server under load at a time, the others idle)."""
+    results: list[dict[str, Any]] = []
+    reference: dict[str, Scores] | None = None
+    trials: list[Trial] = []
+
+    def start(server: Server) -> Trial | None:
+        nonlocal reference
+        print(f"--- {server.name}, {len(tasks)} task(s)", flush=True)
+        try:
+            trial = Trial(server, tasks, config, texts, reference)
+        except RuntimeError as error:
+            print(f"{server.name} with {len(tasks)} tasks failed: {error}", flush=True)
+            results.append({"server": server.name, "tasks": len(tasks), "error": str(error)})
+            return None
+        if server.name == "ours":
+            reference = trial.answers
+        return trial
+
+    def done(trial: Trial) -> None:
+        results.append(trial.finish())
+        _print_run(results[-1])
+
+    try:
+        for server in active:
+            trial = start(server)
+            if trial is None:
+                continue
+            if config.interleave:
+                trials.append(trial)
+                continue
+            try:
+                for _ in range(config.rounds):
+                    trial.run_round()
+                done(trial)
+            finally:
+                trial.stop()
+        for _ in range(config.rounds if trials else 0):
+            for trial in trials:
+                trial.run_round()
+        for trial in trials:
+            done(trial)
     finally:
-        running.stop()
+        for trial in trials:
+            trial.stop()
+    return results
 
 
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
@@ -529,23 +599,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             skipped[name] = reason
             print(f"skipping {name}: {reason}", flush=True)
     active = [kinds[n] for n in config.servers if n not in skipped]
+    active.sort(key=lambda server: server.name != "ours")  # ours first: its answers are the reference
     runs = []
     for n in config.task_counts:
-        tasks = task_set(base, n, workdir)
-        reference = None
-        for server in active:
-            print(f"--- {server.name}, {n} task(s)", flush=True)
-            try:
-                result = measure_server(server, tasks, config, texts, reference)
-            except RuntimeError as error:
-                print(f"{server.name} with {n} tasks failed: {error}", flush=True)
-                runs.append({"server": server.name, "tasks": n, "error": str(error)})
-                continue
-            answers = result.pop("_answers")
-            if server.name == "ours":
-                reference = answers
-            runs.append(result)
-            _print_run(result)
+        runs += measure_task_set(active, task_set(base, n, workdir), config, texts)
     result = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -586,9 +643,21 @@ def _scenario(run: dict[str, Any] | None, traffic: str, concurrency: int) -> dic
     return None
 
 
+def _ratio(ours: dict[str, Any] | None, peer: dict[str, Any] | None, paired: bool) -> str:
+    """ours' req/s over the peer's: with interleaved rounds, the median of the per-round ratios (each
+    round's two numbers were measured minutes apart at most); otherwise the ratio of the medians."""
+    if not (ours and peer and all(peer["rounds_rps"])):
+        return "-"
+    if paired and len(ours["rounds_rps"]) == len(peer["rounds_rps"]):
+        value = statistics.median(a / b for a, b in zip(ours["rounds_rps"], peer["rounds_rps"], strict=True))
+    else:
+        value = ours["rps"] / peer["rps"]
+    return f"x{value:.2f}"
+
+
 def table(result: dict[str, Any]) -> str:
-    """Markdown: req/s and latency with the servers side by side (and ours' req/s over each peer's), then
-    memory, start-up time and the prediction check."""
+    """Markdown: req/s and latency with the servers side by side (and ours' req/s over each peer's, see
+    ``_ratio``), then memory, start-up time and the prediction check."""
     ok_runs = [r for r in result["runs"] if "error" not in r]
     names = list(dict.fromkeys(r["server"] for r in ok_runs))
     peers = [n for n in names if n != "ours"] if "ours" in names else []
@@ -603,8 +672,7 @@ def table(result: dict[str, Any]) -> str:
         for s in found.values():
             cells.append("-" if s is None else f"{s['rps']:.1f} ({s['p50_ms']:.0f} / {s['p99_ms']:.0f})")
         for n in peers:
-            ours, peer = found["ours"], found[n]
-            cells.append("-" if not (ours and peer and peer["rps"]) else f"x{ours['rps'] / peer['rps']:.2f}")
+            cells.append(_ratio(found["ours"], found[n], paired=result["config"].get("interleave", False)))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| tasks | server | RSS loaded MiB | RSS peak MiB | startup s | predictions vs ours |"]
     lines.append("|---|---|---|---|---|---|")
@@ -638,6 +706,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument("--workdir", help="built tasks, copies, logs (default /tmp/aa_peers)")
     parser.add_argument("--exports", nargs="+", help="existing export folders instead of building (task = folder name)")
     parser.add_argument("--standalone-exports", nargs="+", help="standalone exports of the same tasks, same order")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="load all servers at once and alternate the rounds between them (one under load at a time): "
+        "on a machine whose background load changes, ratios then compare like with like",
+    )
     parser.add_argument("--output", help=f"JSON result (default {RESULTS.relative_to(REPO)})")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
@@ -650,6 +724,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     for name in ("threads", "rounds", "seconds", "tolerance", "epochs", "workdir", "output"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
+    values["interleave"] = args.interleave
     values["exports"] = args.exports or []
     values["standalone_exports"] = args.standalone_exports or []
     return BenchConfig.quick(**values) if args.quick else BenchConfig(**values)

@@ -23,7 +23,10 @@ def _peers_module():
     return module
 
 
-def test_peers_quick_run_writes_json_and_predictions_agree(serving_exports: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("interleave", [False, True], ids=["one-at-a-time", "interleaved"])
+def test_peers_quick_run_writes_json_and_predictions_agree(
+    interleave: bool, serving_exports: dict[str, Path], tmp_path: Path
+) -> None:
     peers = _peers_module()
     output = tmp_path / "peers.json"
     config = peers.BenchConfig.quick(
@@ -31,6 +34,8 @@ def test_peers_quick_run_writes_json_and_predictions_agree(serving_exports: dict
         task_counts=[1, 3],  # 3 > the 2 exports given: the third task is a hard-linked copy under its own name
         concurrencies=[1, 4],
         threads=1,
+        rounds=2 if interleave else 1,
+        interleave=interleave,
         seconds=0.5,
         warmup_s=0.2,
         exports=[str(serving_exports["sst"]), str(serving_exports["topic"])],
@@ -51,7 +56,7 @@ def test_peers_quick_run_writes_json_and_predictions_agree(serving_exports: dict
         assert {(s["traffic"], s["concurrency"]) for s in run["scenarios"]} == expected
         for s in run["scenarios"]:
             assert s["errors"] == 0 and s["requests"] > 0 and s["rps"] > 0
-            assert 0 < s["p50_ms"] <= s["p99_ms"] and len(s["rounds_rps"]) == 1
+            assert 0 < s["p50_ms"] <= s["p99_ms"] and len(s["rounds_rps"]) == config.rounds
         if server == "ours":
             assert run["predictions"] is None  # ours is the reference
         else:
@@ -61,6 +66,7 @@ def test_peers_quick_run_writes_json_and_predictions_agree(serving_exports: dict
     assert (tmp_path / "work" / "copies" / "shared" / "sst_2" / "aa_export.json").is_file()
     report = peers.table(written)
     assert "| 3 | mixed | 4 |" in report and "ours / handrolled" in report
+    assert [r["server"] for r in written["runs"]] == ["ours", "handrolled"] * 2  # ours first: the reference
 
 
 def test_peers_rejects_pair_tasks_and_unmatched_standalone_lists(
