@@ -43,8 +43,11 @@ request, closed loop (``concurrency`` clients each send their next request when 
 ``--rounds`` rounds of req/s, p50 and p99. Predictions: every task's answers on 16 demo sentences,
 probabilities compared with ``ours`` (max abs difference, tolerance reported, labels equal).
 
-The machine the results come from is shared (2 cores, a background training job): absolute numbers
-move with the load; ratios within one run are what count.
+One server at a time by default; ``--interleave`` loads all of them at once and alternates the rounds
+between them (one under load at a time, the others idle), so that a change in the machine's background
+load hits every server alike, and reports ours' req/s over each peer's as the median of per-round ratios.
+The machine the results come from is shared (2 cores, background training jobs): absolute numbers move
+with the load; ratios within one run are what count.
 """
 
 from __future__ import annotations
@@ -235,16 +238,34 @@ class Server:
     name: str
     model_format: str
     command: Callable[[list[TaskFolders], int, int], list[str]]
-    request: Callable[[str, list[str]], tuple[str, dict[str, Any]]]
-    parse: Callable[[dict[str, Any]], Scores]
+    request: Callable[[str, list[str]], tuple[str, dict[str, Any]]]  # the load: task, texts -> path, body
+    check_request: Callable[[str, list[str]], tuple[str, dict[str, Any]]]  # the prediction check
+    parse: Callable[[dict[str, Any], tuple[str, ...]], Scores]  # its answer, the task's labels -> scores
     ready_path: str
     needs_standalone: bool = False
     missing: Callable[[], str | None] = lambda: None
     notes: str = ""
 
 
-def _ours_parse(body: dict[str, Any]) -> Scores:
-    return [p["scores"] for p in body["predictions"]]
+def _oip_request(task: str, texts: list[str]) -> tuple[str, dict[str, Any]]:
+    """The Open Inference Protocol's JSON form: ``aa-deploy serve`` and the hand-rolled server both answer
+    it with the logits, so the check compares what the graphs computed, not a rounded summary."""
+    text = {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}
+    return f"/v2/models/{task}/infer", {"inputs": [text]}
+
+
+def _oip_parse(body: dict[str, Any], labels: tuple[str, ...]) -> Scores:
+    import numpy as np
+
+    (logits,) = [o for o in body["outputs"] if o["name"] == "logits"]
+    rows = np.asarray(logits["data"], dtype=np.float64).reshape(logits["shape"])
+    shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    return [dict(zip(labels, map(float, row), strict=True)) for row in probabilities]
+
+
+def _v1_request(task: str, texts: list[str]) -> tuple[str, dict[str, Any]]:
+    return f"/v1/tasks/{task}/predict", {"texts": texts}
 
 
 def _ours_command(tasks: list[TaskFolders], port: int, threads: int) -> list[str]:
@@ -291,7 +312,11 @@ def _infinity_command_in(root: Path) -> Callable[[list[TaskFolders], int, int], 
     return command
 
 
-def _infinity_parse(body: dict[str, Any]) -> Scores:
+def _infinity_request(task: str, texts: list[str]) -> tuple[str, dict[str, Any]]:
+    return "/classify", {"model": task, "input": texts}
+
+
+def _infinity_parse(body: dict[str, Any], labels: tuple[str, ...]) -> Scores:  # probabilities, by label
     return [{entry["label"]: entry["score"] for entry in row} for row in body["data"]]
 
 
@@ -301,8 +326,9 @@ def servers(workdir: Path) -> dict[str, Server]:
             "ours",
             "shared exports (aa-deploy export): one backbone for all tasks",
             _ours_command,
-            lambda task, texts: (f"/v1/tasks/{task}/predict", {"texts": texts}),
-            _ours_parse,
+            _v1_request,
+            _oip_request,
+            _oip_parse,
             "/ready",
             notes="aa-deploy serve defaults: multi-task graph, dynamic batching across tasks",
         ),
@@ -310,16 +336,19 @@ def servers(workdir: Path) -> dict[str, Server]:
             "handrolled",
             "any export (one ONNX Runtime session per task; given the standalone ones)",
             _handrolled_command,
-            lambda task, texts: (f"/v1/tasks/{task}/predict", {"texts": texts}),
-            _ours_parse,
+            _v1_request,
+            _oip_request,
+            _oip_parse,
             "/ready",
-            notes="benchmarks/handrolled_server.py: FastAPI + ORT, no batching",
+            notes="benchmarks/handrolled_server.py: FastAPI + one ORT session per task, run in the request "
+            "handler (no batching)",
         ),
         "infinity": Server(
             "infinity",
             "standalone exports (aa-deploy export --standalone) as Optimum folders",
             _infinity_command_in(workdir / "infinity_models"),
-            lambda task, texts: ("/classify", {"model": task, "input": texts}),
+            _infinity_request,
+            _infinity_request,
             _infinity_parse,
             "/health",
             needs_standalone=True,
@@ -356,7 +385,11 @@ class RunningServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_ready(server.ready_path, timeout_s)
+        try:
+            self._wait_ready(server.ready_path, timeout_s)
+        except BaseException:  # an interrupted or failed start leaves no server behind
+            self.stop()
+            raise
         self.startup_s = round(time.perf_counter() - started, 1)
         self._peak = 0.0
         self._sampling = False
@@ -436,8 +469,8 @@ def check_predictions(
     """Each task's probabilities on the check texts (one request per task, all texts in it)."""
     out = {}
     for t in tasks:
-        path, body = server.request(t.name, texts)
-        out[t.name] = server.parse(running.post(path, body))
+        path, body = server.check_request(t.name, texts)
+        out[t.name] = server.parse(running.post(path, body), t.labels)
     return out
 
 
