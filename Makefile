@@ -97,7 +97,7 @@ $(INFINITY_STAMP): Makefile
 	$(INFINITY_VENV)/bin/python -m pip install --quiet --upgrade pip
 	@$(MAKE) --no-print-directory torch-into VENV_PY=$(INFINITY_VENV)/bin/python
 	$(INFINITY_VENV)/bin/python -m pip install --quiet "infinity-emb[server,optimum]==0.0.78" \
-		"optimum==2.1.0" "optimum-onnx[onnxruntime]==0.1.0" "numpy<2" psutil
+		"optimum==2.1.0" "optimum-onnx[onnxruntime]==0.1.0" "numpy<2"
 	@touch $(INFINITY_STAMP)
 
 peers-env: $(INFINITY_STAMP)

@@ -11,9 +11,10 @@ Servers (one at a time, each a subprocess on 127.0.0.1, RSS summed over its whol
 
 - ``ours``: ``aa-deploy serve`` with its defaults (multi-task graph, dynamic batching across tasks) on
   **shared** exports: the backbone's weights are loaded once for all tasks.
-- ``handrolled``: benchmarks/handrolled_server.py, FastAPI + one ONNX Runtime session per task, no
-  batching: what serving the exports by hand looks like. Takes any export folder (each session loads
-  the backbone's weights again); given the standalone exports.
+- ``handrolled``: benchmarks/handrolled_server.py, FastAPI + one ONNX Runtime session per task, the
+  session run in the (async) request handler: no batching, one request at a time. What serving the
+  exports by hand looks like. Takes any export folder (each session loads the backbone's weights
+  again); given the standalone exports.
 - ``infinity``: Infinity (``infinity-emb[server,optimum]==0.0.78``, ``make peers-env``), ``v2`` with
   ``--engine optimum``: its ``/classify`` route runs Optimum's ``ORTModelForSequenceClassification``
   in a transformers ``text-classification`` pipeline, with Infinity's own dynamic batching per model.
@@ -41,7 +42,9 @@ folders under distinct names (distinct tasks for every server). Load: the demo s
 request, closed loop (``concurrency`` clients each send their next request when the previous answers),
 ``single`` (all to the first task) and ``mixed`` (tasks in turn) traffic; per scenario the medians over
 ``--rounds`` rounds of req/s, p50 and p99. Predictions: every task's answers on 16 demo sentences,
-probabilities compared with ``ours`` (max abs difference, tolerance reported, labels equal).
+probabilities compared with ``ours`` (max abs difference, tolerance reported, labels equal); ours and the
+hand-rolled server are asked over the Open Inference Protocol (logits, softmax here), Infinity over
+``/classify`` (its pipeline's probabilities).
 
 One server at a time by default; ``--interleave`` loads all of them at once and alternates the rounds
 between them (one under load at a time, the others idle), so that a change in the machine's background
