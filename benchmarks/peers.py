@@ -636,6 +636,14 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             print(f"skipping {name}: {reason}", flush=True)
     active = [kinds[n] for n in config.servers if n not in skipped]
     active.sort(key=lambda server: server.name != "ours")  # ours first: its answers are the reference
+    warnings = []
+    cores = psutil.cpu_count(logical=False)
+    if any(s.name == "infinity" for s in active) and cores != config.threads:
+        warnings.append(
+            f"Infinity's ONNX Runtime uses {cores} threads (one per physical core; it cannot be set), the others "
+            f"--threads {config.threads}: pass --threads {cores} for a like-for-like comparison"
+        )
+        print("warning:", warnings[-1], flush=True)
     runs = []
     for n in config.task_counts:
         runs += measure_task_set(active, task_set(base, n, workdir), config, texts)
@@ -650,6 +658,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         "config": asdict(config),
         "servers": {s.name: {"model_format": s.model_format, "notes": s.notes} for s in active},
         "skipped": skipped,
+        "warnings": warnings,
         "runs": runs,
         "seconds": round(time.time() - started, 1),
     }
