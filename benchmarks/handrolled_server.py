@@ -120,7 +120,7 @@ def create_app(exports: dict[str, Path], threads: int) -> Any:
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs = shifted / shifted.sum(axis=-1, keepdims=True)
         best = probs.argmax(axis=-1)
-        predictions = [{"label": t.label_names[int(b)], "score": float(p[b])} for b, p in zip(best, probs)]
+        predictions = [{"label": t.label_names[int(b)], "score": float(p[b])} for b, p in zip(best, probs, strict=True)]
         return {"task": name, "predictions": predictions}
 
     @app.post("/v2/models/{name}/infer")
