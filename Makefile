@@ -17,6 +17,8 @@ ADAPTERS_VENV ?= .venv-adapters
 ADAPTERS_STAMP := $(ADAPTERS_VENV)/.installed
 KSERVE_VENV ?= .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
+INFINITY_VENV ?= .venv-infinity
+INFINITY_STAMP := $(INFINITY_VENV)/.installed
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 SERVE_VENV ?= .venv-serve
 SERVE_EXTRA ?= serve
@@ -25,7 +27,7 @@ SERVE_WHEELS := build/serve-wheel
 PACKAGE_SOURCES := $(shell find aa_deploy export serving -name '*.py' -o -name '*.csv' -o -name '*.md' 2>/dev/null)
 export AA_GLUE_DIR
 
-.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env adapters-env serve-env kserve-env
+.PHONY: setup demo test test-fast bench-train clean torch-into optimum-env adapters-env serve-env kserve-env peers-env bench-peers
 
 setup: $(STAMP)
 
@@ -100,6 +102,22 @@ $(KSERVE_STAMP): Makefile
 
 kserve-env: $(KSERVE_STAMP)
 
+# Peer servers for benchmarks/peers.py, each in its own environment: Infinity pins numpy<2 and (through
+# optimum-onnx) transformers<4.58, which clash with this project's pins. Optimum 2 (optimum-onnx) is the
+# line that imports with the CPU torch used here (Optimum 1.x needs a torch.onnx helper gone since 2.9).
+$(INFINITY_STAMP): Makefile
+	@test -x $(INFINITY_VENV)/bin/python || $(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	@$(MAKE) --no-print-directory torch-into VENV_PY=$(INFINITY_VENV)/bin/python
+	$(INFINITY_VENV)/bin/python -m pip install --quiet "infinity-emb[server,optimum]==0.0.78" \
+		"optimum==2.1.0" "optimum-onnx[onnxruntime]==0.1.0" "numpy<2"
+	@touch $(INFINITY_STAMP)
+
+peers-env: $(INFINITY_STAMP)
+
+bench-peers: setup peers-env
+	$(PY) benchmarks/peers.py
+
 demo: setup
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/aa-deploy demo --output demo-output
 
@@ -115,4 +133,4 @@ bench-train: setup
 	$(PY) benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) $(OPTIMUM_VENV) $(ADAPTERS_VENV) $(KSERVE_VENV) $(SERVE_VENV) .venv-serve-cpu $(SERVE_WHEELS) demo-output .pytest_cache
+	rm -rf $(VENV) $(OPTIMUM_VENV) $(ADAPTERS_VENV) $(KSERVE_VENV) $(INFINITY_VENV) $(SERVE_VENV) .venv-serve-cpu $(SERVE_WHEELS) demo-output .pytest_cache

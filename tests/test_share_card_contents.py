@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aa_deploy.contract.layout import CONFIG_NAME, METRICS_NAME, SELECTION_NAME, WEIGHTS_NAME
+
 from aa_deploy.card import build_model_card, write_model_card
 
 NO_COPY = "No copy of the backbone is included"
@@ -74,7 +76,7 @@ def test_card_follows_the_given_file_list(serving_exports: dict[str, Path]) -> N
 def test_run_folder_card_claims_no_backbone(serving_exports: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("adapter_config.json", "adapter_model.safetensors", "selection.json", "metrics.json"):
+    for name in (CONFIG_NAME, WEIGHTS_NAME, SELECTION_NAME, METRICS_NAME):
         shutil.copyfile(serving_exports["sst"] / name, run / name)
     text = write_model_card(run, repo_id="alice/run").read_text()
     assert NO_COPY in text and "## ONNX export" not in text and "onnxruntime" not in text

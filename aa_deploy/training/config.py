@@ -84,7 +84,7 @@ class TrainConfig(JsonRecord):
         help="focused or standard recipe: adapters only at these layers, e.g. 0,3,5 (default: none)",
     )
     max_layers: int | None = option(
-        None, metavar="K", help="search recipe: layer budget, keep at most K adapter layers (docs/METHOD.md §3)"
+        None, metavar="K", help="search recipe: layer budget, keep at most K adapter layers (docs/METHOD.md §3; default: no budget)"
     )
     layer_cost: float = option(
         0.0, help="search recipe: loss penalty per expected kept layer (a price on each layer, docs/METHOD.md §3)"
