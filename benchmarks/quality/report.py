@@ -152,7 +152,7 @@ def plot_budget(curve: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted(curve, key=lambda k: (_size_key(k[1]), k[0]))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6.5, 4.6 * len(keys)), 4.0), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for (recipe, label), marker in zip(BUDGET_METHODS, "osd"):
             points = sorted(curve[key].get(recipe, {}).items())
@@ -163,12 +163,15 @@ def plot_budget(curve: dict, path: Path) -> None:
             stds = [100 * mean_std(v)[1] for _, v in points]
             ax.errorbar(ks, means, yerr=stds, marker=marker, capsize=3, label=label.split(" (")[0])
         ax.set_title(f"{key[0]}, N = {key[1]}", fontsize=12)
+        ks_all = sorted({k for m in curve[key].values() for k in m})
+        ax.set_xticks(ks_all)
+        ax.set_xticklabels([f"{k}\n(no budget)" if k == ks_all[-1] else str(k) for k in ks_all], fontsize=10)
         ax.set_xlabel("adapter layers kept (K)", fontsize=11)
         ax.set_ylabel("official dev score × 100", fontsize=11)
-        ax.tick_params(labelsize=10)
+        ax.tick_params(axis="y", labelsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=9, loc="lower right")
-    fig.suptitle("Score against adapter layers kept (MiniLM-L6, default schedule)", fontsize=12)
+    fig.suptitle("Score vs adapter layers kept (MiniLM-L6, default schedule)", fontsize=12)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
