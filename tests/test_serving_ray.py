@@ -311,3 +311,29 @@ def test_ray_cluster_two_replicas_serve_mixed_traffic_while_tasks_change(
     assert all(s == 200 or (s == 404 and ("task_not_found" in e or "is not loaded" in e)) for s, e in churn), churn[:5]
     assert any(s == 200 for s, _ in churn) and any(s == 404 for s, _ in churn)
     assert not mismatches, mismatches[:5]
+
+
+def test_local_cluster_retries_a_start_that_ray_gave_up_on(monkeypatch) -> None:
+    """Ray's fixed 30 s node-registration wait can time out on a starved machine: one fresh retry."""
+    from aa_deploy.serving import ray_local
+
+    cluster = ray_local.LocalRayCluster()
+    calls: list[tuple[int, int]] = []
+
+    def flaky_start(self):
+        calls.append((self.gcs_port, self.dashboard_port))
+        if len(calls) == 1:
+            raise RuntimeError("ray start failed (1):\nException: The current node timed out during startup.")
+        return self
+
+    monkeypatch.setattr(ray_local.LocalRayCluster, "_start_nodes", flaky_start)
+    monkeypatch.setattr(ray_local.time, "sleep", lambda s: None)
+    assert cluster.start() is cluster
+    assert len(calls) == 2 and calls[0] != calls[1]  # the retry runs on fresh ports
+
+    def broken_start(self):
+        raise RuntimeError("ray start failed (1): some other error")
+
+    monkeypatch.setattr(ray_local.LocalRayCluster, "_start_nodes", broken_start)
+    with pytest.raises(RuntimeError, match="some other error"):
+        cluster.start()
