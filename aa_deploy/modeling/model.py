@@ -260,6 +260,14 @@ class AdaptableAdapterModel(nn.Module):
         return {int(i): b.rational for i, b in self.adapter_layers.items() if b.rational is not None}
 
     # --------------------------------------------------------------------------------------- pruning
+    def bare_backbone_copy(self) -> PreTrainedModel:
+        """A deep copy of the backbone without this model's adapter hooks (they would run twice)."""
+        self.detach()
+        try:
+            return copy.deepcopy(self.backbone)
+        finally:
+            self.attach()
+
     def pruned(self) -> AdaptableAdapterModel:
         """A copy in which deselected adapters and all switches are physically removed.
 
@@ -267,11 +275,7 @@ class AdaptableAdapterModel(nn.Module):
         untouched backbone layer), with fewer modules and no switch logic.
         """
         kept = self.kept_layers()
-        self.detach()
-        try:
-            backbone = copy.deepcopy(self.backbone)
-        finally:
-            self.attach()
+        backbone = self.bare_backbone_copy()
         config = AdapterConfig.from_dict(self.config.to_dict())
         config.pruned = True
         config.selected_layers = kept

@@ -8,7 +8,6 @@ repeats) on the machine that trained, so it is a ratio on that machine, not a se
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -60,12 +59,7 @@ def measure_layer_savings(
     num_layers = int(model.config.num_hidden_layers or 0)
     full_config = AdapterConfig.from_dict(pruned.config.to_dict())
     full_config.selected_layers = list(range(num_layers))
-    pruned.detach()  # copy the bare backbone: hooks would otherwise be copied along and run twice
-    try:
-        backbone = copy.deepcopy(pruned.backbone)
-    finally:
-        pruned.attach()
-    full = AdaptableAdapterModel(backbone, full_config).to(device).eval()
+    full = AdaptableAdapterModel(pruned.bare_backbone_copy(), full_config).to(device).eval()
     encoded = tokenizer(_TEXT, return_tensors="pt")
     inputs = {k: v.to(device) for k, v in encoded.items()}
     kept_ms, full_ms = _median_ms([pruned, full], inputs, repeats)
