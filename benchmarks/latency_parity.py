@@ -186,15 +186,18 @@ def measure_http(exports: dict[str, Path], threads: int, rounds: int, requests: 
     from serving_bench import load_texts
 
     singles, pairs = load_texts()
-    configs = {
-        "1 task (single)": ["sentiment"],
-        "1 task (pair)": ["nli"],
-        "4 tasks": list(FOUR),
+    # name -> (tasks loaded, extra `aa-deploy serve` options). "own sessions": the tasks also keep their own
+    # session (--single-task-sessions), a prepacked backbone copy each, for plain-session speed at batch 1.
+    configs: dict[str, tuple[list[str], list[str]]] = {
+        "1 task (single)": (["sentiment"], []),
+        "1 task (pair)": (["nli"], []),
+        "4 tasks": (list(FOUR), []),
+        "4 tasks, own sessions": (list(FOUR), ["--single-task-sessions", "4"]),
     }
     rows = []
-    for config, names in configs.items():
+    for config, (names, extra) in configs.items():
         tasks = {n: exports[n] for n in names}
-        ours, ours_port = start_ours(tasks, threads)
+        ours, ours_port = start_ours(tasks, threads, extra)
         theirs, their_port = start_handrolled(tasks, threads)
         try:
             memory = {"ours_rss_mib": rss_mib(ours), "handrolled_rss_mib": rss_mib(theirs)}

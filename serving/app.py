@@ -16,6 +16,7 @@ from . import __version__
 from .batcher import DynamicBatcher
 from .config import ServerConfig
 from .http_errors import BodyLimitMiddleware, JsonBodyMiddleware, install_error_handlers
+from .http_limits import OpenRequests
 from .metrics import ServerMetrics
 from .registry import TaskRegistry
 from .routes import ROUTERS
@@ -27,7 +28,8 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
     configured tasks are loaded at startup, each failure reported without stopping the others."""
     metrics = ServerMetrics()
     batcher = DynamicBatcher(config, observer=metrics.observe_batch)
-    service = InferenceService(config, batcher, metrics, registry)
+    open_requests = OpenRequests()  # counted by our uvicorn protocol (serving/server.py), read by the service
+    service = InferenceService(config, batcher, metrics, registry, open_requests=open_requests)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -51,6 +53,7 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
     )
     app.state.config = config
     app.state.service = service
+    app.state.open_requests = open_requests
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)
     install_error_handlers(app)

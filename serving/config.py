@@ -173,9 +173,10 @@ class ServerConfig:
     # and a batch of one of them alone runs on it: a task's own graph is the fastest for it (the stacked
     # graph pays for every member's adapter layers and the gathers), so a lone request is never slower
     # than a plain session of its model. Each costs one prepacked copy of the backbone (~45 MiB on
-    # MiniLM), and the measured gain at batch 1 (multi-task graph 0.96-0.99x of a plain session) was
-    # within noise, so the default keeps the promise of one backbone copy for all tasks: 0 = every
-    # batch runs on the multi-task graph. Raise it when latency matters more than memory.
+    # MiniLM); the gain at batch 1 is what the stacked graph costs there (0.92-0.95x of a plain session
+    # when the loaded tasks adapt more layers than the requested one). The default keeps the promise of
+    # one backbone copy for all tasks: 0 = every batch runs on the multi-task graph (with one task loaded
+    # that graph is the task's own). Raise it when latency matters more than memory.
     single_task_sessions: int = 0
     # ONNX Runtime.
     intra_op_threads: int = 0

@@ -61,6 +61,22 @@ def plan_runs(lengths: np.ndarray, max_rows: int, split_cost: float = DEFAULT_SP
     return runs[::-1]
 
 
+def lone_row(items: Sequence[WorkItem], pairs: Sequence[tuple[int, Target]]) -> dict[str, np.ndarray] | None:
+    """The feeds of a call that is one row for one task (the common case at concurrency 1), else None.
+
+    Such a call needs no padding, no length-sorted runs and no row maps: the token vectors are fed as
+    views. On a busy 2-core machine the general path's dozen small NumPy operations cost ~0.4 ms per
+    call, about 3 % of a MiniLM forward pass on a short text.
+    """
+    if len(pairs) != 1:
+        return None
+    encoded = items[pairs[0][0]].encoded
+    if len(encoded) != 1:
+        return None
+    ids = encoded.ids[0][None, :]
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": encoded.type_ids[0][None, :]}
+
+
 class SoloRunner:
     """One session for one export folder."""
 
@@ -89,13 +105,16 @@ class SoloRunner:
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return run_session(self.session, feeds)
+        return run_session(self.session, feeds, inputs=self.inputs)
 
     def logits_for(
         self, items: Sequence[WorkItem], pairs: Sequence[tuple[int, Target]], chunk_rows: int, split_cost: float
     ) -> list[np.ndarray]:
         """Logits of each ``(item index, target)`` of ``pairs``, in that order: the rows of all items
         padded together, run in length-sorted runs (:func:`plan_runs`)."""
+        lone = lone_row(items, pairs)
+        if lone is not None:
+            return [self.run(lone)[:, : pairs[0][1].num_labels]]
         feeds = pad_feeds([items[i].encoded for i, _ in pairs], self.pad_id)
         lengths = feeds["attention_mask"].sum(axis=1)
         logits = np.empty((len(lengths), 0), dtype=np.float32)
@@ -207,6 +226,16 @@ class MergedRunner:
             own = self._task_runners.get(int(next(iter(slots)) or 0))
             if own is not None:
                 return own.logits_for(items, pairs, chunk_rows, split_cost)
+        lone = lone_row(items, pairs)
+        if lone is not None:
+            target = pairs[0][1]
+            if self.prefix is not None:
+                prefix_feeds = {k: v for k, v in lone.items() if k in self.prefix_inputs}
+                lone[str(self.cut)] = self.prefix.run([self.cut], prefix_feeds)[0]
+            chunk = {k: v for k, v in lone.items() if k in self.suffix_inputs}
+            if TASK_IDS in self.suffix_inputs:
+                chunk[TASK_IDS] = np.array([target.slot or 0], dtype=np.int64)
+            return [self.suffix.run([LOGITS], chunk)[0][:, : target.num_labels]]
         order = sorted({i for i, _ in pairs})
         offsets, start = {}, 0
         for i in order:
@@ -257,7 +286,8 @@ class MergedRunner:
             width = int(row_lengths[rows].max())
             inputs = row_map[rows]
             chunk = {k: v[inputs, :width] for k, v in source.items() if k in self.suffix_inputs}
-            chunk[TASK_IDS] = task_ids[rows]
+            if TASK_IDS in self.suffix_inputs:
+                chunk[TASK_IDS] = task_ids[rows]
             logits[rows] = self.suffix.run([LOGITS], chunk)[0]
         return logits
 

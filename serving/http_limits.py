@@ -22,6 +22,25 @@ MAX_HEAD_BYTES = 64 * 1024
 KEEP_ALIVE_S = 5
 
 
+class OpenRequests:
+    """Requests whose head the HTTP protocol has parsed and whose response has not finished.
+
+    The server runs a lone request inline, without the batcher, only when no other request is open.
+    Counting where requests are parsed (in the protocol's callbacks, before any of their handlers runs)
+    sees requests that arrived together at once; without it (uvicorn's h11 parser, Ray Serve, KServe
+    hosting the app) the service yields one turn of the event loop to let them show up, which costs
+    about 0.3 ms per request on a busy 2-core machine.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.tracked = False  # set when our protocol is configured to count (uvicorn_http_options)
+
+    def alone(self) -> bool:
+        """Whether the calling request is the only one open (always False when nobody counts)."""
+        return self.tracked and self.count <= 1
+
+
 def _raw_response(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": {"code": reason.lower().replace(" ", "_"), "message": message}}).encode()
     head = (
@@ -43,8 +62,17 @@ def _bounded_httptools_protocol() -> type | None:
         ends it, so body bytes in the same read do not count) and arms a deadline from the connection's
         opening, or a message's first byte, to the end of the head; either limit answers and closes."""
 
-        def __init__(self, *args: Any, max_head_bytes: int, head_timeout_s: float, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            max_head_bytes: int,
+            head_timeout_s: float,
+            open_requests: OpenRequests | None = None,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(*args, **kwargs)
+            self._open_requests = open_requests
+            self._counted = False  # this connection's current request is in open_requests
             self._max_head_bytes = max_head_bytes
             self._head_timeout_s = head_timeout_s
             self._in_head = True
@@ -58,6 +86,7 @@ def _bounded_httptools_protocol() -> type | None:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            self._uncount()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -75,6 +104,18 @@ def _bounded_httptools_protocol() -> type | None:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._arm_head_timer()
+            if self._open_requests is not None and not self._counted:
+                self._open_requests.count += 1
+                self._counted = True
+
+        def on_response_complete(self) -> None:
+            self._uncount()
+            super().on_response_complete()
+
+        def _uncount(self) -> None:
+            if self._counted and self._open_requests is not None:
+                self._open_requests.count -= 1
+                self._counted = False
 
         def on_headers_complete(self) -> None:
             self._in_head = False
@@ -108,15 +149,20 @@ def _bounded_httptools_protocol() -> type | None:
     return BoundedHttpToolsProtocol
 
 
-def uvicorn_http_options(head_timeout_s: float) -> dict[str, Any]:
-    """The ``uvicorn.Config`` options that bound request heads (size and time) and keep-alive."""
+def uvicorn_http_options(head_timeout_s: float, open_requests: OpenRequests | None = None) -> dict[str, Any]:
+    """The ``uvicorn.Config`` options that bound request heads (size and time) and keep-alive, and count
+    open requests into ``open_requests``."""
     if head_timeout_s <= 0:
         raise ValueError(f"body_timeout_s must be > 0, got {head_timeout_s}")
     options: dict[str, Any] = {"timeout_keep_alive": KEEP_ALIVE_S, "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
     protocol = _bounded_httptools_protocol()
+    if protocol is not None and open_requests is not None:
+        open_requests.tracked = True
     options["http"] = (
         "h11"
         if protocol is None
-        else functools.partial(protocol, max_head_bytes=MAX_HEAD_BYTES, head_timeout_s=head_timeout_s)
+        else functools.partial(
+            protocol, max_head_bytes=MAX_HEAD_BYTES, head_timeout_s=head_timeout_s, open_requests=open_requests
+        )
     )
     return options

@@ -6,10 +6,13 @@ graph in memory in about a second):
 * the backbone is taken from one task graph with its adapters cut out: at an adapted layer the consumers
   of ``LN(s + A(LN(s)))`` are rewired to ``LN(s)``, which is exactly the backbone layer;
 * at every layer where at least one member has an adapter, a stacked adapter is inserted after the
-  layer's output LayerNorm: ``W_down [tasks, H, r]``, the rational's coefficients ``[tasks, 1, 1]`` and
-  ``W_up [tasks, r, H]`` are gathered by ``task_ids`` and applied with batched MatMuls, then
-  ``LN(s + A)``. A member without an adapter at that layer has zero weights, so ``A = 0`` and its rows
-  get exactly ``LN(s)``, the backbone layer; bottleneck sizes and rational degrees are zero-padded;
+  layer's output LayerNorm: ``W_down [tasks, H, r]``, the biases and ``W_up [tasks, r, H]`` are gathered
+  by ``task_ids`` and applied with batched MatMuls; the activation (rational A or B, or ReLU, mixed
+  freely) is one MatMul of the power features ``[x^0..x^d, |x|^0..|x|^d]`` with a gathered per-task
+  coefficient matrix (:func:`_coefficient_matrix`); then ``LN(s + A)``. A member without an adapter at
+  that layer has zero weights, so ``A = 0`` and its rows get exactly ``LN(s)``, the backbone layer;
+  bottleneck sizes and rational degrees are zero-padded. With one member nothing is gathered: its
+  weights are constants and the graph is that member's own;
 * each member's head (everything between the last layer's output and ``logits`` in its own graph) is
   copied in under a per-task prefix, and the row's own head output is selected with GatherElements.
 
@@ -199,85 +202,88 @@ def _stack(arrays: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _horner(b: _Builder, prefix: str, coefficient_names: list[str], x: str) -> str:
-    """``c0 + c1 x + ... + cn x^n`` with per-row coefficients ([rows, 1, 1]), Horner order as the trainer."""
-    result = b.op("Mul", [coefficient_names[-1], x], prefix)
-    for k in range(len(coefficient_names) - 2, -1, -1):
-        result = b.op("Add", [result, coefficient_names[k]], prefix)
-        if k > 0:
-            result = b.op("Mul", [result, x], prefix)
-    return result
+def _coefficient_matrix(present: Sequence[AdapterWeights | None], degree: int) -> np.ndarray:
+    """Per-task activation coefficients ``[tasks, 2 (degree + 1), 3]`` over the power features.
+
+    The features of a pre-activation ``x`` are ``[x^0 .. x^d, |x|^0 .. |x|^d]``; the three columns give the
+    numerator ``sum a_k x^k``, version A's denominator part ``sum |b_k| |x|^k`` and version B's
+    ``sum b_k x^k`` (taken absolute in the graph). ReLU is ``(x + |x|) / 2``, exactly, in the numerator
+    column with an empty denominator; a task without an adapter at the layer has all zeros (and zero
+    weights, so its adapter output is 0). Zero coefficients multiply every power, so a pre-activation
+    beyond ~4e7 in magnitude (``x^5`` overflows float32) would give NaN where a ReLU task alone gives a
+    number; pre-activations of a LayerNorm output through a trained down-projection stay many orders of
+    magnitude below that, and the load-time check against each task's own graph would show otherwise."""
+    width = degree + 1
+    table = np.zeros((len(present), 2 * width, 3), dtype=np.float32)
+    for j, a in enumerate(present):
+        if a is None:
+            continue
+        if a.activation == "relu":
+            table[j, 1, 0] = table[j, width + 1, 0] = 0.5
+            continue
+        table[j, : len(a.numerator), 0] = a.numerator
+        q = len(a.denominator)
+        if a.activation == "A":
+            table[j, width + 1 : width + 1 + q, 1] = a.denominator
+        else:
+            table[j, 1 : 1 + q, 2] = a.denominator
+    return table
 
 
 def _stacked_adapter(
     b: _Builder, layer: int, members: Sequence[dict[int, AdapterWeights]], h_in: str, hidden: int
 ) -> str:
-    """Nodes computing the stacked adapter output ``A(h_in)`` [rows, seq, H] for the row's task."""
+    """Nodes computing the stacked adapter output ``A(h_in)`` [rows, seq, H] for the row's task.
+
+    At batch 1 the graph's cost is its node count, so the activation is one small MatMul rather than a
+    Horner chain per polynomial: the powers ``x^0..x^d`` (one Pow) and their absolute values are the
+    features, a per-task ``[features, 3]`` matrix gives numerator and both denominator forms at once, and
+    ReLU tasks are rows of the same matrix. About a dozen nodes per layer whatever the tasks' versions
+    and degrees, against ~35 for Horner chains per form plus a ReLU/rational select.
+    """
     prefix = f"aa_multitask/layer{layer}"
     present = [m.get(layer) for m in members]
     width = max(a.bottleneck for a in present if a is not None)
     empty = np.zeros(0, dtype=np.float32)
+    alone = len(members) == 1
 
     def gathered(array: np.ndarray) -> str:
+        """The row's own slice of a per-task stack. With one member there is nothing to choose: its slice
+        is a constant, so ORT prepacks the MatMul weights and the graph has no Gather per tensor."""
+        if alone:
+            return b.const(prefix + "/weight", array[0])
         return b.op("Gather", [b.const(prefix + "/stack", array), TASK_IDS], prefix, axis=0)
 
     down_w = gathered(_stack([a.down_w if a else empty for a in present], (hidden, width)))
-    down_b = gathered(_stack([a.down_b[None, :] if a else empty for a in present], (1, width)))
+    biases = _stack([np.concatenate([a.down_b, a.up_b])[None, :] if a else empty for a in present], (1, width + hidden))
+    if alone:
+        down_b, up_b = (
+            b.const(prefix + "/weight", biases[0, :, :width]),
+            b.const(prefix + "/weight", biases[0, :, width:]),
+        )
+    else:  # one Gather for both biases: [rows, 1, width + hidden], split in two
+        sizes = b.const(prefix + "/split", np.array([width, hidden], dtype=np.int64))
+        down_b, up_b = b.op_multi("Split", [gathered(biases), sizes], prefix, 2, axis=2)
     x = b.op("Add", [b.op("MatMul", [h_in, down_w], prefix), down_b], prefix)
 
-    def coefficient_stacks(values: list[np.ndarray], degree_offset: int) -> list[str]:
-        """Per-row coefficients [rows, 1, 1], one per degree. One Gather of a [tasks, 1, degrees] table and
-        one Split, rather than a Gather per coefficient: at batch 1 the graph's cost is its op count."""
-        length = max((len(v) for v in values), default=0)
-        if length == 0:
-            return []
-        table = np.zeros((len(values), 1, length), dtype=np.float32)
-        for j, v in enumerate(values):
-            table[j, 0, : len(v)] = v
-        rows = gathered(table)
-        if length == 1:
-            return [rows]
-        sizes = b.const(prefix + "/split", np.ones(length, dtype=np.int64))
-        return b.op_multi("Split", [rows, sizes], prefix, length, axis=2)
-
-    kinds = {a.activation for a in present if a is not None}
-    numerators = [a.numerator if a is not None and a.activation != "relu" else empty for a in present]
-    num = coefficient_stacks(numerators, 0)
-    activation = None
-    if num:
-        activation = (
-            _horner(b, prefix, num, x)
-            if len(num) > 1
-            else b.op(
-                "Add", [b.op("Mul", [x, b.const(prefix + "/zero", np.zeros((), np.float32))], prefix), num[0]], prefix
-            )
-        )
+    if all(a is None or a.activation == "relu" for a in present):
+        activation = b.op("Relu", [x], prefix)
+    else:
+        degree = max(max(len(a.numerator) - 1, len(a.denominator), 1) for a in present if a is not None)
+        exponents = b.const(prefix + "/exponents", np.arange(degree + 1, dtype=np.float32))
+        axis = b.const(prefix + "/axis", np.array([-1], dtype=np.int64))
+        powers = b.op("Pow", [b.op("Unsqueeze", [x, axis], prefix), exponents], prefix)  # [rows, seq, r, d+1]
+        features = b.op("Concat", [powers, b.op("Abs", [powers], prefix)], prefix, axis=-1)
+        table = _coefficient_matrix(present, degree)
+        # [tasks, 1, F, 3]: the gathered [rows, 1, F, 3] broadcasts over the sequence axis.
+        coefficients = gathered(table[:, None]) if not alone else b.const(prefix + "/weight", table[0])
+        combined = b.op("MatMul", [features, coefficients], prefix)  # [rows, seq, r, 3]
+        three = b.const(prefix + "/split", np.ones(3, dtype=np.int64))
+        numerator, den_a, den_b = b.op_multi("Split", [combined, three], prefix, 3, axis=-1)
         one = b.const(prefix + "/one", np.ones((), dtype=np.float32))
-        denominator = None
-        for version in ("A", "B"):
-            coeffs = [a.denominator if a is not None and a.activation == version else empty for a in present]
-            if not any(len(c) for c in coeffs):
-                continue
-            names = coefficient_stacks(coeffs, 1)
-            zero_c = b.const(prefix + "/zero", np.zeros((1, 1, 1), dtype=np.float32))
-            t = b.op("Abs", [x], prefix) if version == "A" else x
-            poly = _horner(b, prefix, [zero_c, *names], t)
-            if version == "B":
-                poly = b.op("Abs", [poly], prefix)
-            denominator = poly if denominator is None else b.op("Add", [denominator, poly], prefix)
-        if denominator is not None:
-            activation = b.op("Div", [activation, b.op("Add", [denominator, one], prefix)], prefix)
-    if "relu" in kinds:
-        relu = b.op("Relu", [x], prefix)
-        if activation is None:
-            activation = relu
-        else:
-            mask = np.array([a is not None and a.activation == "relu" for a in present]).reshape(-1, 1, 1)
-            activation = b.op("Where", [gathered(mask), relu, activation], prefix)
-    if activation is None:  # pragma: no cover - every adapter has an activation
-        raise GraphShapeError(f"layer {layer}: no activation")
+        denominator = b.op("Add", [b.op("Add", [den_a, b.op("Abs", [den_b], prefix)], prefix), one], prefix)
+        activation = b.op("Squeeze", [b.op("Div", [numerator, denominator], prefix), axis], prefix)
     up_w = gathered(_stack([a.up_w if a else empty for a in present], (width, hidden)))
-    up_b = gathered(_stack([a.up_b[None, :] if a else empty for a in present], (1, hidden)))
     return b.op("Add", [b.op("MatMul", [activation, up_w], prefix), up_b], prefix)
 
 
@@ -378,36 +384,44 @@ def compile_multitask(sources: Sequence[MergeSource], *, prefix_sharing: bool = 
             b.nodes.append(copy)
         head_outputs.append(tag + LOGITS)
 
-    # 4. Select each row's own head output, padded to the widest head.
+    # 4. Select each row's own head output, padded to the widest head (one member: its head is the output).
     num_labels = [s.manifest.num_labels for s in sources]
     width = max(num_labels)
     selected = []
-    for j, name in enumerate(head_outputs):
+    if len(sources) == 1:
+        b.nodes.append(helper.make_node("Identity", [head_outputs[0]], [LOGITS], name="aa_select/logits"))
+    for j, name in enumerate(head_outputs if len(sources) > 1 else ()):
         if num_labels[j] < width:
             pads = b.const("aa_select/pads", np.array([0, 0, 0, width - num_labels[j]], dtype=np.int64))
             name = b.op("Pad", [name, pads], "aa_select")
         selected.append(
             b.op("Unsqueeze", [name, b.const("aa_select/axis", np.array([1], dtype=np.int64))], "aa_select")
         )
-    stacked = b.op("Concat", selected, "aa_select", axis=1) if len(selected) > 1 else selected[0]
-    index = b.op("Reshape", [TASK_IDS, b.const("aa_select/shape", np.array([-1, 1, 1], dtype=np.int64))], "aa_select")
-    index = b.op("Expand", [index, b.const("aa_select/expand", np.array([1, 1, width], dtype=np.int64))], "aa_select")
-    picked = b.op("GatherElements", [stacked, index], "aa_select", axis=1)
-    b.nodes.append(
-        helper.make_node(
-            "Squeeze",
-            [picked, b.const("aa_select/axis", np.array([1], dtype=np.int64))],
-            [LOGITS],
-            name="aa_select/logits",
+    if selected:
+        stacked = b.op("Concat", selected, "aa_select", axis=1)
+        index = b.op(
+            "Reshape", [TASK_IDS, b.const("aa_select/shape", np.array([-1, 1, 1], dtype=np.int64))], "aa_select"
         )
-    )
+        index = b.op(
+            "Expand", [index, b.const("aa_select/expand", np.array([1, 1, width], dtype=np.int64))], "aa_select"
+        )
+        picked = b.op("GatherElements", [stacked, index], "aa_select", axis=1)
+        b.nodes.append(
+            helper.make_node(
+                "Squeeze",
+                [picked, b.const("aa_select/axis", np.array([1], dtype=np.int64))],
+                [LOGITS],
+                name="aa_select/logits",
+            )
+        )
 
     # 5. Assemble: backbone initializers referenced, the new stacks and heads, inputs + task_ids.
     used = consumed_names(b.nodes)
     initializers = [t for name, t in base_initializers.items() if name in used and name not in b.initializers]
     initializers += [t for name, t in b.initializers.items() if name in used]
     inputs = [i for i in graph.input if i.name in used]
-    inputs.append(helper.make_tensor_value_info(TASK_IDS, TensorProto.INT64, ["batch"]))
+    if TASK_IDS in used:  # one member: nothing to choose, the graph takes no task ids
+        inputs.append(helper.make_tensor_value_info(TASK_IDS, TensorProto.INT64, ["batch"]))
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", width])]
     merged_graph = helper.make_graph(b.nodes, "aa_multitask", inputs, outputs, initializers)
     model = helper.make_model(
@@ -416,7 +430,9 @@ def compile_multitask(sources: Sequence[MergeSource], *, prefix_sharing: bool = 
 
     split_layer = min([min(m) if m else num_layers for m in members])
     cut = None
-    if prefix_sharing and split_layer > 0:
+    # One member: every input is seen by one task, so a prefix would be computed once anyway; splitting
+    # would only add a second session run and a copy of the hidden state.
+    if prefix_sharing and split_layer > 0 and len(sources) > 1:
         cut = base.layers[split_layer - 1].base.output[0]
     return CompiledGraph(model=model, num_labels=num_labels, split_layer=split_layer, cut=cut, hidden_size=hidden or 0)
 

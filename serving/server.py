@@ -28,7 +28,7 @@ def _uvicorn_config(app: Any, config: ServerConfig, **overrides: Any) -> Any:
         server_header=False,
         proxy_headers=False,
         lifespan="on",
-        **uvicorn_http_options(config.body_timeout_s),
+        **uvicorn_http_options(config.body_timeout_s, getattr(app.state, "open_requests", None)),
     )
     options.update(overrides)
     return uvicorn.Config(app, **options)

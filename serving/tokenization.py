@@ -52,9 +52,12 @@ class TaskTokenizer:
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
         """Token rows of ``texts`` (with ``pairs``, one per text: the request path checked they agree)."""
-        batch = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
         try:
-            encodings = self._tokenizer.encode_batch(batch, add_special_tokens=True)
+            if len(texts) == 1:  # encode_batch hands even one text to a thread pool; encode does not
+                encodings = [self._tokenizer.encode(texts[0], pairs[0] if pairs is not None else None)]
+            else:
+                batch = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
+                encodings = self._tokenizer.encode_batch(batch, add_special_tokens=True)
         except Exception as exc:  # invalid unicode and similar: the client's input, not our bug
             raise InvalidInput(f"the text could not be tokenised: {exc}") from exc
         ids = tuple(np.asarray(e.ids, dtype=np.int64) for e in encodings)

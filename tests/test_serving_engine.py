@@ -498,3 +498,32 @@ def test_requests_larger_than_the_queue_are_refused_and_large_ones_do_not_block_
         await batcher.stop(timeout=5)
 
     asyncio.run(scenario())
+
+
+def test_one_task_graph_has_no_gathers_and_one_row_calls_skip_padding(serving_exports: dict[str, Path]) -> None:
+    """With one task loaded the multi-task graph is that task's graph: its adapters are constants (no
+    Gather by task id, no task_ids input, no prefix split). A call of one row takes the unpadded path;
+    both answer like the padded general path and the task's own export."""
+    from aa_deploy.serving.engine import lone_row
+
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    try:
+        registry.load("rte", str(serving_exports["rte"]))
+        entry = registry.view.get("rte")
+        runner = entry.target.runner
+        assert isinstance(runner, MergedRunner) and runner.prefix is None
+        assert "task_ids" not in runner.suffix_inputs
+        tokenizer = entry.artifact.tokenizer
+        items = [
+            WorkItem(tokenizer.encode([t], [p]), (entry.target,)) for t, p in zip(TEXTS[:3], PAIRS[:3], strict=True)
+        ]
+        assert lone_row(items[:1], [(0, entry.target)]) is not None
+        assert lone_row(items, [(0, entry.target), (1, entry.target)]) is None
+        alone = [execute([item], 8)[0]["rte"] for item in items]  # type: ignore[index]
+        together = execute(items, 8)
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_allclose(a, b["rte"], atol=1e-5)  # type: ignore[index]
+        expected = Reference(serving_exports["rte"]).logits(TEXTS[:3], PAIRS[:3])
+        np.testing.assert_allclose(np.concatenate(alone), expected, atol=1e-4)
+    finally:
+        registry.close()

@@ -262,3 +262,80 @@ def test_requests_arriving_together_are_batched_not_run_inline(serving_exports: 
         asyncio.run(scenario())
     finally:
         registry.close()
+
+
+def test_requests_counted_by_the_protocol_decide_inline_without_yielding(serving_exports: dict[str, Path]) -> None:
+    """Behind our uvicorn protocol the service reads the count of open requests instead of yielding a
+    turn of the event loop: alone, a request runs inline; with another request open, it queues."""
+    from aa_deploy.serving.http_limits import OpenRequests
+    from aa_deploy.serving.metrics import ServerMetrics
+    from aa_deploy.serving.service import InferenceService
+
+    registry = _registry(serving_exports)
+    config = ServerConfig(intra_op_threads=1, max_delay_ms=5)
+    open_requests = OpenRequests()
+    open_requests.tracked = True
+    batches: list[int] = []
+    batcher = CountingBatcher(config, observer=lambda batch, stats, elapsed: batches.append(len(batch)))
+    service = InferenceService(config, batcher, ServerMetrics(), registry, open_requests=open_requests)
+
+    async def scenario() -> None:
+        await service.start()
+        open_requests.count = 1  # this request only
+        first = await service.infer(["sst"], TEXTS[:2], None, endpoint="predict")
+        assert batcher.inline == 1
+        open_requests.count = 2  # another one was parsed and has not been answered
+        second = await service.infer(["sst"], TEXTS[:2], None, endpoint="predict")
+        assert batcher.inline == 1 and batches == [1, 1]
+        np.testing.assert_allclose(first["sst"].logits, second["sst"].logits, atol=1e-6)
+        await service.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        registry.close()
+
+
+def test_http_protocol_counts_open_requests_and_concurrent_clients_still_batch(
+    serving_exports: dict[str, Path],
+) -> None:
+    """A real server: the count returns to zero after every answer (also for a client that hangs up),
+    sequential requests run inline, and 8 concurrent clients are batched together."""
+    import socket
+
+    config = ServerConfig(
+        port=0, intra_op_threads=1, tasks=[TaskSpec("sst", str(serving_exports["sst"]))], max_delay_ms=20
+    )
+    with BackgroundServer(config) as server:
+        open_requests = server.app.state.open_requests
+        service = server.app.state.service
+        assert open_requests.tracked
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for _ in range(3):
+                assert predict(client, "sst", TEXTS[:1]).status_code == 200
+        assert open_requests.count == 0
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:  # head sent, then gone
+            raw.sendall(b"POST /v1/tasks/sst/predict HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        for _ in range(100):
+            if open_requests.count == 0:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        assert open_requests.count == 0
+        rows_before = service.metrics.batch_rows.collect()[0].samples
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                bodies = [{"texts": [t]} for t in (TEXTS * 2)[:8]]
+                answers = await asyncio.gather(*(client.post("/v1/tasks/sst/predict", json=b) for b in bodies))
+                return [a.status_code for a in answers]
+
+        assert asyncio.run(burst()) == [200] * 8
+        assert open_requests.count == 0
+
+        def histogram(samples: list[Any]) -> tuple[float, float]:
+            values = {s.name: s.value for s in samples if s.name.endswith(("_sum", "_count"))}
+            return values["aa_batch_rows_sum"], values["aa_batch_rows_count"]
+
+        rows_sum, batches = (a - b for a, b in zip(histogram(service.metrics.batch_rows.collect()[0].samples),
+                                                  histogram(rows_before), strict=True))  # fmt: skip
+        assert rows_sum == 8 and batches < 8  # at least two of the concurrent requests shared a batch

@@ -15,6 +15,14 @@ from fastapi import APIRouter
 
 from . import admin, health, oip, v1
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, v1.router, v1.predict_router, admin.router, oip.router)
+# Prediction routes first: FastAPI tries routes in order, so the hot paths match on the first try.
+ROUTERS: tuple[APIRouter, ...] = (
+    v1.predict_router,
+    oip.infer_router,
+    health.router,
+    v1.router,
+    admin.router,
+    oip.router,
+)
 
 __all__ = ["ROUTERS"]

@@ -13,6 +13,9 @@ from ..service import InferenceService
 
 # Every dependency is ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread
 # pool, and three such hops per request cost more than the rest of the HTTP layer at concurrency 1.
+# The prediction routes go further and resolve no dependency at all (``predicting_service`` below does
+# their token check): each dependency FastAPI resolves costs tens of microseconds per request, which at
+# concurrency 1 is the margin against a bare FastAPI handler.
 async def get_service(request: Request) -> InferenceService:
     return request.app.state.service
 
@@ -52,7 +55,19 @@ async def require_admin_token(request: Request, config: ServerConfig = Depends(g
     _check_token(request, config.token)
 
 
-async def require_predict_token(request: Request, config: ServerConfig = Depends(get_config)) -> None:
+async def require_predict_token(request: Request) -> None:
     """Predictions, and the task listing and metadata, need the token only with ``protect_predict``."""
+    _check_predict_token(request)
+
+
+def _check_predict_token(request: Request) -> None:
+    config: ServerConfig = request.app.state.config
     if config.protect_predict:
         _check_token(request, config.token)
+
+
+def predicting_service(request: Request) -> InferenceService:
+    """The app's service for a prediction route, after the token check of ``protect_predict``: a
+    prediction route cannot reach the service without passing it, and resolves no dependency."""
+    _check_predict_token(request)
+    return request.app.state.service

@@ -15,7 +15,7 @@ from ..config import ServerConfig
 from ..errors import TaskNotFound
 from ..oip_codec import HEADER_LENGTH, OIP_PREFIX, encode_infer_response, parse_infer_request
 from ..service import InferenceService
-from .dependencies import get_config, get_service, require_predict_token
+from .dependencies import get_config, get_service, predicting_service, require_predict_token
 from .schemas import (
     EMPTY_OK,
     OIP_ANY_ERRORS,
@@ -30,6 +30,9 @@ from .schemas import (
 MODEL_VERSION = "1"
 
 router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol"])
+# The inference routes on their own router, which the app includes first: FastAPI matches routes in
+# order, and every route tried before the right one costs a regex match per request.
+infer_router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol"])
 
 
 def _check_version(version: str | None) -> None:
@@ -154,18 +157,16 @@ async def repository_index(service: InferenceService = Depends(get_service)) -> 
 
 
 _INFER_ROUTE: dict[str, Any] = dict(
-    dependencies=[Depends(require_predict_token)],
     response_class=Response,
     responses=_INFER_RESPONSES,
     openapi_extra=_INFER_OPENAPI,
 )
 
 
-@router.post("/models/{name}/infer", **_INFER_ROUTE)
-@router.post("/models/{name}/versions/{version}/infer", **_INFER_ROUTE)
-async def infer(
-    name: str, request: Request, version: str | None = None, service: InferenceService = Depends(get_service)
-) -> Response:
+@infer_router.post("/models/{name}/infer", **_INFER_ROUTE)
+@infer_router.post("/models/{name}/versions/{version}/infer", **_INFER_ROUTE)
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    service = predicting_service(request)  # the token check first
     _check_version(version)
     parsed = parse_infer_request(await request.body(), request.headers)
     output = (await service.infer([name], parsed.texts, parsed.pairs, endpoint="oip"))[name]
