@@ -140,8 +140,8 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from aa_deploy.backbones import resolve_backbone_path
-    from aa_deploy.modeling import AdaptableAdapterModel
     from aa_deploy.export import export_run
+    from aa_deploy.modeling import AdaptableAdapterModel
 
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="aa-export-latency-"))

@@ -87,8 +87,9 @@ def build_exports(workdir: Path, backbone_kind: str, max_length: int) -> dict[st
     exports = {name: root / "exports" / name for name in BASE_TASKS}
     if all((p / "aa_export.json").is_file() for p in exports.values()):
         return exports
-    from aa_deploy.export import export_run
     from serving_helpers import SST, TOPIC, make_run_folder
+
+    from aa_deploy.export import export_run
 
     if backbone_kind == "tiny":
         from tiny_models import save_tiny_backbone
@@ -122,8 +123,8 @@ class Graphs:
     """Sessions for the bare backbone and the multi-task graphs, built the way the server builds them."""
 
     def __init__(self, exports: dict[str, Path], providers: list[str], threads: int) -> None:
-        from aa_deploy.serving.backbone import SharedBackbonePool
         from aa_deploy.contract.manifest import ExportManifest
+        from aa_deploy.serving.backbone import SharedBackbonePool
         from aa_deploy.serving.multitask import MergeSource, load_task_graph
         from aa_deploy.serving.sessions import SessionSettings
 
@@ -235,6 +236,7 @@ def check_outputs(graphs: Graphs, n: int, session: Any, seq: int, device: str) -
 def resolve_device(choice: str) -> tuple[list[str], str, str | None]:
     """(providers, I/O binding device, note when the GPU run is not happening)."""
     import onnxruntime as ort
+
     from aa_deploy.serving.sessions import cuda_works
 
     cuda = "CUDAExecutionProvider" in ort.get_available_providers() and cuda_works()

@@ -153,8 +153,8 @@ def plot_budget(curve: dict, path: Path) -> None:
 
     keys = sorted(curve, key=lambda k: (_size_key(k[1]), k[0]))
     fig, axes = plt.subplots(1, len(keys), figsize=(max(6.5, 4.6 * len(keys)), 4.0), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for (recipe, label), marker in zip(BUDGET_METHODS, "osd"):
+    for ax, key in zip(axes[0], keys, strict=True):
+        for (recipe, label), marker in zip(BUDGET_METHODS, "osd", strict=True):
             points = sorted(curve[key].get(recipe, {}).items())
             if not points:
                 continue
