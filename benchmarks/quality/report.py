@@ -74,6 +74,11 @@ def not_worse_than_paper(default_summary: dict, paper_summary: dict) -> str:
     return "\n".join(lines) or "_No (task, N) setting has finished cells under both schedules yet._"
 
 
+# What the start study must cover before its choice may change the default schedule's start.
+START_STUDY_SETTINGS = {(task, size) for task in ("sst2", "stsb") for size in (100, 300, 1000)}
+START_STUDY_SEEDS = 3
+
+
 def start_study(rows: list[dict]) -> str:
     """The rational start study: search recipe, one column per start; the choice rule uses the dev split."""
     study = [r for r in rows if kind_of(r) == "start-study"]
@@ -107,6 +112,13 @@ def start_study(rows: list[dict]) -> str:
                   "settings, never the official dev set. Mean dev-split score: "
                   + ", ".join(f"`{s}` {100 * statistics.fmean(dev_means[s]):.1f}" for s in ranked)
                   + f" → `{ranked[0]}`.")
+        covered = {(t, int(n)) for t, n in grouped if str(n).isdigit()}
+        short = [k for k, by_start in grouped.items() if any(len(by_start.get(st, [])) < START_STUDY_SEEDS for st in starts)]
+        missing = sorted(START_STUDY_SETTINGS - covered)
+        if missing or short:
+            choice += (f" Provisional: {len(covered & START_STUDY_SETTINGS)} of {len(START_STUDY_SETTINGS)} planned settings"
+                       + (f", {len(short)} with fewer than {START_STUDY_SEEDS} seeds for some start" if short else "")
+                       + "; the default schedule keeps its start until the study is complete.")
     return "\n".join(lines) + choice
 
 
