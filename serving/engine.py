@@ -233,9 +233,8 @@ class MergedRunner:
                 prefix_feeds = {k: v for k, v in lone.items() if k in self.prefix_inputs}
                 lone[str(self.cut)] = self.prefix.run([self.cut], prefix_feeds)[0]
             chunk = {k: v for k, v in lone.items() if k in self.suffix_inputs}
-            if TASK_IDS in self.suffix_inputs:
-                chunk[TASK_IDS] = np.array([target.slot or 0], dtype=np.int64)
-            return [self.suffix.run([LOGITS], chunk)[0][:, : target.num_labels]]
+            out = self._run_suffix(chunk, np.array([target.slot or 0], dtype=np.int64))
+            return [out[:, : target.num_labels]]
         order = sorted({i for i, _ in pairs})
         offsets, start = {}, 0
         for i in order:
@@ -286,10 +285,15 @@ class MergedRunner:
             width = int(row_lengths[rows].max())
             inputs = row_map[rows]
             chunk = {k: v[inputs, :width] for k, v in source.items() if k in self.suffix_inputs}
-            if TASK_IDS in self.suffix_inputs:
-                chunk[TASK_IDS] = task_ids[rows]
-            logits[rows] = self.suffix.run([LOGITS], chunk)[0]
+            logits[rows] = self._run_suffix(chunk, task_ids[rows])
         return logits
+
+    def _run_suffix(self, chunk: dict[str, np.ndarray], task_ids: np.ndarray) -> np.ndarray:
+        """The suffix on ``chunk``, with the rows' task ids when the graph takes them (a one-member graph
+        has nothing to choose and no ``task_ids`` input)."""
+        if TASK_IDS in self.suffix_inputs:
+            chunk[TASK_IDS] = task_ids
+        return self.suffix.run([LOGITS], chunk)[0]
 
     def _run_own(
         self, feeds: dict[str, np.ndarray], row_map: np.ndarray, chunk_rows: int, split_cost: float

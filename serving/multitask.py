@@ -387,17 +387,17 @@ def compile_multitask(sources: Sequence[MergeSource], *, prefix_sharing: bool = 
     # 4. Select each row's own head output, padded to the widest head (one member: its head is the output).
     num_labels = [s.manifest.num_labels for s in sources]
     width = max(num_labels)
-    selected = []
     if len(sources) == 1:
         b.nodes.append(helper.make_node("Identity", [head_outputs[0]], [LOGITS], name="aa_select/logits"))
-    for j, name in enumerate(head_outputs if len(sources) > 1 else ()):
-        if num_labels[j] < width:
-            pads = b.const("aa_select/pads", np.array([0, 0, 0, width - num_labels[j]], dtype=np.int64))
-            name = b.op("Pad", [name, pads], "aa_select")
-        selected.append(
-            b.op("Unsqueeze", [name, b.const("aa_select/axis", np.array([1], dtype=np.int64))], "aa_select")
-        )
-    if selected:
+    else:
+        selected = []
+        for j, name in enumerate(head_outputs):
+            if num_labels[j] < width:
+                pads = b.const("aa_select/pads", np.array([0, 0, 0, width - num_labels[j]], dtype=np.int64))
+                name = b.op("Pad", [name, pads], "aa_select")
+            selected.append(
+                b.op("Unsqueeze", [name, b.const("aa_select/axis", np.array([1], dtype=np.int64))], "aa_select")
+            )
         stacked = b.op("Concat", selected, "aa_select", axis=1)
         index = b.op(
             "Reshape", [TASK_IDS, b.const("aa_select/shape", np.array([-1, 1, 1], dtype=np.int64))], "aa_select"

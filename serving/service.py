@@ -264,14 +264,14 @@ class InferenceService:
                 if self.open_requests.tracked:
                     # The protocol counted every request parsed so far, before any handler ran: if
                     # another is open, this one queues and they batch.
-                    if self.open_requests.alone():
-                        results = [self.batcher.run_now(items[0])]
+                    run_inline = self.open_requests.alone()
                 else:
                     # Nobody counts (another HTTP host): one turn of the event loop first, so requests
                     # that arrived meanwhile get as far as the batcher and this one queues with them.
                     await asyncio.sleep(0)
-                    if self.batcher.can_run_now(items[0]):
-                        results = [self.batcher.run_now(items[0])]
+                    run_inline = self.batcher.can_run_now(items[0])
+                if run_inline:
+                    results = [self.batcher.run_now(items[0])]
             if results is None:
                 futures: list[asyncio.Future] = []
                 try:
