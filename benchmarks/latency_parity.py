@@ -21,8 +21,10 @@ demo data (search recipe, 1 epoch) on all-MiniLM-L6-v2, exported in fp32 and wit
 layers) and ``late`` (layer 5 only) have random adapters on the same backbone. Texts: GLUE SST-2 / RTE
 dev sentences when ``$AA_GLUE_DIR`` has them, built-in sentences otherwise.
 
-The machine is shared: both sides of every ratio run in alternating rounds in this one run, and each
-ratio is the median of the per-round ratios (speed ratios: > 1 means ours is faster). Beside wall time,
+The machine is shared: both sides of every ratio run in this one run, and each ratio is the median of
+the per-round ratios (speed ratios: > 1 means ours is faster). Part 1 sends every input to both servers
+in turn (the order rotating per input), so a slow moment of the host falls on both sides alike; the
+other parts alternate rounds. Beside wall time,
 every part reports CPU time (the server process's CPU per request; the calling thread's CPU per model
 call, which with one ORT thread is the model's own cost), which other jobs on the machine hardly change.
 Writes
@@ -167,18 +169,31 @@ def request_body(endpoint: str, text: str, pair: str | None) -> tuple[str, bytes
 
 def sequential(port: int, task: str, endpoint: str, inputs: list[tuple[str, str | None]]) -> list[float]:
     """One client, one keep-alive connection, one request after the other; latencies in seconds."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    latencies = []
-    for text, pair in inputs:
+    return take_turns({"only": port}, task, endpoint, inputs)["only"]
+
+
+def take_turns(
+    ports: dict[str, int], task: str, endpoint: str, inputs: list[tuple[str, str | None]]
+) -> dict[str, list[float]]:
+    """One keep-alive connection per server; each input goes to every server in turn, the order rotating
+    per input, so both sides meet the same moments of a shared machine (a slow second on the host lands
+    on both, not on whichever side's round it fell in). Latencies in seconds, per server."""
+    conns = {side: http.client.HTTPConnection("127.0.0.1", port, timeout=60) for side, port in ports.items()}
+    latencies: dict[str, list[float]] = {side: [] for side in ports}
+    sides = list(ports)
+    for i, (text, pair) in enumerate(inputs):
         path, body = request_body(endpoint, text, pair)
-        started = time.perf_counter()
-        conn.request("POST", path.format(task=task), body, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        response.read()
-        latencies.append(time.perf_counter() - started)
-        if response.status != 200:
-            raise RuntimeError(f"{path.format(task=task)} answered {response.status}")
-    conn.close()
+        url = path.format(task=task)
+        for side in sides[i % len(sides) :] + sides[: i % len(sides)]:
+            started = time.perf_counter()
+            conns[side].request("POST", url, body, {"Content-Type": "application/json"})
+            response = conns[side].getresponse()
+            response.read()
+            latencies[side].append(time.perf_counter() - started)
+            if response.status != 200:
+                raise RuntimeError(f"{url} on {side} answered {response.status}")
+    for conn in conns.values():
+        conn.close()
     return latencies
 
 
@@ -210,13 +225,14 @@ def measure_http(exports: dict[str, Path], threads: int, rounds: int, requests: 
                     warm = [(singles[0], pairs[0][1] if pair else None)] * 20
                     sequential(ours_port, task, endpoint, warm)
                     sequential(their_port, task, endpoint, warm)
-                    for r in range(rounds):
+                    procs = {"ours": ours, "handrolled": theirs}
+                    for _ in range(rounds):
                         chosen = [rng.choice(pairs) if pair else (rng.choice(singles), None) for _ in range(requests)]
-                        order = [("ours", ours, ours_port), ("handrolled", theirs, their_port)]
-                        for side, proc, port in order if r % 2 == 0 else order[::-1]:
-                            before = process_cpu_s(proc)
-                            samples[side].append(sequential(port, task, endpoint, chosen))
-                            cpu[side].append(1000 * (process_cpu_s(proc) - before) / len(chosen))
+                        before = {side: process_cpu_s(proc) for side, proc in procs.items()}
+                        latencies = take_turns({"ours": ours_port, "handrolled": their_port}, task, endpoint, chosen)
+                        for side, proc in procs.items():
+                            samples[side].append(latencies[side])
+                            cpu[side].append(1000 * (process_cpu_s(proc) - before[side]) / len(chosen))
                     rows.append(http_row(config, task, endpoint, samples, cpu, memory))
                     print_http_row(rows[-1])
         finally:

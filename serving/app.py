@@ -19,7 +19,8 @@ from .http_errors import BodyLimitMiddleware, JsonBodyMiddleware, install_error_
 from .http_limits import OpenRequests
 from .metrics import ServerMetrics
 from .registry import TaskRegistry
-from .routes import ROUTERS
+from .routes import PREDICT_ROUTERS, ROUTERS
+from .routes.fast_path import PredictFastPath, fast_routes
 from .service import InferenceService
 
 
@@ -54,6 +55,8 @@ def create_app(config: ServerConfig, *, registry: TaskRegistry | None = None) ->
     app.state.config = config
     app.state.service = service
     app.state.open_requests = open_requests
+    if config.predict_fast_path:  # innermost of ours: it sees bodies already read whole and bounded
+        app.add_middleware(PredictFastPath, routes=fast_routes(PREDICT_ROUTERS))
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)
     install_error_handlers(app)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,6 +28,7 @@ from .oip_codec import OIP_PREFIX
 log = logging.getLogger("aa_deploy.serving")
 
 JSON_MEDIA_TYPE = b"application/json"
+ErrorHandler = Callable[[Request, Any], Awaitable[JSONResponse]]
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -96,21 +98,26 @@ class BodyLimitMiddleware:
                 return
             chunks.append(body)
             more = message.get("more_body", False)
-        payload = b"".join(chunks)
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": payload, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(b"".join(chunks), receive), send)
 
     async def _refuse_too_large(self, scope: dict, send: Any) -> None:
         message = f"request body over {self.limit} bytes: send fewer or shorter texts"
         await _send_error(scope, send, 413, PayloadTooLarge.code, message)
+
+
+def replay_body(body: bytes, receive: Any) -> Any:
+    """A ``receive`` that hands out the already read ``body`` whole, then defers to the original (which
+    reports the disconnect)."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _within(awaitable: Any, deadline: float) -> Any:
@@ -200,9 +207,26 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(request, 500, "internal_error", f"internal error ({type(exc).__name__}); see the server log")
 
 
+# The exception types a route may raise and their answers; anything else is ``_unexpected`` (500).
+_ROUTE_ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
+    ServingError: _serving_error,
+    RequestValidationError: _validation_error,
+    StarletteHTTPException: _http_error,
+}
+
+
+def route_error_handler(exc: Exception) -> ErrorHandler | None:
+    """The handler the app answers ``exc`` with (looked up along its class hierarchy, as Starlette does),
+    or None for an unexpected error, which the server-error middleware answers with 500."""
+    for cls in type(exc).__mro__:
+        handler = _ROUTE_ERROR_HANDLERS.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Turn every exception into the JSON error body, counted by code in the service's metrics."""
-    app.add_exception_handler(ServingError, _serving_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for cls, handler in _ROUTE_ERROR_HANDLERS.items():
+        app.add_exception_handler(cls, handler)
     app.add_exception_handler(Exception, _unexpected)

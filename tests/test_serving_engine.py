@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from fake_hub import FakeHub, fake_hub_fixture, hub_client_fixture  # noqa: F401
 from serving_helpers import PAIRS, TEXTS, Reference
@@ -500,19 +501,23 @@ def test_requests_larger_than_the_queue_are_refused_and_large_ones_do_not_block_
     asyncio.run(scenario())
 
 
-def test_one_task_graph_has_no_gathers_and_one_row_calls_skip_padding(serving_exports: dict[str, Path]) -> None:
-    """With one task loaded the multi-task graph is that task's graph: its adapters are constants (no
-    Gather by task id, no task_ids input, no prefix split). A call of one row takes the unpadded path;
-    both answer like the padded general path and the task's own export."""
-    from aa_deploy.serving.engine import lone_row
+def test_one_task_runs_its_own_graph_and_one_row_calls_skip_padding(serving_exports: dict[str, Path]) -> None:
+    """With one task loaded (and no own sessions asked for) every call runs that task's exported graph:
+    no stacked graph, no task_ids input, no prefix split, and no second backbone copy. A call of one row
+    takes the unpadded path; both answer like the padded general path and the task's own export."""
+    from aa_deploy.serving.engine import SoloRunner, lone_row
 
-    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1, single_task_sessions=0))
     try:
         registry.load("rte", str(serving_exports["rte"]))
         entry = registry.view.get("rte")
         runner = entry.target.runner
-        assert isinstance(runner, MergedRunner) and runner.prefix is None
-        assert "task_ids" not in runner.suffix_inputs
+        assert isinstance(runner, MergedRunner) and runner.prefix is None and runner.suffix is None
+        own = runner.own_session(0)
+        assert isinstance(own, SoloRunner) and "task_ids" not in own.inputs
+        exported = onnx.load(str(entry.artifact.manifest.model_path), load_external_data=False)
+        assert {i.name for i in exported.graph.input} == own.inputs
+        assert registry.info("rte")["own_session"]
         tokenizer = entry.artifact.tokenizer
         items = [
             WorkItem(tokenizer.encode([t], [p]), (entry.target,)) for t, p in zip(TEXTS[:3], PAIRS[:3], strict=True)
