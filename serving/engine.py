@@ -188,7 +188,8 @@ class MergedRunner:
 
         Every head of the multi-task graph runs on every row, so a member whose graph raises fails the
         whole run; :func:`execute` then answers each task through its own session, so that only the
-        failing task's rows fail. Created only after such a failure.
+        failing task's rows fail. Created after such a failure, and at once for a one-member runner,
+        which runs every call on it.
         """
         runner = self._task_runners.get(slot)
         if runner is None:
@@ -291,10 +292,9 @@ class MergedRunner:
         return logits
 
     def _run_suffix(self, chunk: dict[str, np.ndarray], task_ids: np.ndarray) -> np.ndarray:
-        """The suffix on ``chunk``, with the rows' task ids when the graph takes them (a one-member graph
-        has nothing to choose and no ``task_ids`` input)."""
-        if TASK_IDS in self.suffix_inputs:
-            chunk[TASK_IDS] = task_ids
+        """The suffix on ``chunk`` with the rows' task ids: a stacked graph is built only for two or more
+        members (one member runs its own graph), so it always chooses by task id."""
+        chunk[TASK_IDS] = task_ids
         return self.suffix.run([LOGITS], chunk)[0]
 
     def _run_own(

@@ -239,7 +239,7 @@ def _powers(b: _Builder, u: str, degree: int, prefix: str) -> str:
     terms = [b.op("Expand", [one, b.op("Shape", [u], prefix)], prefix), u]
     for _ in range(degree - 1):
         terms.append(b.op("Mul", [terms[-1], u], prefix))
-    return b.op("Concat", terms[: degree + 1], prefix, axis=-1)
+    return b.op("Concat", terms, prefix, axis=-1)
 
 
 def _stacked_adapter(
