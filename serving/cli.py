@@ -101,7 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="single_task_sessions",
         metavar="N",
         help="multitask engine: the first N tasks also keep their own session, used for batches of that task "
-        "alone (fastest for one task; ~45 MiB each on MiniLM; default 0: all on the multi-task graph, one backbone copy)",
+        "alone (~45 MiB each on MiniLM; rarely useful: such batches already run the task's own graph inside the "
+        "multi-task session; it only saves the second run of a prefix split; default 0)",
     )
     p.add_argument(
         "--token",

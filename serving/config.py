@@ -174,13 +174,10 @@ class ServerConfig:
     # Multi-task calls compute the adapter-free lowest layers once for all tasks (multitask engine).
     prefix_sharing: bool = True
     # Multitask engine: the first N tasks of a multi-task graph (load order) also keep their own session,
-    # and a batch of one of them alone runs on it: a task's own graph is the fastest for it (the stacked
-    # graph pays for every member's adapter layers and the gathers), so a lone request is never slower
-    # than a plain session of its model. Each costs one prepacked copy of the backbone (~45 MiB on
-    # MiniLM); the gain at batch 1 is what the stacked graph costs there (0.92-0.95x of a plain session
-    # when the loaded tasks adapt more layers than the requested one). The default keeps the promise of
-    # one backbone copy for all tasks: 0 = every batch runs on the multi-task graph (with one task loaded
-    # there is no stacked graph: its own graph runs). Raise it when latency matters more than memory.
+    # and a batch of one of them alone runs on it. Rarely worth it: a batch of one task already runs that
+    # task's own graph, kept as a branch of the multi-task session (same numbers, same speed, no second
+    # backbone copy). An own session only saves the second run when the adapter-free lowest layers are
+    # split off (prefix sharing), and costs one prepacked copy of the backbone (~45 MiB on MiniLM) each.
     single_task_sessions: int = 0
     # ONNX Runtime.
     intra_op_threads: int = 0

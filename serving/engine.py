@@ -24,7 +24,16 @@ import numpy as np
 
 from .backbone import SharedBackbone
 from .config import DEFAULT_SPLIT_COST_TOKENS
-from .multitask import LOGITS, TASK_IDS, CompiledGraph, MergeSource, compile_multitask, split_model
+from .multitask import (
+    LOGITS,
+    SINGLE_TASK,
+    TASK_IDS,
+    CompiledGraph,
+    MergeSource,
+    compile_multitask,
+    split_model,
+    with_own_branches,
+)
 from .sessions import SessionSettings, create_session, run_session
 from .tokenization import Encoded, pad_rows
 
@@ -175,11 +184,13 @@ class MergedRunner:
         self.split_layer = compiled.split_layer
         if compiled.cut is not None:
             prefix, suffix = split_model(compiled.model, compiled.cut, compiled.hidden_size)
+            suffix = with_own_branches(suffix, sources, cut=compiled.cut, split_layer=compiled.split_layer)
             self.prefix = create_session(prefix, settings, backbone=backbone, external_folder=external_folder)
             self.suffix = create_session(suffix, settings, backbone=backbone, external_folder=external_folder)
             self.cut = compiled.cut
         else:
-            self.suffix = create_session(compiled.model, settings, backbone=backbone, external_folder=external_folder)
+            routed = with_own_branches(compiled.model, sources)
+            self.suffix = create_session(routed, settings, backbone=backbone, external_folder=external_folder)
         self.prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix is not None else set()
         self.suffix_inputs = {i.name for i in self.suffix.get_inputs()}
 
@@ -262,11 +273,14 @@ class MergedRunner:
         task_ids: np.ndarray,
         chunk_rows: int,
         split_cost: float = DEFAULT_SPLIT_COST,
+        *,
+        stacked: bool = False,
     ) -> np.ndarray:
         """Logits [len(row_map), max_labels]: row r is input ``row_map[r]`` seen by task ``task_ids[r]``.
 
         The prefix runs once per distinct input, the suffix once per (input, task) row; both in
-        length-sorted runs trimmed to their longest row (:func:`plan_runs`).
+        length-sorted runs trimmed to their longest row (:func:`plan_runs`). ``stacked``: every run on the
+        stacked graph, also runs whose rows are all of one task (the load-time check of that graph).
         """
         if self.suffix is None:  # one member, served by its own session
             return self._run_own(feeds, row_map, chunk_rows, split_cost)
@@ -288,13 +302,17 @@ class MergedRunner:
             width = int(row_lengths[rows].max())
             inputs = row_map[rows]
             chunk = {k: v[inputs, :width] for k, v in source.items() if k in self.suffix_inputs}
-            logits[rows] = self._run_suffix(chunk, task_ids[rows])
+            logits[rows] = self._run_suffix(chunk, task_ids[rows], stacked=stacked)
         return logits
 
-    def _run_suffix(self, chunk: dict[str, np.ndarray], task_ids: np.ndarray) -> np.ndarray:
-        """The suffix on ``chunk`` with the rows' task ids: a stacked graph is built only for two or more
-        members (one member runs its own graph), so it always chooses by task id."""
+    def _run_suffix(self, chunk: dict[str, np.ndarray], task_ids: np.ndarray, *, stacked: bool = False) -> np.ndarray:
+        """The suffix on ``chunk`` with the rows' task ids. Rows all of one task run that member's own graph
+        inside the suffix (:func:`~serving.multitask.with_own_branches`), the cheapest for them; mixed rows,
+        or ``stacked``, run the stacked graph."""
         chunk[TASK_IDS] = task_ids
+        first = int(task_ids[0])
+        single = -1 if stacked or bool((task_ids != first).any()) else first
+        chunk[SINGLE_TASK] = np.array(single, dtype=np.int64)
         return self.suffix.run([LOGITS], chunk)[0]
 
     def _run_own(

@@ -51,9 +51,10 @@ def closure(nodes: list[Any], targets: Iterable[str], stop: Iterable[str] = ()) 
 
 
 def outer_inputs(graph: Any) -> set[str]:
+    """Names a subgraph reads from enclosing scopes, its own nested subgraphs included."""
     local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     local |= {o for n in graph.node for o in n.output}
-    return {i for n in graph.node for i in n.input if i and i not in local}
+    return {name for name in consumed_names(graph.node) if name not in local}
 
 
 def consumed_names(nodes: Iterable[Any]) -> set[str]:

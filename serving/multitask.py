@@ -20,6 +20,10 @@ The adapter weights come from the export's ``adapter_model.safetensors`` (read w
 API, no torch). The graph is checked against every member's own exported graph on probe inputs before
 it serves; a task that does not match is served by its own session instead.
 
+Own branches (:func:`with_own_branches`): the session also holds every member's own graph, chosen by a
+``single_task`` input; a batch of one task runs its own graph (no other member's adapter layers, no
+gathers), a mixed batch the stacked graph. They share the backbone's prepacked weights with it.
+
 Prefix sharing: if no member has an adapter in the lowest ``k`` layers, the graph is split after layer
 ``k - 1``. The prefix runs once per distinct input and the suffix on the rows of every requested task,
 so a multi-task call on one text computes the shared layers once.
@@ -55,6 +59,7 @@ from aa_deploy.contract.rules import denominator_is_absolute, uses_rational
 from .graph_analysis import GraphShapeError, LayerOutput, closure, consumed_names, layer_outputs
 
 TASK_IDS = "task_ids"
+SINGLE_TASK = "single_task"  # -1: rows of several tasks (stacked graph); j: every row is member j's
 LOGITS = GRAPH_OUTPUT
 
 
@@ -468,6 +473,180 @@ def split_model(model: Any, cut: str, hidden_size: int) -> tuple[Any, Any]:
     prefix = sub(closure(nodes, [cut]), list(graph.input), [hidden_info], "aa_prefix")
     suffix = sub(closure(nodes, [LOGITS], stop=[cut]), [hidden_info, *graph.input], list(graph.output), "aa_suffix")
     return prefix, suffix
+
+
+def with_own_branches(
+    model: Any, sources: Sequence[MergeSource], *, cut: str | None = None, split_layer: int = 0
+) -> Any:
+    """``model`` (the stacked graph, or its suffix that reads tensor ``cut``, the output of layer
+    ``split_layer - 1``) with every member's own graph beside it, chosen by the scalar input
+    ``single_task``: ``-1`` runs the stacked graph, ``j`` runs member ``j``'s own graph (from the cut on)
+    on every row.
+
+    Why in the same graph: a batch of one task alone (every request at concurrency 1) is cheapest on that
+    task's own graph; the stacked graph pays for every member's adapter layers and the per-row gathers
+    (0.93-0.96x a plain session at batch 1 with four MiniLM tasks). A session per task would hold its own
+    prepacked copy of the backbone's MatMul weights (~45 MiB on MiniLM). Within one session, ONNX Runtime
+    prepacks an initializer once for the subgraphs that use it, but only for subgraphs directly below the
+    graph that holds it: a member's graph two ``If`` levels down ran its MatMuls unpacked, 1.7x slower.
+    So every branch is one level deep: the top level has one ``If`` per member (``single_task == j``) and
+    one for the stacked graph (``single_task < 0``); the branches not taken give an empty
+    ``[0, labels]`` tensor and the parts are concatenated. Each untaken ``If`` costs a few microseconds.
+
+    Each member's nodes and adapter/head tensors are copied under ``aa_own<j>/``; its backbone tensors
+    (external data in the shared backbone file) are the top-level initializers of the same name, which
+    must point at the same bytes. Its output is padded to the group's widest head.
+    """
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    # Top level: the backbone tensors (shared, prepacked once) and the routing constants; everything
+    # else belongs to the branch that uses it.
+    top_tensors = {t.name: t for t in graph.initializer if t.data_location == TensorProto.EXTERNAL}
+    inputs = {i.name: i for i in graph.input}
+    width = max(s.manifest.num_labels for s in sources)
+
+    def const(name: str, number: int) -> str:
+        top_tensors.setdefault(name, helper.make_tensor(name, TensorProto.INT64, [], [number]))
+        return name
+
+    def external_key(tensor: Any) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((e.key, e.value) for e in tensor.external_data if e.key != "location"))
+
+    def own_nodes(j: int, source: MergeSource) -> tuple[list[Any], dict[str, Any], str]:
+        """Member ``j``'s nodes (from the cut on) under ``aa_own<j>/``, its own tensors (renamed) and output."""
+        tag = f"aa_own{j}/"
+        nodes = list(source.model.graph.node)
+        src_tensors = {t.name: t for t in source.model.graph.initializer}
+        src_inputs = {i.name: i for i in source.model.graph.input}
+        mapping: dict[str, str] = {}
+        if cut is not None:
+            mapping[source.layers[split_layer - 1].output] = cut
+        chosen = [nodes[i] for i in closure(nodes, [LOGITS], stop=list(mapping))]
+        local = {o for n in chosen for o in n.output if o}
+        tensors: dict[str, Any] = {}
+        copies = []
+        for node in chosen:
+            if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+                raise GraphShapeError(f"{source.key}: control flow ({node.op_type}) in a task graph is not supported")
+            copy = type(node)()
+            copy.CopyFrom(node)
+            copy.name = tag + node.name
+            for i, name in enumerate(copy.input):
+                if not name:
+                    continue
+                if name in mapping:
+                    copy.input[i] = mapping[name]
+                elif name in local:
+                    copy.input[i] = tag + name
+                elif name in src_inputs:
+                    inputs.setdefault(name, src_inputs[name])
+                elif name not in src_tensors:
+                    raise GraphShapeError(f"{source.key}: input {name!r} of node {node.name} has no producer")
+                elif src_tensors[name].data_location == TensorProto.EXTERNAL:
+                    shared = top_tensors.setdefault(name, src_tensors[name])
+                    if external_key(shared) != external_key(src_tensors[name]):
+                        raise GraphShapeError(f"{source.key}: backbone tensor {name} differs from the group's")
+                else:
+                    copy.input[i] = renamed = tag + name
+                    if renamed not in tensors:
+                        tensors[renamed] = type(src_tensors[name])()
+                        tensors[renamed].CopyFrom(src_tensors[name])
+                        tensors[renamed].name = renamed
+            for i, name in enumerate(copy.output):
+                copy.output[i] = tag + name if name else name
+            copies.append(copy)
+        if source.manifest.num_labels < width:  # every part has the group's width, so that they concatenate
+            pads = tag + "aa_pads"
+            tensors[pads] = helper.make_tensor(
+                pads, TensorProto.INT64, [4], [0, 0, 0, width - source.manifest.num_labels]
+            )
+            copies.append(helper.make_node("Pad", [tag + LOGITS, pads], [tag + "aa_padded"], name=tag + "aa_Pad"))
+            return copies, tensors, tag + "aa_padded"
+        return copies, tensors, tag + LOGITS
+
+    empty = "aa_route/empty"
+    top_tensors[empty] = helper.make_tensor(empty, TensorProto.FLOAT, [0, width], [])
+    top: list[Any] = []
+
+    def routed(nodes: list[Any], tensors: dict[str, Any], output: str, cond: str, tag: str) -> str:
+        """``nodes`` as the branch taken where ``cond`` holds (an empty [0, width] tensor elsewhere)."""
+        branch = _branch_graph(tag, nodes, tensors, output)
+        nothing = helper.make_graph(
+            [helper.make_node("Identity", [empty], [tag + "/none"], name=tag + "/none")],
+            tag + "/none", [], [helper.make_tensor_value_info(tag + "/none", TensorProto.FLOAT, None)],
+        )  # fmt: skip
+        top.append(
+            helper.make_node("If", [cond], [tag + "/out"], name=tag + "/If", then_branch=branch, else_branch=nothing)
+        )
+        return tag + "/out"
+
+    stacked_nodes = []
+    for node in graph.node:
+        copy = type(node)()
+        copy.CopyFrom(node)
+        for i, name in enumerate(copy.output):
+            if name == LOGITS:  # the top level's output is the concatenation
+                copy.output[i] = "aa_stacked/" + LOGITS
+        stacked_nodes.append(copy)
+    mixed = "aa_route/mixed"
+    top.append(helper.make_node("Less", [SINGLE_TASK, const("aa_route/task0", 0)], [mixed], name=mixed))
+    stacked_tensors = {t.name: t for t in graph.initializer if t.name not in top_tensors}
+    parts = [routed(stacked_nodes, stacked_tensors, "aa_stacked/" + LOGITS, mixed, "aa_stacked")]
+    for j, source in enumerate(sources):
+        nodes, tensors, output = own_nodes(j, source)
+        chosen = f"aa_own{j}/chosen"
+        top.append(helper.make_node("Equal", [SINGLE_TASK, const(f"aa_route/task{j}", j)], [chosen], name=chosen))
+        parts.append(routed(nodes, tensors, output, chosen, f"aa_own{j}"))
+    # Exactly one part is non-empty: the one that ran.
+    top.append(helper.make_node("Concat", parts, [LOGITS], name="aa_route/logits", axis=0))
+    graph_out = helper.make_graph(
+        top,
+        "aa_multitask_routed",
+        [*inputs.values(), helper.make_tensor_value_info(SINGLE_TASK, TensorProto.INT64, [])],
+        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", width])],
+        list(top_tensors.values()),
+    )
+    return helper.make_model(graph_out, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
+def _branch_graph(name: str, nodes: list[Any], tensors: dict[str, Any], output: str, small: int = 64) -> Any:
+    """A branch of :func:`with_own_branches`: ``nodes``, computing ``output``, with the tensors of
+    ``tensors`` they use as its own initializers.
+
+    Small tensors with equal contents (Unsqueeze axes, shape constants, also those written as ``Constant``
+    nodes) become one: ONNX Runtime merges equal constants only in the main graph, and only then can it
+    merge the equal shape computations that use them (its common-subexpression pass); in a MiniLM branch
+    that is ~50 fewer nodes, ~1 % at batch 1.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    tensors = dict(tensors)
+    computing = []
+    for node in nodes:  # Constant nodes (exporters write shape constants as nodes) become tensors too
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is None or len(node.attribute) != 1:
+            computing.append(node)
+            continue
+        tensor = type(value)()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        tensors[tensor.name] = tensor
+    nodes = computing
+    kept: dict[str, Any] = {}
+    by_content: dict[tuple[Any, ...], str] = {}
+    for node in nodes:
+        for i, input_name in enumerate(node.input):
+            tensor = tensors.get(input_name)
+            if tensor is None:
+                continue
+            if int(np.prod(tensor.dims)) <= small:
+                key = (tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes())
+                node.input[i] = input_name = by_content.setdefault(key, input_name)
+                tensor = tensors[input_name]
+            kept.setdefault(input_name, tensor)
+    value = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
+    return helper.make_graph(nodes, name, [], [value], list(kept.values()))
 
 
 def load_task_graph(path: Path) -> Any:

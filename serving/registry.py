@@ -25,7 +25,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -210,7 +210,7 @@ class TaskRegistry:
                 if self._names.get(name) == artifact.key:  # replace with exactly the files it serves: no-op
                     self.failed.pop(name, None)
                     return self.info(name)
-                plan = self._plan({**self._names, name: artifact.key}, fresh=artifact if fresh else None)
+                plan = self._plan({**self._names, name: artifact.key}, fresh=[artifact] if fresh else [])
             except ServingError as exc:
                 self.failed[name] = short_reason(exc.message)
                 raise
@@ -229,6 +229,65 @@ class TaskRegistry:
             )
             return self.info(name)
 
+    def load_many(self, specs: Sequence[tuple[str, str, str | None]]) -> dict[str, dict[str, Any] | ServingError]:
+        """Load ``(name, source, revision)`` tasks together: each multi-task graph is built once for all of
+        them, where loading them one by one rebuilds it per task (it holds every member's own branch, so
+        its build time grows with its size: one by one, ``n`` tasks cost ~``n^2 / 2`` branch builds).
+
+        What the server does at startup. Each task that cannot be opened fails alone, as with
+        :meth:`load` (its error is returned and recorded in :attr:`failed`); if placing the opened ones
+        together fails, they are loaded one by one. Returns each name's info or error.
+        """
+        started = time.perf_counter()
+        results: dict[str, dict[str, Any] | ServingError] = {}
+        chosen: dict[str, Artifact] = {}
+        fresh: dict[str, Artifact] = {}
+        for name, source, revision in specs:
+            try:
+                try:
+                    validate_task_name(name)
+                except ValueError as exc:
+                    raise TaskLoadError(str(exc), status=422, code="invalid_task_name") from None
+                if name in chosen:
+                    raise TaskExists(f"task {name!r} is given twice")
+                self._refuse_existing(name, replace=False)
+                folder = self._resolve(name, source, revision)
+                with self._lock:
+                    artifact, new = self._artifact_for(name, source, folder, pending=fresh)
+            except ServingError as exc:
+                with self._lock:
+                    self.failed[name] = short_reason(exc.message)
+                results[name] = exc
+                continue
+            chosen[name] = artifact
+            if new:
+                fresh[artifact.key] = artifact
+        if not chosen:
+            return results
+        with self._lock:
+            try:
+                plan = self._plan({**self._names, **{n: a.key for n, a in chosen.items()}}, fresh=list(fresh.values()))
+            except Exception as exc:
+                log.warning("loading %d tasks together failed (%s); loading them one by one", len(chosen), exc)
+                plan = None
+            if plan is not None:
+                for artifact in fresh.values():
+                    artifact.load_seconds = time.perf_counter() - started
+                now = time.time()
+                self._commit(plan, {**self._loaded_at, **dict.fromkeys(chosen, now)})
+                for name in chosen:
+                    self.failed.pop(name, None)
+                    results[name] = self.info(name)
+                log.info("loaded %d task(s) together in %.2fs", len(chosen), time.perf_counter() - started)
+                return results
+        for name, source, revision in specs:
+            if name in chosen:
+                try:
+                    results[name] = self.load(name, source, revision)
+                except ServingError as exc:
+                    results[name] = exc
+        return results
+
     def _refuse_existing(self, name: str, replace: bool) -> None:
         with self._lock:
             if name in self._names and not replace:
@@ -244,7 +303,7 @@ class TaskRegistry:
                 raise TaskNotFound(f"task {name!r} is not loaded")
             names = {n: k for n, k in self._names.items() if n != name}
             try:
-                plan = self._plan(names, fresh=None)
+                plan = self._plan(names, fresh=[])
             except Exception as exc:
                 raise InferenceError(
                     f"cannot unload task {name!r}: re-placing the other tasks failed ({type(exc).__name__}: {exc}); "
@@ -280,12 +339,17 @@ class TaskRegistry:
         except Exception as exc:  # noqa: BLE001 - e.g. an OSError while looking at the folder
             raise TaskLoadError(f"cannot load task {name!r} from {source}: {type(exc).__name__}: {exc}") from None
 
-    def _artifact_for(self, name: str, source: str, folder: Path) -> tuple[Artifact, bool]:
-        """The artifact serving ``folder`` (already loaded, or opened and checked now) and whether it is new."""
+    def _artifact_for(
+        self, name: str, source: str, folder: Path, *, pending: Mapping[str, Artifact] | None = None
+    ) -> tuple[Artifact, bool]:
+        """The artifact serving ``folder`` (already loaded, opened earlier in the same :meth:`load_many`
+        (``pending``), or opened and checked now) and whether it is new."""
         try:
             manifest = ExportManifest.load(folder)
             key = artifact_key(folder, manifest)
             artifact = self._artifacts.get(key)
+            if artifact is None and pending is not None and key in pending:
+                return pending[key], False
             if artifact is not None:
                 return artifact, False
             return self._open(key, manifest), True
@@ -382,23 +446,23 @@ class TaskRegistry:
         pairs = list(reversed(texts)) if artifact.manifest.is_pair else None
         return artifact.tokenizer.encode(texts, pairs)
 
-    def _plan(self, names: dict[str, str], *, fresh: Artifact | None) -> Plan:
+    def _plan(self, names: dict[str, str], *, fresh: list[Artifact]) -> Plan:
         """Build everything the registry needs for task set ``names`` (multi-task graphs, sessions of
         tasks leaving a graph) without changing the published state; on failure releases ``fresh``."""
         try:
             return self._build_plan(names, fresh)
         except Exception:
-            if fresh is not None:
-                self._release(fresh)
+            for artifact in fresh:
+                self._release(artifact)
             raise
 
-    def _build_plan(self, names: dict[str, str], fresh: Artifact | None) -> Plan:
-        artifacts = {key: self._artifacts.get(key) or fresh for key in dict.fromkeys(names.values())}
+    def _build_plan(self, names: dict[str, str], fresh: list[Artifact]) -> Plan:
+        new = {a.key: a for a in fresh}
+        artifacts = {key: self._artifacts.get(key) or new.get(key) for key in dict.fromkeys(names.values())}
         assert all(a is not None for a in artifacts.values())
         dropped = [a for key, a in self._artifacts.items() if key not in artifacts]
         affected = {a.group for a in dropped if a.group is not None}
-        if fresh is not None and fresh.group is not None:
-            affected.add(fresh.group)
+        affected |= {a.group for a in fresh if a.group is not None}
         groups = dict(self._groups)
         demoted: list[tuple[Artifact, str, SoloRunner]] = []
         for group in affected:
@@ -408,12 +472,14 @@ class TaskRegistry:
                 try:
                     runner, rejected = self._build_group(members)
                 except Exception as exc:
-                    if fresh is not None and fresh in members:
-                        # The newcomer cannot join: it serves alone, the others stay as they were (or are
-                        # rebuilt without it when one of them left too).
-                        log.warning("task %s cannot join the multi-task graph: %s", fresh.key, exc)
-                        rejected = [(fresh, f"served by its own session: merging failed ({exc})")]
-                        rest = [a for a in members if a is not fresh]
+                    newcomers = [a for a in members if a.key in new]
+                    if newcomers:
+                        # The newcomers cannot join: they serve alone, the others stay as they were (or
+                        # are rebuilt without them when one of them left too).
+                        for a in newcomers:
+                            log.warning("task %s cannot join the multi-task graph: %s", a.key, exc)
+                        rejected = [(a, f"served by its own session: merging failed ({exc})") for a in newcomers]
+                        rest = [a for a in members if a.key not in new]
                         if [a.key for a in rest] == (groups[group].members if group in groups else None):
                             runner = groups[group]
                         elif rest:
@@ -479,14 +545,20 @@ class TaskRegistry:
         feeds = pad_feeds([a.reference[0] for a in probes], runner.pad_id)  # type: ignore[index]
         row_map = np.arange(len(feeds["input_ids"]), dtype=np.int64)
         task_ids = np.concatenate([np.full(len(a.reference[0]), runner.slot[a.key]) for a in probes]).astype(np.int64)  # type: ignore[index]
-        # In serving-sized chunks: ORT's arena keeps the largest batch it ever ran.
-        logits = runner.run(feeds, row_map, task_ids, self.config.max_batch_size, self.config.split_cost_tokens)
+        chunk, cost = self.config.max_batch_size, self.config.split_cost_tokens  # ORT's arena keeps the largest batch
+        # Both ways a member's rows run: the stacked graph (forced, also for runs of one task's rows) and,
+        # for each member alone, its own branch of the graph.
+        stacked = runner.run(feeds, row_map, task_ids, chunk, cost, stacked=True)
         bad, begin = [], 0
         for a in probes:
             expected = a.reference[1]  # type: ignore[index]
-            got = logits[begin : begin + len(expected), : expected.shape[1]]
+            rows = slice(begin, begin + len(expected))
             begin += len(expected)
-            diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
+            alone = runner.run(
+                {k: v[rows] for k, v in feeds.items()}, row_map[: len(expected)], task_ids[rows], chunk, cost
+            )
+            diffs = [np.max(np.abs(got[:, : expected.shape[1]] - expected)) for got in (stacked[rows], alone)]
+            diff = float(max(diffs)) if expected.size else 0.0
             if not np.isfinite(diff) or diff > self.config.validation_atol:
                 bad.append((a, diff))
         return bad

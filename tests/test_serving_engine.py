@@ -532,3 +532,143 @@ def test_one_task_runs_its_own_graph_and_one_row_calls_skip_padding(serving_expo
         np.testing.assert_allclose(np.concatenate(alone), expected, atol=1e-4)
     finally:
         registry.close()
+
+
+def test_batches_of_one_task_run_that_tasks_own_branch_of_the_graph(
+    serving_exports: dict[str, Path], references: dict[str, Reference]
+) -> None:
+    """A batch whose rows are all of one task runs that task's own graph, kept as a branch of the
+    multi-task graph (one session, one prepacked backbone); mixed batches run the stacked graph. Both
+    reproduce each task's export, with and without a prefix split; the own branch is the task's exported
+    graph, so it answers exactly like a session of that graph."""
+    from onnx import TensorProto
+
+    from aa_deploy.serving.multitask import SINGLE_TASK, TASK_IDS, compile_multitask, with_own_branches
+
+    groups = (["sst", "rte", "topic", "late"], ["late", "stsb"])  # the second shares layers 0-1 (a prefix)
+    for names in groups:
+        registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+        try:
+            for name in names:
+                registry.load(name, str(serving_exports[name]))
+            runner = registry.view.get(names[0]).target.runner
+            assert isinstance(runner, MergedRunner) and (runner.prefix is not None) == (names[0] == "late")
+            assert SINGLE_TASK in runner.suffix_inputs
+            seen: list[int] = []
+            session = runner.suffix
+            runner.suffix = _FeedSpy(session, lambda feeds, seen=seen: seen.append(int(feeds[SINGLE_TASK])))
+            for name in names:
+                entry = registry.view.get(name)
+                texts, pairs = inputs_for(serving_exports[name])
+                texts, pairs = texts[:4], pairs[:4] if pairs else None
+                feeds = _padded(entry, texts, pairs)
+                rows = np.arange(len(texts), dtype=np.int64)
+                slot = np.full(len(texts), entry.target.slot, dtype=np.int64)
+                seen.clear()
+                own = runner.run(feeds, rows, slot, 16)[:, : entry.target.num_labels]
+                assert seen == [entry.target.slot], "one task's rows run its own branch"
+                seen.clear()
+                stacked = runner.run(feeds, rows, slot, 16, stacked=True)[:, : entry.target.num_labels]
+                assert seen == [-1]
+                expected = references[name].logits(texts, pairs)
+                np.testing.assert_allclose(own, expected, atol=1e-4, rtol=0)
+                np.testing.assert_allclose(stacked, expected, atol=1e-4, rtol=0)
+                if runner.prefix is None:  # the very graph of the export: the same numbers
+                    alone = runner.task_runner(entry.target.slot).run(feeds)
+                    np.testing.assert_array_equal(own, alone[:, : entry.target.num_labels])
+                    runner._task_runners.clear()
+            # A batch of two tasks runs the stacked graph.
+            seen.clear()
+            a, b = (registry.view.get(n) for n in names[:2])
+            execute([WorkItem(a.artifact.tokenizer.encode(TEXTS[:2], PAIRS[:2]), (a.target, b.target))], 16)
+            assert seen == [-1]
+            # The backbone's tensors live once, at the top level; each branch is one If below it (ONNX
+            # Runtime prepacks an initializer only for the subgraphs directly below its graph).
+            sources = [registry.view.get(n).artifact.merge for n in names]
+            routed = with_own_branches(compile_multitask(sources, prefix_sharing=False).model, sources)
+            branches = [a.g for n in routed.graph.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch"]
+            assert len(branches) == len(names) + 1
+            for branch in branches:
+                assert not any(t.data_location == TensorProto.EXTERNAL for t in branch.initializer)
+                assert not any(n.op_type == "If" for n in branch.node)
+            assert TASK_IDS in {i.name for i in routed.graph.input}
+        finally:
+            registry.close()
+
+
+class _FeedSpy:
+    """A session that reports each call's feeds before running it."""
+
+    def __init__(self, session, report) -> None:
+        self._session, self._report = session, report
+
+    def run(self, outputs, feeds):
+        self._report(feeds)
+        return self._session.run(outputs, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+def _padded(entry, texts: list[str], pairs: list[str] | None) -> dict[str, np.ndarray]:
+    from aa_deploy.serving.engine import pad_feeds
+
+    return pad_feeds([entry.artifact.tokenizer.encode(texts, pairs)], entry.artifact.manifest.pad_token_id)
+
+
+def test_load_many_builds_each_graph_once_and_fails_tasks_alone(
+    serving_exports: dict[str, Path], references: dict[str, Reference], tmp_path: Path, monkeypatch
+) -> None:
+    """Startup loads all configured tasks together: the multi-task graph is compiled once (one by one it
+    would be rebuilt per task), a task that cannot be opened fails alone with its reason, an alias of a
+    folder given earlier in the same call shares its artifact, and the answers are the exports'."""
+    import aa_deploy.serving.engine as engine_module
+
+    builds: list[int] = []
+    original = engine_module.compile_multitask
+
+    def counting(sources, **kwargs):
+        builds.append(len(sources))
+        return original(sources, **kwargs)
+
+    monkeypatch.setattr(engine_module, "compile_multitask", counting)
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    try:
+        names = ["sst", "rte", "topic", "late"]
+        specs = [(n, str(serving_exports[n]), None) for n in names]
+        specs += [("missing", str(tmp_path / "nowhere"), None), ("sst_alias", str(serving_exports["sst"]), None)]
+        results = registry.load_many(specs)
+        assert builds == [4], "one compile for the four members"
+        assert isinstance(results["missing"], TaskLoadError) and "missing" in registry.failed
+        assert set(registry.view.tasks) == {*names, "sst_alias"}
+        assert registry.view.get("sst_alias").artifact is registry.view.get("sst").artifact
+        for name in names:
+            assert results[name]["engine"] == "multitask"  # type: ignore[index]
+            texts, pairs = inputs_for(serving_exports[name])
+            np.testing.assert_allclose(
+                run_task(registry, name, texts, pairs), references[name].logits(texts, pairs), atol=1e-4, rtol=0
+            )
+        again = registry.load_many([("sst", str(serving_exports["sst"]), None)])
+        assert isinstance(again["sst"], TaskExists)
+    finally:
+        registry.close()
+
+
+def test_load_many_falls_back_to_one_by_one_when_placing_them_together_fails(
+    serving_exports: dict[str, Path], monkeypatch
+) -> None:
+    registry = TaskRegistry(ServerConfig(intra_op_threads=1))
+    original = registry._build_plan
+
+    def fails_together(names, fresh):
+        if len(fresh) > 1:
+            raise RuntimeError("simulated failure of the combined placement")
+        return original(names, fresh)
+
+    monkeypatch.setattr(registry, "_build_plan", fails_together)
+    try:
+        results = registry.load_many([(n, str(serving_exports[n]), None) for n in ("sst", "rte")])
+        assert all(results[n]["engine"] == "multitask" for n in ("sst", "rte"))  # type: ignore[index]
+        assert len(registry.backbones) == 1, "the artifacts opened for the failed attempt were released"
+    finally:
+        registry.close()
