@@ -278,6 +278,7 @@ class TaskRegistry:
                 for name in chosen:
                     self.failed.pop(name, None)
                     results[name] = self.info(name)
+                    log.info("loaded task %s (%s engine)", name, self._view.tasks[name].target.runner.kind)
                 log.info("loaded %d task(s) together in %.2fs", len(chosen), time.perf_counter() - started)
                 return results
         for name, source, revision in specs:
