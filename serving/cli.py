@@ -96,6 +96,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not compute adapter-free lowest layers once for multi-task calls",
     )
     p.add_argument(
+        "--no-own-branches",
+        action="store_false",
+        dest="own_branches",
+        default=None,
+        help="multitask engine: do not keep each task's own graph beside the stacked one (faster loads of "
+        "large groups; batches of one task then run on the stacked graph)",
+    )
+    p.add_argument(
         "--single-task-sessions",
         type=int,
         dest="single_task_sessions",
@@ -180,6 +188,7 @@ _OVERRIDES = (
     "intra_op_threads",
     "prepacking",
     "prefix_sharing",
+    "own_branches",
     "single_task_sessions",
     "protect_predict",
     "allow_unauthenticated_admin",

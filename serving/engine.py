@@ -154,6 +154,7 @@ class MergedRunner:
         *,
         external_folder: str,
         prefix_sharing: bool = True,
+        own_branches: bool = True,
         task_runners: Mapping[int, SoloRunner] | None = None,
     ) -> None:
         self.members = [s.key for s in sources]
@@ -184,15 +185,21 @@ class MergedRunner:
         self.split_layer = compiled.split_layer
         if compiled.cut is not None:
             prefix, suffix = split_model(compiled.model, compiled.cut, compiled.hidden_size)
-            suffix = with_own_branches(suffix, sources, cut=compiled.cut, split_layer=compiled.split_layer)
+            if own_branches:
+                suffix = with_own_branches(suffix, sources, cut=compiled.cut, split_layer=compiled.split_layer)
             self.prefix = create_session(prefix, settings, backbone=backbone, external_folder=external_folder)
             self.suffix = create_session(suffix, settings, backbone=backbone, external_folder=external_folder)
             self.cut = compiled.cut
         else:
-            routed = with_own_branches(compiled.model, sources)
-            self.suffix = create_session(routed, settings, backbone=backbone, external_folder=external_folder)
+            model = with_own_branches(compiled.model, sources) if own_branches else compiled.model
+            self.suffix = create_session(model, settings, backbone=backbone, external_folder=external_folder)
         self.prefix_inputs = {i.name for i in self.prefix.get_inputs()} if self.prefix is not None else set()
         self.suffix_inputs = {i.name for i in self.suffix.get_inputs()}
+
+    @property
+    def own_branches(self) -> bool:
+        """Whether the suffix holds every member's own graph beside the stacked one (``own_branches``)."""
+        return SINGLE_TASK in self.suffix_inputs
 
     def task_runner(self, slot: int) -> SoloRunner:
         """Member ``slot``'s own graph as a session (made on first use, sharing the backbone tensors).
@@ -310,9 +317,10 @@ class MergedRunner:
         inside the suffix (:func:`~serving.multitask.with_own_branches`), the cheapest for them; mixed rows,
         or ``stacked``, run the stacked graph."""
         chunk[TASK_IDS] = task_ids
-        first = int(task_ids[0])
-        single = -1 if stacked or bool((task_ids != first).any()) else first
-        chunk[SINGLE_TASK] = np.array(single, dtype=np.int64)
+        if self.own_branches:
+            first = int(task_ids[0])
+            single = -1 if stacked or bool((task_ids != first).any()) else first
+            chunk[SINGLE_TASK] = np.array(single, dtype=np.int64)
         return self.suffix.run([LOGITS], chunk)[0]
 
     def _run_own(

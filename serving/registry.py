@@ -169,6 +169,8 @@ class TaskRegistry:
             "shared_layers": runner.shared_layers if isinstance(runner, MergedRunner) else 0,
             "own_session": not isinstance(runner, MergedRunner)
             or runner.own_session(entry.target.slot or 0) is not None,
+            # A batch of this task alone runs its own graph inside the multi-task session.
+            "own_branch": isinstance(runner, MergedRunner) and runner.own_branches,
             "merge_note": a.merge_note,
             "aliases": sorted(a.names - {entry.name}),
             "sizes": {
@@ -517,6 +519,7 @@ class TaskRegistry:
                 first.backbone,  # type: ignore[arg-type]
                 external_folder=first.external_folder,  # type: ignore[arg-type]
                 prefix_sharing=self.config.prefix_sharing,
+                own_branches=self.config.own_branches,
                 task_runners=self._single_task_sessions(members),
             )
             bad = self._validate(runner, members) if self.config.validate_merged else []

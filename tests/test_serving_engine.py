@@ -672,3 +672,28 @@ def test_load_many_falls_back_to_one_by_one_when_placing_them_together_fails(
         assert len(registry.backbones) == 1, "the artifacts opened for the failed attempt were released"
     finally:
         registry.close()
+
+
+def test_own_branches_can_be_turned_off(serving_exports: dict[str, Path], references: dict[str, Reference]) -> None:
+    """``own_branches=False`` (``--no-own-branches``): the session holds only the stacked graph, which then
+    answers batches of one task too; the task info says which way a task runs."""
+    from aa_deploy.cli import build_parser
+    from aa_deploy.serving.cli import build_config
+    from aa_deploy.serving.multitask import SINGLE_TASK
+
+    config = build_config(build_parser().parse_args(["serve", "--no-own-branches"]), environ={})
+    assert config.own_branches is False
+    assert build_config(build_parser().parse_args(["serve"]), environ={"AA_DEPLOY_OWN_BRANCHES": "0"}).own_branches is False
+    assert ServerConfig.from_json(config.to_json()).own_branches is False
+    for own_branches in (True, False):
+        registry = TaskRegistry(ServerConfig(intra_op_threads=1, own_branches=own_branches))
+        try:
+            registry.load_many([(n, str(serving_exports[n]), None) for n in ("sst", "topic")])
+            runner = registry.view.get("sst").target.runner
+            assert isinstance(runner, MergedRunner) and runner.own_branches is own_branches
+            assert (SINGLE_TASK in runner.suffix_inputs) is own_branches
+            assert registry.info("sst")["own_branch"] is own_branches
+            texts = TEXTS[:3]
+            np.testing.assert_allclose(run_task(registry, "sst", texts), references["sst"].logits(texts), atol=1e-4)
+        finally:
+            registry.close()
