@@ -158,6 +158,60 @@ class MergeSource:
 
 
 @dataclass
+class TaggedNodes:
+    """A member's nodes copied under a tag (:func:`_tagged_copy`) and what they read from outside."""
+
+    nodes: list[Any]
+    tensors: dict[str, Any]  # the member's own tensors the nodes read, renamed under the tag
+    external: dict[str, Any]  # backbone tensors (external data) the nodes read, by name
+    inputs: set[str]  # graph inputs the nodes read
+
+
+def _tagged_copy(
+    source: MergeSource, nodes: Sequence[Any], tag: str, mapping: dict[str, str], graph_inputs: set[str], part: str
+) -> TaggedNodes:
+    """Copies of ``nodes`` (of ``source``'s graph) with every name they own prefixed by ``tag``, so that
+    several members' copies live in one graph: tensors they compute and the member's own initializers
+    are renamed, ``mapping`` redirects tensors computed elsewhere in the new graph (e.g. the last layer's
+    output), graph inputs and backbone tensors keep their names. The caller decides where the renamed
+    tensors and the backbone tensors go. ``part`` names the copied part in errors."""
+    from onnx import TensorProto
+
+    src_tensors = {t.name: t for t in source.model.graph.initializer}
+    local = {o for n in nodes for o in n.output if o}
+    out = TaggedNodes(nodes=[], tensors={}, external={}, inputs=set())
+    for node in nodes:
+        copy = type(node)()
+        copy.CopyFrom(node)
+        copy.name = tag + node.name
+        for i, name in enumerate(copy.input):
+            if not name:
+                continue
+            if name in mapping:
+                copy.input[i] = mapping[name]
+            elif name in local:
+                copy.input[i] = tag + name
+            elif name in graph_inputs:
+                out.inputs.add(name)
+            elif name not in src_tensors:
+                raise GraphShapeError(
+                    f"{source.key}: {part} input {name!r} (node {node.name}) comes from outside the {part}"
+                )
+            elif src_tensors[name].data_location == TensorProto.EXTERNAL:
+                out.external[name] = src_tensors[name]
+            else:
+                copy.input[i] = renamed = tag + name
+                if renamed not in out.tensors:
+                    tensor = out.tensors[renamed] = type(src_tensors[name])()
+                    tensor.CopyFrom(src_tensors[name])
+                    tensor.name = renamed
+        for i, name in enumerate(copy.output):
+            copy.output[i] = tag + name if name else name
+        out.nodes.append(copy)
+    return out
+
+
+@dataclass
 class CompiledGraph:
     model: Any
     num_labels: list[int]
@@ -361,43 +415,15 @@ def compile_multitask(sources: Sequence[MergeSource], *, prefix_sharing: bool = 
     graph_inputs = {i.name for i in graph.input}
     head_outputs = []
     for j, source in enumerate(sources):
-        src_inits = {t.name: t for t in source.model.graph.initializer}
-        last = source.layers[-1].output
         tag = f"aa_task{j}/"
-        local = {o for n in source.head_nodes() for o in n.output}
-        mapping = {last: h_last}
-        for node in source.head_nodes():
-            copy = type(node)()
-            copy.CopyFrom(node)
-            copy.name = tag + node.name
-            for i, name in enumerate(copy.input):
-                if not name or name in graph_inputs:
-                    continue
-                if name in mapping:
-                    copy.input[i] = mapping[name]
-                elif name in local:
-                    copy.input[i] = tag + name
-                elif name in src_inits:
-                    tensor = src_inits[name]
-                    if tensor.data_location == TensorProto.EXTERNAL:  # a backbone tensor (e.g. the pooler)
-                        if name not in base_initializers:
-                            raise GraphShapeError(
-                                f"{source.key}: head uses backbone tensor {name} unknown to the group"
-                            )
-                        b.initializers.setdefault(name, base_initializers[name])
-                    else:
-                        renamed = tag + name
-                        if renamed not in b.initializers:
-                            t = type(tensor)()
-                            t.CopyFrom(tensor)
-                            t.name = renamed
-                            b.initializers[renamed] = t
-                        copy.input[i] = renamed
-                else:
-                    raise GraphShapeError(f"{source.key}: head input {name!r} comes from outside the head")
-            for i, name in enumerate(copy.output):
-                copy.output[i] = tag + name
-            b.nodes.append(copy)
+        head = _tagged_copy(source, source.head_nodes(), tag, {source.layers[-1].output: h_last}, graph_inputs, "head")
+        for name in head.external:  # a backbone tensor (e.g. the pooler)
+            if name not in base_initializers:
+                raise GraphShapeError(f"{source.key}: head uses backbone tensor {name} unknown to the group")
+            b.initializers.setdefault(name, base_initializers[name])
+        for name, tensor in head.tensors.items():
+            b.initializers.setdefault(name, tensor)
+        b.nodes.extend(head.nodes)
         head_outputs.append(tag + LOGITS)
 
     # 4. Select each row's own head output, padded to the widest head (one member: its head is the output).
@@ -517,45 +543,21 @@ def with_own_branches(
         """Member ``j``'s nodes (from the cut on) under ``aa_own<j>/``, its own tensors (renamed) and output."""
         tag = f"aa_own{j}/"
         nodes = list(source.model.graph.node)
-        src_tensors = {t.name: t for t in source.model.graph.initializer}
         src_inputs = {i.name: i for i in source.model.graph.input}
         mapping: dict[str, str] = {}
         if cut is not None:
             mapping[source.layers[split_layer - 1].output] = cut
         chosen = [nodes[i] for i in closure(nodes, [LOGITS], stop=list(mapping))]
-        local = {o for n in chosen for o in n.output if o}
-        tensors: dict[str, Any] = {}
-        copies = []
         for node in chosen:
             if any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
                 raise GraphShapeError(f"{source.key}: control flow ({node.op_type}) in a task graph is not supported")
-            copy = type(node)()
-            copy.CopyFrom(node)
-            copy.name = tag + node.name
-            for i, name in enumerate(copy.input):
-                if not name:
-                    continue
-                if name in mapping:
-                    copy.input[i] = mapping[name]
-                elif name in local:
-                    copy.input[i] = tag + name
-                elif name in src_inputs:
-                    inputs.setdefault(name, src_inputs[name])
-                elif name not in src_tensors:
-                    raise GraphShapeError(f"{source.key}: input {name!r} of node {node.name} has no producer")
-                elif src_tensors[name].data_location == TensorProto.EXTERNAL:
-                    shared = top_tensors.setdefault(name, src_tensors[name])
-                    if external_key(shared) != external_key(src_tensors[name]):
-                        raise GraphShapeError(f"{source.key}: backbone tensor {name} differs from the group's")
-                else:
-                    copy.input[i] = renamed = tag + name
-                    if renamed not in tensors:
-                        tensors[renamed] = type(src_tensors[name])()
-                        tensors[renamed].CopyFrom(src_tensors[name])
-                        tensors[renamed].name = renamed
-            for i, name in enumerate(copy.output):
-                copy.output[i] = tag + name if name else name
-            copies.append(copy)
+        part = _tagged_copy(source, chosen, tag, mapping, set(src_inputs), "task graph")
+        for name in part.inputs:
+            inputs.setdefault(name, src_inputs[name])
+        for name, tensor in part.external.items():
+            if external_key(top_tensors.setdefault(name, tensor)) != external_key(tensor):
+                raise GraphShapeError(f"{source.key}: backbone tensor {name} differs from the group's")
+        copies, tensors = part.nodes, part.tensors
         if source.manifest.num_labels < width:  # every part has the group's width, so that they concatenate
             pads = tag + "aa_pads"
             tensors[pads] = helper.make_tensor(

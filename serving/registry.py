@@ -103,6 +103,14 @@ class RegistryView:
         return entry
 
 
+def _check_task_name(name: str) -> None:
+    """A name that cannot be a task name is the caller's error (422), raised before anything is loaded."""
+    try:
+        validate_task_name(name)
+    except ValueError as exc:
+        raise TaskLoadError(str(exc), status=422, code="invalid_task_name") from None
+
+
 def release_free_memory() -> None:
     """Give freed heap back to the OS after a load/unload (glibc keeps it otherwise).
 
@@ -193,10 +201,7 @@ class TaskRegistry:
     def load(self, name: str, source: str, revision: str | None = None, *, replace: bool = False) -> dict[str, Any]:
         """Load ``source`` as task ``name`` (a transaction: on any error nothing changes and the error,
         a ServingError that says what is wrong, is also recorded in :attr:`failed`)."""
-        try:
-            validate_task_name(name)
-        except ValueError as exc:
-            raise TaskLoadError(str(exc), status=422, code="invalid_task_name") from None
+        _check_task_name(name)
         self._refuse_existing(name, replace)  # before any download: fail fast
         started = time.perf_counter()
         try:
@@ -246,10 +251,7 @@ class TaskRegistry:
         fresh: dict[str, Artifact] = {}
         for name, source, revision in specs:
             try:
-                try:
-                    validate_task_name(name)
-                except ValueError as exc:
-                    raise TaskLoadError(str(exc), status=422, code="invalid_task_name") from None
+                _check_task_name(name)
                 if name in chosen:
                     raise TaskExists(f"task {name!r} is given twice")
                 self._refuse_existing(name, replace=False)
