@@ -26,14 +26,17 @@ def fake_glue(root: Path) -> Path:
 
 
 def run_grid(tmp_path: Path, backbone: Path, glue: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Two cells at a time, as the grid is run for real (a focused cell still waits for its search cell)."""
     cmd = [sys.executable, str(GRID), "run", "--glue-dir", str(glue), "--tasks", "rte", "--sizes", "24", "--seeds", "42",
-           "--recipes", "standard,search,focused", "--epochs", "1", "--threads", "1", "--backbone", str(backbone), "--protocol", "paper",
+           "--recipes", "standard,search,focused", "--epochs", "1", "--threads", "1", "--jobs", "2", "--backbone", str(backbone), "--protocol", "paper",
            "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
 
 
-def test_grid_runs_resumes_and_reports(tmp_path, tiny_backbone_dir) -> None:
+def test_grid_runs_resumes_reports_and_keeps_a_learning_rate_variant_apart(tmp_path, tiny_backbone_dir) -> None:
+    """One results folder for the protocol cells, their resume and an off-protocol variant (each cell is a
+    training process: one test keeps the suite short)."""
     glue = fake_glue(tmp_path / "glue")
     first = run_grid(tmp_path, tiny_backbone_dir, glue)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
@@ -50,21 +53,12 @@ def test_grid_runs_resumes_and_reports(tmp_path, tiny_backbone_dir) -> None:
     second = run_grid(tmp_path, tiny_backbone_dir, glue)  # resumes: nothing left to run
     assert second.returncode == 0 and "3 of 3 cells already finished; 0 to run" in second.stdout
 
-    out = tmp_path / "RESULTS.md"
-    report = subprocess.run([sys.executable, str(REPORT), "--results-dir", str(tmp_path / "results"), "--output", str(out)],
-                            capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stderr[-2000:]
-    text = out.read_text()
-    assert "| rte | 24 | accuracy |" in text and (tmp_path / "results.png").is_file()
-
-
-def test_learning_rate_variant_is_kept_apart_from_the_protocol(tmp_path, tiny_backbone_dir) -> None:
-    glue = fake_glue(tmp_path / "glue")
-    assert run_grid(tmp_path, tiny_backbone_dir, glue, "--recipes", "standard").returncode == 0
+    # An off-protocol learning rate is a cell of its own; the protocol's standard cell is not rerun.
     variant = run_grid(tmp_path, tiny_backbone_dir, glue, "--recipes", "standard", "--learning-rate", "1e-3")
     assert variant.returncode == 0, variant.stdout[-2000:] + variant.stderr[-2000:]
-    cell = json.loads((tmp_path / "results" / "rte-n24-s42-standard-lr0.001.json").read_text())
-    assert cell["learning_rate"] == 0.001
+    assert "0 of 1 cells already finished; 1 to run" in variant.stdout
+    lr_cell = json.loads((tmp_path / "results" / "rte-n24-s42-standard-lr0.001.json").read_text())
+    assert lr_cell["learning_rate"] == 0.001
     # The variant really trained at that rate (the run folder records its training arguments).
     training = json.loads((tmp_path / "runs" / "rte-n24-s42-standard-lr0.001" / "training_config.json").read_text())
     assert training["learning_rate"] == 0.001
@@ -75,9 +69,11 @@ def test_learning_rate_variant_is_kept_apart_from_the_protocol(tmp_path, tiny_ba
     report = subprocess.run([sys.executable, str(REPORT), "--results-dir", str(tmp_path / "results"), "--output", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
-    main, _, sensitivity = out.read_text().partition("## Off-protocol sensitivity: adapters + head at learning rate 0.001")
+    text = out.read_text()
+    assert (tmp_path / "results.png").is_file()
+    main, _, sensitivity = text.partition("## Off-protocol sensitivity: adapters + head at learning rate 0.001")
     assert sensitivity, "the variant must get its own section"
-    # One protocol cell in the main table, one variant cell in its section, with the protocol value beside it.
+    # One protocol row in the main table, one variant row in its section, with the protocol value beside it.
     assert main.count("| rte | 24 | accuracy |") == 1 and sensitivity.count("| rte | 24 | accuracy |") == 1
     expected = f"{100 * protocol['value']:.1f} ± 0.0 (n=1) |"
     assert sensitivity.split("| rte | 24 | accuracy |")[1].splitlines()[0].rstrip().endswith(expected)
@@ -104,11 +100,14 @@ def test_transfer_cells_of_a_variant_reuse_that_variants_selections() -> None:
 
 def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tmp_path, tiny_backbone_dir) -> None:
     glue = fake_glue(tmp_path / "glue")
-    budget = run_grid(tmp_path, tiny_backbone_dir, glue, "--protocol", "default", "--budgets", "1")
-    assert budget.returncode == 0, budget.stdout[-2000:] + budget.stderr[-2000:]
+    # Both studies in one command, as a user would queue them.
+    both = run_grid(tmp_path, tiny_backbone_dir, glue, "--protocol", "default", "--budgets", "1", "--starts", "identity")
+    assert both.returncode == 0, both.stdout[-2000:] + both.stderr[-2000:]
+    assert "0 of 4 cells already finished; 4 to run" in both.stdout
     results = tmp_path / "results"
     names = sorted(p.name for p in results.glob("*.json"))
     assert names == ["rte-n24-s42-focused-default-k1.json", "rte-n24-s42-search-default-k1.json",
+                     "rte-n24-s42-search-default-start-identity.json",
                      "rte-n24-s42-standard-default-top1.json"]  # fmt: skip
     search = json.loads((results / "rte-n24-s42-search-default-k1.json").read_text())
     assert search["protocol"] == "default" and search["layer_budget"] == 1 and search["layers_kept"] <= 1
@@ -118,8 +117,6 @@ def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tm
     focused = json.loads((results / "rte-n24-s42-focused-default-k1.json").read_text())
     assert focused["selected_layers"] == search["selected_layers"]
 
-    start = run_grid(tmp_path, tiny_backbone_dir, glue, "--protocol", "default", "--starts", "identity")
-    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
     cell = json.loads((results / "rte-n24-s42-search-default-start-identity.json").read_text())
     assert cell["rational_init_ran"] == "identity" and cell["rational_init"] == "identity"
 

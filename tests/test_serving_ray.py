@@ -301,7 +301,7 @@ def test_ray_cluster_two_replicas_serve_mixed_traffic_while_tasks_change(
 
         with httpx.Client(base_url=url, timeout=60) as client:
             _assert_task_changes_refused(client, sources[CHURN])
-        cluster.serve("shutdown", "-y")
+        # No `serve shutdown` (33 s here): leaving the cluster kills its processes anyway.
 
     failed = [(jobs[i][1], status, err) for i, status, err in outcomes if status != 200 and jobs[i][0] != CHURN]
     churn = [(status, err) for i, status, err in outcomes if jobs[i][0] == CHURN]

@@ -247,11 +247,13 @@ def command_run(args: argparse.Namespace) -> int:
     sizes = [s if s == "full" else int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     tasks = args.tasks.split(",")
+    # The two studies can share one (resumable, --jobs parallel) command; without either, the recipes' grid.
+    cells = []
     if args.starts:
-        cells = start_grid(tasks, sizes, seeds, args.starts.split(","), args.protocol)
-    elif args.budgets:
-        cells = budget_grid(tasks, sizes, seeds, [int(k) for k in args.budgets.split(",")], args.protocol)
-    else:
+        cells += start_grid(tasks, sizes, seeds, args.starts.split(","), args.protocol)
+    if args.budgets:
+        cells += budget_grid(tasks, sizes, seeds, [int(k) for k in args.budgets.split(",")], args.protocol)
+    if not cells:
         cells = standard_grid(tasks, sizes, seeds, args.recipes.split(","), args.learning_rate, args.protocol)
     if args.transfer:
         cells = schedule(cells + transfer_grid(seeds, args.learning_rate, args.protocol))
@@ -304,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--transfer", action="store_true", help="also run the transfer cells (claim c)")
     run.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
     run.add_argument("--protocol", default="default", choices=["default", "paper"], help="training schedule of every cell")
-    run.add_argument("--starts", help="rational start study: comma-separated starts (search recipe only)")
-    run.add_argument("--budgets", help="layer-budget curve: comma-separated K")
+    run.add_argument("--starts", help="rational start study: comma-separated starts (search recipe only; "
+                     "combines with --budgets)")
+    run.add_argument("--budgets", help="layer-budget curve: comma-separated K (combines with --starts)")
     run.add_argument("--learning-rate", type=float, default=None,
                      help="off-protocol variant: adapters + head learning rate (protocol: 1e-4); reported separately")
     run.add_argument("--jobs", type=int, default=1, help="cells in parallel processes")
