@@ -10,6 +10,13 @@ TORCH_VERSION ?= 2.13.0
 # Where the GLUE folder is (tests that need it are skipped with a reason when it is missing).
 AA_GLUE_DIR ?= $(abspath ../shared/data/glue)
 THREADS ?= 2
+# The suite runs in TEST_WORKERS pytest-xdist processes (0: one process). Much of it waits on servers,
+# subprocesses and Ray nodes, so on a 2-core runner two workers take ~11 min where one takes ~16.5.
+# `--dist load` (not loadfile/loadgroup): those schedulers key tests by node id and run only one of
+# the OpenAPI fuzz cases, which share one id. Tests that share something outside their tmp_path hold a
+# lock fixture (tests/conftest.py: ray_cluster_slot, repo_build_slot).
+TEST_WORKERS ?= 2
+PYTEST_WORKERS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist load)
 STAMP := $(VENV)/.aa-deploy-installed
 OPTIMUM_VENV ?= .venv-optimum
 OPTIMUM_STAMP := $(OPTIMUM_VENV)/.installed
@@ -124,10 +131,10 @@ demo: setup
 test: setup optimum-env adapters-env kserve-env
 	OMP_NUM_THREADS=$(THREADS) AA_OPTIMUM_PYTHON=$(abspath $(OPTIMUM_VENV))/bin/python \
 		AA_ADAPTERS_PYTHON=$(abspath $(ADAPTERS_VENV))/bin/python \
-		AA_KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python $(PY) -m pytest -q
+		AA_KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python $(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-fast: setup
-	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 bench-train: setup
 	$(PY) benchmarks/train_step.py

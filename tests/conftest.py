@@ -36,6 +36,27 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(int(os.environ.get("AA_TEST_THREADS", "1")))
 
 
+def _held(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[None]:
+    """Hold the lock ``name`` shared by every pytest-xdist worker of this run (their temporary folders
+    share one parent), for the whole test."""
+    from filelock import FileLock
+
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / f"aa-deploy-{name}.lock")):
+        yield
+
+
+@pytest.fixture()
+def ray_cluster_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One local Ray cluster at a time: two clusters of two nodes on a 2-core runner starve each other."""
+    yield from _held(tmp_path_factory, "ray-cluster")
+
+
+@pytest.fixture()
+def repo_build_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One `make serve-env` at a time: it rebuilds the repository's build/serve-wheel folder."""
+    yield from _held(tmp_path_factory, "repo-build")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_backbone_store(tmp_path_factory: pytest.TempPathFactory):
     """Exports that use the default backbone store write into a temporary folder, not ~/.cache."""

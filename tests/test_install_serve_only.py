@@ -80,7 +80,7 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Pat
 
 @pytest.mark.parametrize(("venv_name", "extra"), [(".venv-serve", "serve"), (".venv-serve-cpu", "serve-cpu")])
 def test_serve_install_without_torch_serves_an_export(
-    venv_name: str, extra: str, tiny_export: Path, tmp_path: Path
+    venv_name: str, extra: str, tiny_export: Path, tmp_path: Path, repo_build_slot: None
 ) -> None:
     venv = _serve_env(REPO / venv_name, extra)
     python, cli = venv / "bin" / "python", venv / "bin" / "aa-deploy"

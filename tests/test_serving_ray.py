@@ -212,7 +212,7 @@ def _answer(path: str, body: dict[str, Any]) -> list[np.ndarray]:
 @needs_ray
 @pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
 def test_ray_cluster_two_replicas_serve_mixed_traffic_while_tasks_change(
-    ingress: str, serving_exports: dict[str, Path], tmp_path: Path
+    ingress: str, serving_exports: dict[str, Path], tmp_path: Path, ray_cluster_slot: None
 ) -> None:
     """``ingress``: Ray Serve's Python proxy, or its HAProxy ingress (feature flag set at ``ray start``)."""
     from aa_deploy.serving.ray_config import RayServeSpec
