@@ -10,7 +10,8 @@
 2. ``graph``: the engine at batch 1 (``execute`` on one request of one task, 4 tasks loaded) against a
    plain ORT session of the task's own ``model.onnx``: the default (the task's own branch of the
    multi-task session), with own sessions (``single_task_sessions=4``), and the stacked graph that
-   mixed batches run, forced for the same rows;
+   mixed batches run, forced for the same rows; and, as a control, the plain graph as the only branch
+   of one ``If``: ONNX Runtime's own cost of running a graph as a branch;
 3. ``engine``: HTTP throughput at concurrency 8 on mixed-task traffic against the raw engine (same
    process as the benchmark, no HTTP) on batches of the size the server formed;
 4. ``int8``: an INT8 task graph against its INT8 backbone (the store's bare backbone graph), plain
@@ -324,6 +325,17 @@ def measure_graph(exports: dict[str, Path], threads: int, rounds: int) -> dict[s
 
         return run
 
+    # Control: the same plain graph as the only branch of one top-level ``If`` (weights at the top level,
+    # built as the engine builds its branches). Its gap to the plain session is ONNX Runtime's cost of
+    # running a graph as an ``If`` branch, the floor for the engine's own-branch route.
+    in_if = if_wrapped_session(exports["sentiment"] / "model.onnx", threads)
+    in_if_inputs = {i.name for i in in_if.get_inputs()}
+
+    def in_if_run() -> None:
+        for enc in encoded:
+            feeds = {k: v for k, v in pad_feeds([enc], 0).items() if k in in_if_inputs}
+            in_if.run(["logits"], {**feeds, "aa_chosen": np.array(True)})
+
     def stacked_run() -> None:
         """The stacked graph, which mixed batches run, forced for this one task's rows."""
         target = registries["engine (default)"].view.get("sentiment").target
@@ -336,8 +348,9 @@ def measure_graph(exports: dict[str, Path], threads: int, rounds: int) -> dict[s
         "plain session": plain_run,
         **{k: engine_run(r) for k, r in registries.items()},
         "stacked graph": stacked_run,
+        "plain graph in one If": in_if_run,
     }
-    compared = [*registries, "stacked graph"]
+    compared = [*registries, "stacked graph", "plain graph in one If"]
     wall, cpu = interleaved(cases, rounds * 4)
     out: dict[str, Any] = {
         "ms_per_request": {k: round(1000 * statistics.median(v) / len(encoded), 3) for k, v in wall.items()},
@@ -355,21 +368,61 @@ def measure_graph(exports: dict[str, Path], threads: int, rounds: int) -> dict[s
 def interleaved(
     cases: dict[str, Callable[[], None]], rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall seconds and CPU seconds of this thread per call of every case, one call of each per round (the
-    order alternating), after a warm-up. With one ORT thread the session runs in the calling thread, so
-    the CPU time is the model's own cost, hardly changed by other jobs on the machine."""
-    for fn in cases.values():
-        fn()
+    """Wall seconds and CPU seconds of this thread per call of every case, one timed call of each per round
+    (the order alternating). With one ORT thread the session runs in the calling thread, so the CPU time
+    is the model's own cost, hardly changed by other jobs on the machine.
+
+    Each timed call follows an untimed call of the same case: the cases are different sessions with
+    their own (prepacked) weights, and a call right after another session's runs on a cold cache. Cases
+    that share a session (the engine's own branch and its stacked graph) were warmed by each other when
+    adjacent and the others were not, which made the same graph look 3-4 % slower in one position than
+    in another. A server answering requests one after another runs warm; that is what is compared."""
     wall: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}
     names = list(cases)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
+            cases[name]()  # warm: this case's weights into the caches
             started, started_cpu = time.perf_counter(), time.thread_time()
             cases[name]()
             wall[name].append(time.perf_counter() - started)
             cpu[name].append(time.thread_time() - started_cpu)
     return wall, cpu
+
+
+def if_wrapped_session(path: Path, threads: int) -> Any:
+    """A session of the graph at ``path`` run as the ``then`` branch of one ``If`` on the boolean input
+    ``aa_chosen`` (an empty ``[0, labels]`` tensor otherwise): the graph's tensors stay top-level
+    initializers, and the branch is built by the engine's own helper, so the two differ only in the ``If``."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from aa_deploy.serving.multitask import _branch_graph
+
+    model = onnx.load(str(path), load_external_data=False)  # the backbone tensors stay in its data file
+    graph = model.graph
+    (output,) = [o.name for o in graph.output]
+    labels = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    branch = _branch_graph("aa_plain", list(graph.node), {}, output)
+    empty = helper.make_tensor("aa_empty", TensorProto.FLOAT, [0, labels], [])
+    nothing = helper.make_graph(
+        [helper.make_node("Identity", ["aa_empty"], ["aa_none"])], "aa_none", [],
+        [helper.make_tensor_value_info("aa_none", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    wrapped = helper.make_graph(
+        [helper.make_node("If", ["aa_chosen"], [output], then_branch=branch, else_branch=nothing)],
+        "aa_if_control",
+        [*graph.input, helper.make_tensor_value_info("aa_chosen", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
+        [*graph.initializer, empty],
+    )
+    proto = helper.make_model(wrapped, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def paired(samples: dict[str, list[float]], numerator: str, denominator: str) -> float:

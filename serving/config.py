@@ -182,9 +182,9 @@ class ServerConfig:
     # Multitask engine: the first N tasks of a multi-task graph (load order) also keep their own session,
     # and a batch of one of them alone runs on it. Rarely worth it with own_branches on: a batch of one
     # task already runs that task's own graph, kept as a branch of the multi-task session (the same
-    # numbers, within ~2 % of the speed, no second backbone copy). An own session also saves the second
-    # run when the adapter-free lowest layers are split off (prefix sharing); each costs one prepacked
-    # copy of the backbone (~45 MiB on MiniLM).
+    # numbers, within ~1 % of the speed at batch 1, no second backbone copy). An own session also saves
+    # the second run when the adapter-free lowest layers are split off (prefix sharing); each costs one
+    # prepacked copy of the backbone (~45 MiB on MiniLM).
     single_task_sessions: int = 0
     # ONNX Runtime.
     intra_op_threads: int = 0
