@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aa_deploy.contract.layout import CONFIG_NAME, METRICS_NAME, SELECTION_NAME, WEIGHTS_NAME
-
 from aa_deploy.card import build_model_card, write_model_card
+from aa_deploy.contract.layout import CONFIG_NAME, METRICS_NAME, SELECTION_NAME, WEIGHTS_NAME
 
 NO_COPY = "No copy of the backbone is included"
 DATA_COPY = "also holds a copy of the backbone's weights in `backbone.onnx_data`"

@@ -14,8 +14,8 @@ from ..cli_options import option
 from ..config import RECIPES
 from ..json_record import JsonRecord
 from ..rational_presets import DEFAULT_DEGREES, RATIONAL_PRESETS, RATIONAL_VERSIONS, check_rational
-from .protocols import PROTOCOLS, describe, schedule_named
 from .option_rules import check_option_conflicts, set_options
+from .protocols import PROTOCOLS, describe, schedule_named
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -37,8 +37,8 @@ from .config import TrainConfig
 from .datasets import TokenizedDataset
 from .head_init import start_regression_head_at_mean
 from .layer_savings import measure_layer_savings
-from .protocols import epochs_for, schedule_named
 from .progress import use_epoch_progress
+from .protocols import epochs_for, schedule_named
 from .run_metrics import RunMetrics, split_metrics
 from .trainer import AdapterTrainer, BestEpochCallback, SwitchAnnealingCallback
 
