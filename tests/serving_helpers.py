@@ -4,13 +4,31 @@ torch), plus independent references (plain ONNX Runtime + transformers tokenizer
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(filename: str) -> ModuleType:
+    """A script of benchmarks/ imported as module ``bench_<stem>`` (registered in ``sys.modules``: dataclasses
+    look their module up while the class is built)."""
+    name = "bench_" + Path(filename).stem
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / filename)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 SST = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
 RTE = {"name": "rte", "metric": "accuracy", "label_names": ["entailment", "not_entailment"], "is_pair": True}

@@ -4,33 +4,21 @@ and the branch not taken must give an empty ``[0, labels]`` answer. No timing is
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from serving_helpers import TEXTS
+from serving_helpers import TEXTS, load_benchmark
 
 from aa_deploy.contract.manifest import ExportManifest
 from aa_deploy.serving.engine import pad_feeds
 from aa_deploy.serving.tokenization import TaskTokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _benchmark_module():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("latency_parity", REPO / "benchmarks" / "latency_parity.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
 
 def test_if_control_computes_the_plain_graph(serving_exports: dict[str, Path]) -> None:
     folder = serving_exports["sst"]
     manifest = ExportManifest.load(folder)
-    wrapped = _benchmark_module().if_wrapped_session(folder / "model.onnx", threads=1)
+    wrapped = load_benchmark("latency_parity.py").if_wrapped_session(folder / "model.onnx", threads=1)
     plain = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     tokenizer = TaskTokenizer(folder / "tokenizer.json", max_length=manifest.max_length, is_pair=False)
     feeds = pad_feeds([tokenizer.encode(list(TEXTS[:3]))], manifest.pad_token_id)

@@ -4,30 +4,18 @@ it writes and the prediction check. No peer environments needed; no timing is as
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _peers_module():
-    spec = importlib.util.spec_from_file_location("bench_peers", REPO / "benchmarks" / "peers.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_peers"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+from serving_helpers import load_benchmark
 
 
 @pytest.mark.parametrize("interleave", [False, True], ids=["one-at-a-time", "interleaved"])
 def test_peers_quick_run_writes_json_and_predictions_agree(
     interleave: bool, serving_exports: dict[str, Path], tmp_path: Path
 ) -> None:
-    peers = _peers_module()
+    peers = load_benchmark("peers.py")
     output = tmp_path / "peers.json"
     config = peers.BenchConfig.quick(
         servers=["ours", "handrolled"],
@@ -72,7 +60,7 @@ def test_peers_quick_run_writes_json_and_predictions_agree(
 def test_peers_rejects_pair_tasks_and_unmatched_standalone_lists(
     serving_exports: dict[str, Path], tmp_path: Path
 ) -> None:
-    peers = _peers_module()
+    peers = load_benchmark("peers.py")
     with pytest.raises(SystemExit, match="single-text classification"):
         peers.base_tasks(peers.BenchConfig(exports=[str(serving_exports["rte"])], workdir=str(tmp_path)))
     with pytest.raises(SystemExit, match="one folder per --exports folder"):
