@@ -23,7 +23,7 @@ def _import_name(folder: Path, package_dir: dict[str, str]) -> str:
     relative = folder.relative_to(REPO).as_posix()
     for name, source in sorted(package_dir.items(), key=lambda item: -len(item[1])):
         if relative == source or relative.startswith(source + "/"):
-            return name + relative[len(source):].replace("/", ".")
+            return name + relative[len(source) :].replace("/", ".")
     raise AssertionError(f"{relative} is under no package-dir entry")
 
 
@@ -31,8 +31,23 @@ def test_every_package_folder_is_listed_under_its_import_name():
     table = _setuptools_table()
     package_dir = table["package-dir"]
     folders = [p.parent for top in package_dir.values() for p in (REPO / top).rglob("__init__.py")]
-    expected = {_import_name(folder, package_dir) for folder in folders}
-    assert expected == set(table["packages"]), "list every package folder in pyproject.toml [tool.setuptools] packages"
+    code_packages = {_import_name(folder, package_dir) for folder in folders}
+    # A data-only folder (no __init__.py) is a package too once package-data names it: setuptools
+    # ships it only if it is listed.
+    data_packages = set(table.get("package-data", {}))
+    assert code_packages | data_packages == set(table["packages"]), (
+        "list every package folder in pyproject.toml [tool.setuptools] packages"
+    )
+
+
+def test_every_data_only_package_exists_and_holds_its_files():
+    table = _setuptools_table()
+    package_dir = table["package-dir"]
+    for name, patterns in table.get("package-data", {}).items():
+        root = max((key for key in package_dir if name == key or name.startswith(key + ".")), key=len)
+        source = REPO / package_dir[root] / Path(*name[len(root) :].split(".")[1:])
+        assert source.is_dir(), f"package-data names {name}, but {source} is not a folder"
+        assert any(f for pattern in patterns for f in source.glob(pattern)), f"{name} ships no files"
 
 
 def test_no_top_level_export_or_serving_import_name():
