@@ -31,3 +31,24 @@ def test_if_control_computes_the_plain_graph(serving_exports: dict[str, Path]) -
     (skipped,) = wrapped.run(["logits"], {**feeds, "aa_chosen": np.array(False)})
     np.testing.assert_array_equal(taken, expected)
     assert skipped.shape == (0, manifest.num_labels)
+
+
+def test_http_ratio_cancels_the_start_order() -> None:
+    """Part 1's ratio: one vote per server pair (the median of its rounds), pairs of opposite start order
+    combined by geometric mean, the median over those. A server that is 5 % faster whenever it starts
+    second must read as level, not as whichever order the odd pair had."""
+    http_row = load_benchmark("latency_parity.py").http_row
+    # 4 pairs x 3 rounds of 10 requests; ours takes 1.0 s per request in pairs started first (even
+    # indices) and 0.95/1.05 of the hand-rolled server's 1.0 s otherwise.
+    ours_speed = {0: 0.95, 1: 1.05, 2: 0.95, 3: 1.05}
+    pair_of_round = [p for p in range(4) for _ in range(3)]
+    samples = {
+        "ours": [[1.0 / ours_speed[p]] * 10 for p in pair_of_round],
+        "handrolled": [[1.0] * 10 for _ in pair_of_round],
+    }
+    cpu = {"ours": [1.0 / ours_speed[p] for p in pair_of_round], "handrolled": [1.0] * len(pair_of_round)}
+    row = http_row("cfg", "sentiment", "v1", samples, cpu, pair_of_round, {})
+    assert row["rps_ratio_per_pair"] == [0.95, 1.05, 0.95, 1.05]
+    assert row["server_pairs"] == 4
+    for key in ("rps_ratio", "p50_ratio", "cpu_ratio"):
+        assert row[key] == round((0.95 * 1.05) ** 0.5, 3)
