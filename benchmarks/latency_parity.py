@@ -207,10 +207,8 @@ def take_turns(
     return latencies
 
 
-# The A/A control of part 1: the hand-rolled server against a second copy of itself. Two processes of
-# the same server differ by up to ~5 % in speed for as long as they run (where ORT's allocator and the
-# kernel happen to place the weights), so one pair of processes cannot resolve a few per cent: every
-# comparison runs on several fresh pairs, and this row shows how far apart two identical servers land.
+# The A/A control of part 1 (see the module docstring): the hand-rolled server against a second copy of
+# itself, to show how far apart two identical servers land.
 CONTROL = "control: hand-rolled vs itself"
 
 
@@ -292,8 +290,8 @@ def http_row(
     config: str, task: str, endpoint: str, samples: dict[str, list[list[float]]], cpu: dict[str, list[float]],
     pair_of_round: list[int], memory: dict,
 ) -> dict:  # fmt: skip
-    """Ratios per server pair (median of its rounds), then the median over pairs: each pair of fresh
-    processes counts once however its rounds went."""
+    """Ratios per server pair (the median of its rounds), so each pair of fresh processes counts once
+    however its rounds went; then couples of pairs started in opposite orders, and the median of those."""
     rps = {side: [len(r) / sum(r) for r in rounds] for side, rounds in samples.items()}
     p50 = {side: [statistics.median(r) * 1000 for r in rounds] for side, rounds in samples.items()}
 
@@ -593,8 +591,8 @@ def measure_int8(
     exports: dict[str, Path], workdir: Path, threads: int, rounds: int, session_sets: int, seq: int = 128
 ) -> dict[str, Any]:
     """Every ratio on ``session_sets`` fresh sets of the four sessions: like two server processes, two
-    sessions of the same graph differ by up to ~1 % for their whole life (where their prepacked weights
-    landed), so each set gets one vote (the median of its rounds) and the ratio is the median of the votes."""
+    sessions of the same graph in one process differ by 1-10 % for their whole life (measured A/A on this
+    host), so each set gets one vote (the median of its rounds) and the ratio is the median of the votes."""
     import numpy as np
     from serving_bench import load_texts
 
