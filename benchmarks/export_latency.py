@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import describe_machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export_latency.json"
 
@@ -228,12 +230,7 @@ def main() -> int:
         "kept_layers": manifest["kept_layers"],
         "num_layers": manifest["num_layers"],
         "threads": args.threads,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-        },  # fmt: skip
+        "machine": describe_machine(),
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from machine_info import describe_machine  # noqa: E402
+
 sys.path.insert(0, str(REPO / "tests"))  # serving_helpers: run folders with random adapters (as serving_bench)
 RESULTS = REPO / "benchmarks" / "results" / "gpu_multitask.json"
 BASE_TASKS = ("sst", "mid", "relu", "late")
@@ -306,8 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gpu_figures": "missing" if device != "cuda" else "measured",
         "note": note,
         "onnxruntime": ort.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        "machine": describe_machine(),
         "backbone": args.backbone,
         "seq": args.seq,
         "tasks": args.tasks,

@@ -49,7 +49,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import socket
 import statistics
@@ -63,6 +62,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from machine_info import describe_machine, load_average  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "latency_parity.json"
 FOUR = ("sentiment", "nli", "topic", "late")
 
@@ -748,11 +749,7 @@ def main() -> int:
         "command": "python benchmarks/latency_parity.py " + " ".join(sys.argv[1:]),
         "threads": args.threads,
         "rounds": args.rounds,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average_start": [round(x, 2) for x in os.getloadavg()],
-        },  # fmt: skip
+        "machine": describe_machine(),
     }
     if "http" in parts:
         report["http"] = measure_http(exports, args.threads, args.rounds, args.requests, args.server_pairs)
@@ -762,7 +759,7 @@ def main() -> int:
         report["engine"] = measure_http_vs_engine(exports, args.threads, args.rounds, args.seconds)
     if "int8" in parts:
         report["int8"] = measure_int8(exports, args.workdir, args.threads, args.rounds, args.session_sets)
-    report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["machine"]["load_average_end"] = load_average()
     from aa_deploy.fileio import atomic_write_text
 
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
+from machine_info import describe_machine, load_average  # noqa: E402
 from serving_bench import load_run  # noqa: E402  (the raw keep-alive load generator, one owner)
 
 from aa_deploy.contract.layout import MANIFEST_NAME  # noqa: E402
@@ -619,7 +620,7 @@ def measure_task_set(
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     """The whole comparison; returns (and writes to ``config.output``) the JSON-ready result."""
     started = time.time()
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     workdir = Path(config.workdir)
     kinds = servers(workdir)
     unknown = set(config.servers) - set(kinds)
@@ -649,13 +650,11 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     for n in config.task_counts:
         runs += measure_task_set(active, task_set(base, n, workdir), config, texts)
     result = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "physical_cores": psutil.cpu_count(logical=False),
-            "load_avg_at_start": load_at_start,
-            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
-            "note": "shared machine (background training jobs): compare ratios within one run",
-        },
+        "machine": describe_machine(
+            load_average_start=load_at_start,
+            load_average_end=load_average(),
+            note="shared machine (background training jobs): compare ratios within one run",
+        ),
         "config": asdict(config),
         "servers": {s.name: {"model_format": s.model_format, "notes": s.notes} for s in active},
         "skipped": skipped,

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import statistics
 import subprocess
@@ -36,6 +34,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from machine_info import describe_machine  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "scale_out.json"
 TASKS = ("sst", "late")
 # Ray's HTTP ingress: its Python proxy (default), or HAProxy routing to replicas that serve HTTP themselves
@@ -226,10 +226,9 @@ def main() -> int:
         direct.terminate()
         direct.wait(30)
 
-    import ray
 
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__},
+        "machine": describe_machine(),
         "concurrency": args.concurrency,
         "seconds_per_round": args.seconds,
         "server": SERVER_ARGS,

@@ -47,6 +47,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from machine_info import describe_machine, load_average  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "serving.json"
 GLUE = Path(os.environ.get("AA_GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 BASE_TASKS = ("sst", "mid", "relu", "late")
@@ -682,11 +685,7 @@ def main() -> int:
     exports = build_exports(workdir)
     counts = [1, 4] if args.quick else [1, 4, 16]
     result: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-        }
+        "machine": describe_machine(threads=args.threads)
     }
     result["memory"] = measure_memory(workdir, args.threads, counts)
     result["engine"] = measure_engine(exports, args.threads, args.rounds, workdir)
@@ -709,7 +708,7 @@ def main() -> int:
             "multitask_mixed_vs_single_batch16"
         ],
     }
-    result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"]["load_average_end"] = load_average()
     result["seconds"] = round(time.time() - started, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import describe_machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 CONFIGS = ("full", "standard", "search")
@@ -112,7 +114,7 @@ def main() -> int:
         print(f"{r['seq_len']:>4} {r['config']:>9} {r['median_s']*1000:>9.0f} ms {r['time_vs_full']:>7.2f}x "
               f"{r['peak_bytes']/2**20:>7.0f} MiB {r['memory_vs_full']:>7.2f}x {r['trainable_params']:>11,}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": args.threads, "batch": args.batch,
+    meta = {"machine": describe_machine(), "threads": args.threads, "batch": args.batch,
             "device": args.device, "note": "peak memory on CPU is the worker process's max RSS (includes Python/torch)"}
     tmp = args.output.with_suffix(".tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
