@@ -45,7 +45,7 @@ def describe_machine(**extra: Any) -> dict[str, Any]:
     """Processor model, its kernel-relevant flags, core counts, OS, Python and the versions of the
     inference libraries already imported, plus ``extra`` (e.g. the thread setting of the run)."""
     info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
+    flags = set((info.get("flags") or info.get("Features") or "").split())  # x86 / Arm names
     described: dict[str, Any] = {
         "processor": info.get("model name") or platform.processor() or platform.machine(),
         "kernel_flags": [f for f in KERNEL_FLAGS if f in flags] if flags else None,

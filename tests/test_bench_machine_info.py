@@ -20,8 +20,11 @@ def test_describe_machine_names_the_processor_and_keeps_the_callers_fields() -> 
     assert machine["cpus"] == os.cpu_count()
     assert machine["threads"] == 3 and machine["note"] == "shared"
     assert machine["versions"]["onnxruntime"] == onnxruntime.__version__
-    if Path("/proc/cpuinfo").is_file():
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and re.search(r"^flags\s*:", cpuinfo.read_text(), re.M):
         assert isinstance(machine["kernel_flags"], list)
+        flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo.read_text(), re.M).group(1).split())
+        assert set(machine["kernel_flags"]) == flags & set(load_benchmark("machine_info.py").KERNEL_FLAGS)
     json.dumps(machine)  # goes into a results file as it is
 
 
