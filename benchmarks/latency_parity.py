@@ -15,8 +15,9 @@
    of one ``If``: ONNX Runtime's own cost of running a graph as a branch;
 3. ``engine``: HTTP throughput at concurrency 8 on mixed-task traffic against the raw engine (same
    process as the benchmark, no HTTP) on batches of the size the server formed;
-4. ``int8``: an INT8 task graph against its INT8 backbone (the store's bare backbone graph), plain
-   sessions, batch 1 and 16 at sequence length 128 (fp32 alongside).
+4. ``int8``: an INT8 task graph against its INT8 backbone (the store's bare backbone graph), batch 1 and
+   16 at sequence length 128 (fp32 alongside), in plain sessions and in sessions with the server's
+   settings (``serving/sessions.py``), and how much faster those settings run the task graph.
 
 Exports (built once in ``--workdir``): ``sentiment`` is a real run, ``aa-deploy train`` on the built-in
 demo data (search recipe, 1 epoch) on all-MiniLM-L6-v2, exported in fp32 and with ``--quantize int8``;
@@ -603,12 +604,15 @@ def measure_int8(
         manifest = json.loads((folder / "aa_export.json").read_text())
         return workdir / "store" / "objects" / manifest["backbone_data"]["store_object"] / "backbone.onnx"
 
-    graphs = {
+    plain_graphs = {
         "task-fp32": exports["sentiment"] / "model.onnx",
         "backbone-fp32": backbone_graph(exports["sentiment"]),
         "task-int8": exports["sentiment-int8"] / "model.onnx",
         "backbone-int8": backbone_graph(exports["sentiment-int8"]),
     }
+    # The same four graphs in sessions with the server's settings (serving/sessions.py: on CPU, some ORT
+    # fusions off), so that the ratios hold for what the server runs, and the settings' own gain shows.
+    graphs = {**plain_graphs, **{f"{k}, server": v for k, v in plain_graphs.items()}}
     manifest = json.loads((exports["sentiment"] / "aa_export.json").read_text())
     tokenizer = TaskTokenizer(exports["sentiment"] / "tokenizer.json", max_length=seq, is_pair=False)
     singles, _ = load_texts()
@@ -626,7 +630,12 @@ def measure_int8(
     votes: dict[int, dict[str, list[float]]] = {b: {} for b in feeds_of}
     for set_index in range(session_sets):
         names = list(graphs)[set_index % len(graphs) :] + list(graphs)[: set_index % len(graphs)]
-        sessions = {name: plain_session(graphs[name], threads) for name in names}
+        sessions = {
+            name: server_session(graphs[name], threads)
+            if name.endswith(", server")
+            else plain_session(graphs[name], threads)
+            for name in names
+        }
         for batch, feeds in feeds_of.items():
             calls = {k: session_call(sessions[k], feeds) for k in graphs}
             set_wall, set_cpu = interleaved(calls, max(4, rounds * (4 if batch == 1 else 1)))
@@ -635,8 +644,12 @@ def measure_int8(
                 cpu[batch][k] += set_cpu[k]
             for precision in ("int8", "fp32"):
                 for kind, samples in (("", set_wall), ("cpu_", set_cpu)):
-                    ratio = paired(samples, f"task-{precision}", f"backbone-{precision}")
-                    votes[batch].setdefault(f"{kind}task_vs_backbone_{precision}", []).append(ratio)
+                    for suffix, side in (("", ""), ("_server", ", server")):
+                        ratio = paired(samples, f"task-{precision}{side}", f"backbone-{precision}{side}")
+                        votes[batch].setdefault(f"{kind}task_vs_backbone_{precision}{suffix}", []).append(ratio)
+                    # plain time / server-settings time of the task graph: > 1, the server's settings are faster
+                    gain = paired(samples, f"task-{precision}", f"task-{precision}, server")
+                    votes[batch].setdefault(f"{kind}server_settings_speedup_{precision}", []).append(gain)
         del sessions
     out: dict[str, Any] = {"kept_layers": manifest["kept_layers"], "seq": seq, "session_sets": session_sets}
     out["batches"] = {}
@@ -666,6 +679,14 @@ def plain_session(source: Path | bytes, threads: int, external_folder: Path | No
     return ort.InferenceSession(
         source if isinstance(source, bytes) else str(source), options, providers=["CPUExecutionProvider"]
     )
+
+
+def server_session(path: Path, threads: int) -> Any:
+    """A session of ``path`` built as the server builds its sessions (its ORT settings, CPU)."""
+    from aa_deploy.serving.sessions import SessionSettings, create_session
+
+    settings = SessionSettings(intra_op_threads=threads, providers=("CPUExecutionProvider",))
+    return create_session(None, settings, model_path=str(path))
 
 
 def session_call(session: Any, feeds: dict[str, Any]) -> Callable[[], None]:
@@ -721,6 +742,11 @@ def print_table(report: dict[str, Any]) -> None:
                 f"CPU int8 {row['cpu_task_vs_backbone_int8']}, fp32 {row['cpu_task_vs_backbone_fp32']}  {row['cpu_median_ms']}"
             )
             print(f"            wall int8 per session set {row['task_vs_backbone_int8_per_set']}")
+            print(
+                f"            with the server's session settings: wall int8 {row['task_vs_backbone_int8_server']}, "
+                f"fp32 {row['task_vs_backbone_fp32_server']}; the settings' speed-up of the task graph: "
+                f"int8 {row['server_settings_speedup_int8']}, fp32 {row['server_settings_speedup_fp32']}"
+            )
 
 
 def main() -> int:

@@ -89,6 +89,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="disable ORT weight prepacking (less memory per session, slower)",
     )
     p.add_argument(
+        "--ort-disabled-optimizers",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        dest="ort_disabled_optimizers",
+        metavar="NAMES",
+        help="ONNX Runtime graph optimisers to turn off, comma-separated ('' for none; default on CPU: "
+        "SkipLayerNormFusion, slower there than the ops it fuses)",
+    )
+    p.add_argument(
         "--no-prefix-sharing",
         action="store_false",
         dest="prefix_sharing",
@@ -187,6 +195,7 @@ _OVERRIDES = (
     "max_body_bytes",
     "intra_op_threads",
     "prepacking",
+    "ort_disabled_optimizers",
     "prefix_sharing",
     "own_branches",
     "single_task_sessions",

@@ -191,6 +191,10 @@ class ServerConfig:
     prepacking: bool = True
     providers: list[str] | None = None
     graph_optimization_level: str = "all"
+    # ONNX Runtime graph optimisers to turn off; None: aa-deploy's choice for the providers (on CPU
+    # SkipLayerNormFusion, slower there than the ops it fuses: serving/sessions.py); [] turns none off.
+    # ORT ignores names it does not know.
+    ort_disabled_optimizers: list[str] | None = None
     # Checks: merged graphs are compared with each task's own graph on probe inputs at load time.
     validate_merged: bool = True
     validation_atol: float = 1e-4

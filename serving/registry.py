@@ -140,6 +140,9 @@ class TaskRegistry:
             prepacking=config.prepacking,
             providers=tuple(config.providers) if config.providers else None,
             graph_optimization_level=config.graph_optimization_level,
+            disabled_optimizers=(
+                tuple(config.ort_disabled_optimizers) if config.ort_disabled_optimizers is not None else None
+            ),
         )
         self.settings = self.settings.with_providers(self.settings.resolved_providers())
         self.backbones = SharedBackbonePool(verify_sha256=config.verify_backbone_sha256)

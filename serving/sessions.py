@@ -16,6 +16,14 @@ import numpy as np
 
 from .backbone import SharedBackbone
 
+# ONNX Runtime graph optimisers the server turns off on the CPU provider unless told otherwise
+# (ServerConfig.ort_disabled_optimizers). SkipLayerNormFusion fuses a residual Add and the LayerNorm after
+# it into one SkipLayerNormalization kernel, which on ORT's CPU provider was slower than the two ops it
+# replaces: an INT8 MiniLM export ran 1.10-1.15x faster at batch 1 without it (fp32: 1.00-1.02x),
+# measured in paired sessions (benchmarks/latency_parity.py, part 4). On CUDA the fused kernel is the fast
+# one, so nothing is turned off there.
+CPU_DISABLED_OPTIMIZERS: tuple[str, ...] = ("SkipLayerNormFusion",)
+
 _OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
@@ -32,6 +40,15 @@ class SessionSettings:
     prepacking: bool = True
     providers: tuple[str, ...] | None = None
     graph_optimization_level: str = "all"
+    # None: CPU_DISABLED_OPTIMIZERS when the providers are CPU only, none otherwise.
+    disabled_optimizers: tuple[str, ...] | None = None
+
+    def resolved_disabled_optimizers(self) -> list[str]:
+        """The ORT optimisers to turn off for these (resolved) providers."""
+        if self.disabled_optimizers is not None:
+            return list(self.disabled_optimizers)
+        providers = self.providers or ("CPUExecutionProvider",)
+        return list(CPU_DISABLED_OPTIMIZERS) if set(providers) == {"CPUExecutionProvider"} else []
 
     def resolved_providers(self) -> list[str]:
         """CUDA when onnxruntime-gpu offers it and it really works (unless providers were given), CPU otherwise."""
@@ -48,7 +65,13 @@ class SessionSettings:
         return ["CPUExecutionProvider"]
 
     def with_providers(self, providers: Sequence[str]) -> SessionSettings:
-        return SessionSettings(self.intra_op_threads, self.prepacking, tuple(providers), self.graph_optimization_level)
+        return SessionSettings(
+            self.intra_op_threads,
+            self.prepacking,
+            tuple(providers),
+            self.graph_optimization_level,
+            self.disabled_optimizers,
+        )
 
     def options(self, *, prepacking: bool | None = None, throwaway: bool = False) -> Any:
         """``throwaway``: a session run a few times and dropped (load-time checks): no memory arena,
@@ -162,7 +185,9 @@ def create_session(
         source = model.SerializeToString()
     else:
         source = model_path
-    session = ort.InferenceSession(source, options, providers=settings.resolved_providers())
+    providers = settings.resolved_providers()
+    disabled = settings.with_providers(providers).resolved_disabled_optimizers()
+    session = ort.InferenceSession(source, options, providers=providers, disabled_optimizers=disabled)
     # The session only borrows the backbone buffers: keep the backbone alive as long as the session.
     session._aa_backbone = backbone  # type: ignore[attr-defined]
     return session
