@@ -43,12 +43,12 @@ class SessionSettings:
     # None: CPU_DISABLED_OPTIMIZERS when the providers are CPU only, none otherwise.
     disabled_optimizers: tuple[str, ...] | None = None
 
-    def resolved_disabled_optimizers(self) -> list[str]:
-        """The ORT optimisers to turn off for these (resolved) providers."""
+    def resolved_disabled_optimizers(self, providers: Sequence[str] | None = None) -> list[str]:
+        """The ORT optimisers to turn off on ``providers`` (default: :meth:`resolved_providers`)."""
         if self.disabled_optimizers is not None:
             return list(self.disabled_optimizers)
-        providers = self.providers or ("CPUExecutionProvider",)
-        return list(CPU_DISABLED_OPTIMIZERS) if set(providers) == {"CPUExecutionProvider"} else []
+        chosen = self.resolved_providers() if providers is None else providers
+        return list(CPU_DISABLED_OPTIMIZERS) if set(chosen) == {"CPUExecutionProvider"} else []
 
     def resolved_providers(self) -> list[str]:
         """CUDA when onnxruntime-gpu offers it and it really works (unless providers were given), CPU otherwise."""
@@ -186,7 +186,7 @@ def create_session(
     else:
         source = model_path
     providers = settings.resolved_providers()
-    disabled = settings.with_providers(providers).resolved_disabled_optimizers()
+    disabled = settings.resolved_disabled_optimizers(providers)
     session = ort.InferenceSession(source, options, providers=providers, disabled_optimizers=disabled)
     # The session only borrows the backbone buffers: keep the backbone alive as long as the session.
     session._aa_backbone = backbone  # type: ignore[attr-defined]
