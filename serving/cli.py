@@ -39,6 +39,8 @@ def add_task_argument(p: argparse.ArgumentParser, where: str) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from .config import comma_list
+
     p = subparsers.add_parser(
         "serve",
         help="serve exported tasks over HTTP on one shared backbone (no PyTorch needed)",
@@ -90,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ort-disabled-optimizers",
-        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        type=comma_list,
         dest="ort_disabled_optimizers",
         metavar="NAMES",
         help="ONNX Runtime graph optimisers to turn off, comma-separated ('' for none; default on CPU: "
@@ -258,12 +260,12 @@ def _merge_tasks(data: dict, tasks: list[dict] | None) -> None:
 def _models_dir_tasks(args: argparse.Namespace) -> list:
     """The tasks of ``--models-dir`` (filtered by ``--models-tasks`` or $AA_DEPLOY_MODELS_TASKS); --task
     wins on a name."""
-    from .config import MODELS_DIR_TASKS_ENV, discover_tasks
+    from .config import MODELS_DIR_TASKS_ENV, comma_list, discover_tasks
 
     if not getattr(args, "models_dir", None):
         return []
     wanted = getattr(args, "models_tasks", None) or os.environ.get(MODELS_DIR_TASKS_ENV, "")
-    only = [name.strip() for name in wanted.split(",") if name.strip()]
+    only = comma_list(wanted)
     return discover_tasks(args.models_dir, only or None)
 
 

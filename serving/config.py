@@ -381,6 +381,11 @@ def env_variables() -> dict[str, str]:
     return {**{env_variable(f.name): f.name for f in fields(ServerConfig)}, **ENV_ALIASES}
 
 
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: how list values are written in the environment and in flags."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _parse_env_value(variable: str, field_name: str, text: str) -> Any:
     kind = get_type_hints(ServerConfig)[field_name]
     optional = type(None) in get_args(kind)
@@ -391,7 +396,7 @@ def _parse_env_value(variable: str, field_name: str, text: str) -> Any:
     if optional and value.lower() in ("", "none", "null"):
         return None
     try:
-        items = [item.strip() for item in value.split(",") if item.strip()]
+        items = comma_list(value)
         if get_origin(base) is list and get_args(base) == (TaskSpec,):
             return [vars(TaskSpec.parse(item)) for item in items]
         if get_origin(base) is list:
