@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 GRID = REPO / "benchmarks" / "quality" / "grid.py"
 REPORT = REPO / "benchmarks" / "quality" / "report.py"
@@ -103,17 +105,27 @@ def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tm
     # Both studies in one command, as a user would queue them.
     both = run_grid(tmp_path, tiny_backbone_dir, glue, "--protocol", "default", "--budgets", "1", "--starts", "identity")
     assert both.returncode == 0, both.stdout[-2000:] + both.stderr[-2000:]
-    assert "0 of 4 cells already finished; 4 to run" in both.stdout
+    assert "0 of 6 cells already finished; 6 to run" in both.stdout
     results = tmp_path / "results"
     names = sorted(p.name for p in results.glob("*.json"))
-    assert names == ["rte-n24-s42-focused-default-k1.json", "rte-n24-s42-search-default-k1.json",
+    assert names == ["rte-n24-s42-adapterdrop-default-top1.json", "rte-n24-s42-adapterdrop-default.json",
+                     "rte-n24-s42-focused-default-k1.json", "rte-n24-s42-search-default-k1.json",
                      "rte-n24-s42-search-default-start-identity.json",
                      "rte-n24-s42-standard-default-top1.json"]  # fmt: skip
     search = json.loads((results / "rte-n24-s42-search-default-k1.json").read_text())
     assert search["protocol"] == "default" and search["layer_budget"] == 1 and search["layers_kept"] <= 1
     assert search["savings"]["num_layers"] == 3
     standard = json.loads((results / "rte-n24-s42-standard-default-top1.json").read_text())
-    assert standard["selected_layers"] == [2]  # the top-most layer: AdapterDrop's choice
+    assert standard["selected_layers"] == [2]  # the top-most layer: the naive choice
+    # AdapterDrop: one run trained for every depth (up to all but one layer dropped per step), scored with
+    # only its top-most adapter; the evaluation trains nothing.
+    dropped_run = json.loads((tmp_path / "runs" / "rte-n24-s42-adapterdrop-default" / "training_config.json").read_text())
+    assert dropped_run["recipe"] == "adapterdrop" and dropped_run["adapterdrop_max_layers"] == 2
+    dropped = json.loads((results / "rte-n24-s42-adapterdrop-default-top1.json").read_text())
+    assert dropped["selected_layers"] == [2] and dropped["layers_kept"] == 1 and dropped["layer_budget"] == 1
+    assert 0.0 <= dropped["value"] <= 1.0 and dropped["metric"] == "accuracy"
+    full = json.loads((results / "rte-n24-s42-adapterdrop-default.json").read_text())
+    assert full["layers_kept"] == 3 and dropped["adapter_params"] * 3 == full["adapter_params"]
     focused = json.loads((results / "rte-n24-s42-focused-default-k1.json").read_text())
     assert focused["selected_layers"] == search["selected_layers"]
 
@@ -127,9 +139,55 @@ def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tm
     text = out.read_text()
     budget_part = text.split("## Layer budget")[1].split("## The paper's protocol")[0]
     assert "**rte, N = 24**" in budget_part and "| search with budget K |" in budget_part
+    adapterdrop_row = next(line for line in budget_part.splitlines() if line.startswith("| AdapterDrop"))
+    assert f"{100 * dropped['value']:.1f} ± 0.0 (n=1)" in adapterdrop_row  # K = 1
+    assert f"{100 * full['value']:.1f} ± 0.0 (n=1)" in adapterdrop_row  # K = 3: the run itself
     assert (tmp_path / "layer_budget.png").is_file()
     start_part = text.split("## Rational start study")[1].split("## Layer budget")[0]
     assert "| rte | 24 |" in start_part
     # Neither study leaks into the paper-protocol table.
     paper_part = text.split("## The paper's protocol")[1]
     assert "| rte | 24 |" not in paper_part
+
+
+def fake_stsb(root: Path) -> Path:
+    """A tiny STS-B-shaped folder: a regression score (Spearman) moves with any change of the outputs."""
+    folder = root / "STS-B"
+    folder.mkdir(parents=True)
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    rows = [f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{WORDS[i % 4]}\t{WORDS[(i * 3 + 1) % 4]} {WORDS[i % 3]}\t{(i * 7) % 11 / 2:.3f}"
+            for i in range(48)]  # fmt: skip
+    (folder / "train.tsv").write_text(header + "\n".join(rows[:40]) + "\n")
+    (folder / "dev.tsv").write_text(header + "\n".join(rows[40:]) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_drop_eval_reproduces_the_runs_own_scores_and_drops_the_lowest_layers(tmp_path) -> None:
+    """The evaluation scores a run the way training did (same dev split, same test set, same metric).
+    On the real MiniLM: a tiny random backbone answers every input alike, so any two scorings agree."""
+    from aa_deploy.backbones import resolve_backbone_path
+
+    glue = fake_stsb(tmp_path / "glue")
+    run = tmp_path / "run"
+    train = [sys.executable, "-m", "aa_deploy.cli", "train", "--task", "stsb", "--data-dir", str(glue), "--recipe",
+             "adapterdrop", "--train-size", "40", "--epochs", "6", "--batch-size", "8", "--learning-rate", "0.01", "--backbone",
+             resolve_backbone_path(None), "--output", str(run), "--no-progress", "--device", "cpu"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    trained = subprocess.run(train, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    sys.path.insert(0, str(REPO / "benchmarks" / "quality"))
+    try:
+        import drop_eval
+    finally:
+        sys.path.remove(str(REPO / "benchmarks" / "quality"))
+    own = json.loads((run / "metrics.json").read_text())
+    again = drop_eval.evaluate_dropped(run, 0, str(glue))
+    assert abs(again["value"] - own["value"]) < 1e-4 and abs(again["test_value"] - own["test_value"]) < 1e-4
+    assert again["selected_layers"] == list(range(6)) and again["adapter_params"] == own["adapter_params"]
+    dropped = drop_eval.evaluate_dropped(run, 5, str(glue))
+    assert dropped["selected_layers"] == [5] and dropped["adapterdrop_eval_layers"] == 5
+    assert dropped["adapter_params"] * 6 == own["adapter_params"]
+    assert (dropped["value"], dropped["test_value"]) != (own["value"], own["test_value"])  # five adapters fewer
+    with pytest.raises(ValueError, match="between 0 and 5"):
+        drop_eval.evaluate_dropped(run, 6, str(glue))

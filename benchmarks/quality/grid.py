@@ -10,8 +10,9 @@ schedules); other protocols add ``-<protocol>``.
 
     # the rational start study (search recipe, one cell per start)
     python benchmarks/quality/grid.py run --tasks sst2,stsb --sizes 100,300 --starts one,identity,gelu
-    # the layer-budget curve: per K a budgeted search, a focused run on its layers, and the standard
-    # adapter on the K top-most layers (AdapterDrop's choice)
+    # the layer-budget curve: per K a budgeted search, a focused run on its layers, the standard
+    # adapter trained on the K top-most layers, and one AdapterDrop run per seed scored with only the K
+    # top-most layers' adapters (benchmarks/quality/drop_eval.py: an evaluation, not a training)
     python benchmarks/quality/grid.py run --tasks sst2,stsb,mrpc --sizes 1000 --budgets 1,2,3,4,5
 
 ``--learning-rate`` runs an off-protocol variant (adapters + head at another learning rate; the
@@ -41,6 +42,8 @@ RUNS = HERE / "runs"
 TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
 SEEDS = (42, 92, 111)
 RECIPES = ("standard", "search", "focused")
+# Recipes whose budget K means "adapters at the K top-most layers" (cell ids end in -top<K>).
+TOP_K_RECIPES = ("standard", "adapterdrop")
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,9 @@ class Cell:
     # None = the protocol's rate; otherwise an off-protocol variant, reported separately.
     learning_rate: float | None = None
     protocol: str = "paper"
-    # search: --max-layers K; standard: adapters only at the K top-most layers (AdapterDrop's choice);
-    # focused: follows its (budgeted) search source.
+    # search: --max-layers K; standard: adapters only at the K top-most layers; adapterdrop: the seed's
+    # AdapterDrop run (no budget) scored with the lowest layers' adapters dropped, K kept; focused:
+    # follows its (budgeted) search source.
     layer_budget: int | None = None
     rational_init: str | None = None  # None = the protocol's start
 
@@ -67,7 +71,7 @@ class Cell:
         if self.rational_init is not None:
             out += f"-start-{self.rational_init}"
         if self.layer_budget is not None:
-            out += f"-top{self.layer_budget}" if self.recipe == "standard" else f"-k{self.layer_budget}"
+            out += f"-top{self.layer_budget}" if self.recipe in TOP_K_RECIPES else f"-k{self.layer_budget}"
         return out
 
     @property
@@ -77,7 +81,16 @@ class Cell:
             base += f"-from-{self.source_task}-n{self.source_size}"
         return base + self._suffix()
 
+    @property
+    def evaluation_only(self) -> bool:
+        """An AdapterDrop cell with a budget scores its seed's AdapterDrop run; nothing is trained."""
+        return self.recipe == "adapterdrop" and self.layer_budget is not None
+
     def source(self) -> Cell | None:
+        """The cell whose run folder this one needs: a focused cell's search, a dropped evaluation's run."""
+        if self.evaluation_only:
+            return Cell(self.task, self.train_size, self.seed, "adapterdrop", learning_rate=self.learning_rate,
+                        protocol=self.protocol, rational_init=self.rational_init)
         if self.recipe != "focused":
             return None
         return Cell(
@@ -118,15 +131,19 @@ def start_grid(tasks, sizes, seeds, starts, protocol: str) -> list[Cell]:
 
 def budget_grid(tasks, sizes, seeds, budgets, protocol: str) -> list[Cell]:
     """The layer-budget curve (docs/METHOD.md §3): per K, a budgeted search, a focused run on the K
-    layers it kept, and the standard adapter on the K top-most layers (AdapterDrop's naive choice)."""
+    layers it kept, and the two naive choices of K layers: the standard adapter trained on the K
+    top-most layers, and AdapterDrop (one run per seed, trained with random drops of the lowest
+    layers, scored with only its K top-most adapters: AdapterDrop's own use, one model for every K)."""
     cells = []
     for size in sizes:
         for task in tasks:
             for seed in seeds:
+                cells.append(Cell(task, size, seed, "adapterdrop", protocol=protocol))
                 for k in budgets:
                     cells.append(Cell(task, size, seed, "search", protocol=protocol, layer_budget=k))
                     cells.append(Cell(task, size, seed, "focused", task, size, protocol=protocol, layer_budget=k))
                     cells.append(Cell(task, size, seed, "standard", protocol=protocol, layer_budget=k))
+                    cells.append(Cell(task, size, seed, "adapterdrop", protocol=protocol, layer_budget=k))
     return cells
 
 
@@ -155,8 +172,14 @@ def _commit() -> str:
         return "unknown"
 
 
-def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
-    out_dir = args.runs_dir / cell.cell_id
+def train_command(cell: Cell, args: argparse.Namespace, out_dir: Path) -> list[str]:
+    """``aa-deploy train`` for a training cell; the scoring script for an evaluation-only cell."""
+    source = cell.source()
+    if cell.evaluation_only:
+        assert source is not None and cell.layer_budget is not None
+        drop = backbone_num_layers(args.backbone) - cell.layer_budget
+        return [sys.executable, str(HERE / "drop_eval.py"), "--run", str(args.runs_dir / source.cell_id),
+                "--drop", str(drop), "--output", str(out_dir), "--glue-dir", str(args.glue_dir)]  # fmt: skip
     cmd = [
         sys.executable, "-m", "aa_deploy.cli", "train", "--task", cell.task, "--data-dir", args.glue_dir,
         "--recipe", cell.recipe, "--seed", str(cell.seed), "--protocol", cell.protocol,
@@ -177,9 +200,17 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
         cmd += ["--backbone", args.backbone]
     if cell.learning_rate is not None:
         cmd += ["--learning-rate", repr(cell.learning_rate)]
-    source = cell.source()
+    if cell.recipe == "adapterdrop":
+        # Trained for every K of the curve: each step drops up to all but the top-most layer.
+        cmd += ["--adapterdrop-max-layers", str(backbone_num_layers(args.backbone) - 1)]
     if source is not None:
         cmd += ["--selection-from", str(args.runs_dir / source.cell_id)]
+    return cmd
+
+
+def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
+    out_dir = args.runs_dir / cell.cell_id
+    cmd = train_command(cell, args, out_dir)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     started = time.time()
     log = args.runs_dir / f"{cell.cell_id}.log"
