@@ -191,3 +191,31 @@ def test_drop_eval_reproduces_the_runs_own_scores_and_drops_the_lowest_layers(tm
     assert (dropped["value"], dropped["test_value"]) != (own["value"], own["test_value"])  # five adapters fewer
     with pytest.raises(ValueError, match="between 0 and 5"):
         drop_eval.evaluate_dropped(run, 6, str(glue))
+
+
+def test_the_default_table_holds_only_cells_that_ran_the_schedules_current_start(monkeypatch) -> None:
+    """When the default start changes, cells trained with the old one leave the default table (they stay
+    in the start study), and start-study cells that ran the new one fill it, once per seed."""
+    sys.path.insert(0, str(REPORT.parent))
+    try:
+        import report
+    finally:
+        sys.path.remove(str(REPORT.parent))
+    from dataclasses import replace
+
+    def cell(recipe: str, **extra) -> dict:
+        return {"task": "sst2", "train_size": 300, "seed": 42, "recipe": recipe, "protocol": "default", **extra}
+
+    standard = cell("standard")
+    search_one = cell("search", rational_init_ran="one")
+    search_identity = cell("search", rational_init="identity", rational_init_ran="identity")
+    paper = cell("search", protocol="paper", rational_init_ran="one")
+    budget = cell("search", layer_budget=1, rational_init_ran="one")
+    rows = [standard, search_one, search_identity, paper, budget, cell("adapterdrop")]
+    monkeypatch.setattr(report, "DEFAULT", replace(report.DEFAULT, rational_init="one"))
+    assert report.default_schedule_rows(rows) == [standard, search_one]
+    monkeypatch.setattr(report, "DEFAULT", replace(report.DEFAULT, rational_init="identity"))
+    assert report.default_schedule_rows(rows) == [standard, search_identity]
+    # A default-grid cell of the new start and a start-study cell of the same seed: one of them, the grid's.
+    search_new = cell("search", rational_init_ran="identity")
+    assert report.default_schedule_rows([search_identity, search_new]) == [search_new]
