@@ -196,12 +196,9 @@ def test_drop_eval_reproduces_the_runs_own_scores_and_drops_the_lowest_layers(tm
 def test_the_default_table_holds_only_cells_that_ran_the_schedules_current_start(monkeypatch) -> None:
     """When the default start changes, cells trained with the old one leave the default table (they stay
     in the start study), and start-study cells that ran the new one fill it, once per seed."""
-    sys.path.insert(0, str(REPORT.parent))
-    try:
-        import report
-    finally:
-        sys.path.remove(str(REPORT.parent))
     from dataclasses import replace
+
+    report = _import("report")
 
     def cell(recipe: str, **extra) -> dict:
         return {"task": "sst2", "train_size": 300, "seed": 42, "recipe": recipe, "protocol": "default", **extra}
@@ -219,3 +216,58 @@ def test_the_default_table_holds_only_cells_that_ran_the_schedules_current_start
     # A default-grid cell of the new start and a start-study cell of the same seed: one of them, the grid's.
     search_new = cell("search", rational_init_ran="identity")
     assert report.default_schedule_rows([search_identity, search_new]) == [search_new]
+
+
+def _import(name: str):
+    sys.path.insert(0, str(GRID.parent))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(GRID.parent))
+
+
+def test_cell_ids_name_the_start_only_when_it_is_not_the_first_one(monkeypatch) -> None:
+    """Ids of cells run before a schedule changed its start stay valid, and once the default start is
+    `identity` a default search cell is the start-study cell of that start (one id, one run)."""
+    from dataclasses import replace
+
+    grid = _import("grid")
+    search = grid.Cell("sst2", 1000, 42, "search", protocol="default")
+    focused = grid.Cell("sst2", 1000, 42, "focused", "sst2", 1000, protocol="default")
+    standard = grid.Cell("sst2", 1000, 42, "standard", protocol="default")
+    study = grid.start_grid(["sst2"], [1000], [42], ["identity"], "default")[0]
+    assert (search.cell_id, standard.cell_id) == ("sst2-n1000-s42-search-default", "sst2-n1000-s42-standard-default")
+    assert study.cell_id == "sst2-n1000-s42-search-default-start-identity"
+    original = grid.schedule_named
+    switched = replace(original("default"), rational_init="identity")
+    monkeypatch.setattr(grid, "schedule_named", lambda name: switched if name == "default" else original(name))
+    assert search.cell_id == study.cell_id and search.start == "identity"
+    assert focused.cell_id == "sst2-n1000-s42-focused-default-start-identity"
+    assert focused.source().cell_id == study.cell_id  # the focused run retrains on the study cell's layers
+    assert standard.cell_id == "sst2-n1000-s42-standard-default" and standard.start is None
+    assert grid.Cell("sst2", 1000, 42, "search", protocol="paper").cell_id == "sst2-n1000-s42-search"
+
+
+def test_the_budget_curve_keeps_one_curve_per_rational_start(monkeypatch) -> None:
+    from dataclasses import replace
+
+    report = _import("report")
+
+    def cell(recipe: str, value: float, k: int | None, start: str | None = None, **extra) -> dict:
+        return {"task": "sst2", "train_size": 300, "seed": 42, "recipe": recipe, "protocol": "default",
+                "layer_budget": k, "num_layers": 6, "value": value, "rational_init_ran": start, **extra}  # fmt: skip
+
+    rows = [cell("search", 0.6, 1, "one"), cell("search", 0.7, 1, "identity"), cell("standard", 0.5, 1),
+            cell("search", 0.8, None, "one"), cell("standard", 0.9, None), cell("adapterdrop", 0.4, 1),
+            cell("search", 0.75, None, "identity", rational_init="identity")]  # fmt: skip
+    curve = report.budget_rows(rows)
+    assert set(curve) == {("sst2", 300, "one"), ("sst2", 300, "identity")}
+    one, identity = curve[("sst2", 300, "one")], curve[("sst2", 300, "identity")]
+    assert one["search"] == {1: [0.6], 6: [0.8]} and identity["search"] == {1: [0.7], 6: [0.75]}
+    # The arms without rationals are in both curves.
+    assert one["standard"] == identity["standard"] == {1: [0.5], 6: [0.9]}
+    assert one["adapterdrop"] == {1: [0.4]}
+    monkeypatch.setattr(report, "DEFAULT", replace(report.DEFAULT, rational_init="one"))
+    assert report._budget_title(("sst2", 300, "identity"), curve) == "sst2, N = 300, start `identity`"
+    only_one = report.budget_rows(rows[:1] + rows[2:4])
+    assert report._budget_title(("sst2", 300, "one"), only_one) == "sst2, N = 300"

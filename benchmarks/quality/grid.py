@@ -37,11 +37,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+from aa_deploy.contract.rules import uses_rational  # noqa: E402
+from aa_deploy.training.protocols import schedule_named  # noqa: E402
+
 RESULTS = HERE / "results"
 RUNS = HERE / "runs"
 TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
 SEEDS = (42, 92, 111)
 RECIPES = ("standard", "search", "focused")
+# The rational start every schedule had when cell ids were fixed: an id names its cell's start only when
+# it is another one, so that the ids of cells run before a schedule changed its start stay valid, and a
+# start-study cell and a schedule cell that train alike share one id (and one run).
+FIRST_START = "one"
 # Recipes whose budget K means "adapters at the K top-most layers" (cell ids end in -top<K>).
 TOP_K_RECIPES = ("standard", "adapterdrop")
 
@@ -68,8 +76,8 @@ class Cell:
         out = "" if self.protocol == "paper" else f"-{self.protocol}"
         if self.learning_rate is not None:
             out += f"-lr{self.learning_rate:g}"
-        if self.rational_init is not None:
-            out += f"-start-{self.rational_init}"
+        if self.start not in (None, FIRST_START):
+            out += f"-start-{self.start}"
         if self.layer_budget is not None:
             out += f"-top{self.layer_budget}" if self.recipe in TOP_K_RECIPES else f"-k{self.layer_budget}"
         return out
@@ -80,6 +88,13 @@ class Cell:
         if self.recipe == "focused" and (self.source_task, self.source_size) != (self.task, self.train_size):
             base += f"-from-{self.source_task}-n{self.source_size}"
         return base + self._suffix()
+
+    @property
+    def start(self) -> str | None:
+        """The rational start this cell trains with: its own, else its schedule's (None without rationals)."""
+        if not uses_rational(self.recipe):
+            return None
+        return self.rational_init or schedule_named(self.protocol).rational_init
 
     @property
     def evaluation_only(self) -> bool:

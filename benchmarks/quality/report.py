@@ -55,24 +55,52 @@ def start_ran(r: dict) -> str | None:
     return r.get("rational_init_ran") or r.get("rational_init") or "one"
 
 
-def default_schedule_rows(rows: list[dict]) -> list[dict]:
-    """The cells that ran exactly what ``aa-deploy train --protocol default`` runs today.
+def default_schedule_rows(rows: list[dict], start: str | None = None) -> list[dict]:
+    """The cells that ran what ``aa-deploy train --protocol default`` runs with the rational start
+    ``start`` (default: the schedule's start today).
 
-    A rational recipe counts only with the schedule's current start: cells that ran another start belong
-    to the start study (whose arm with the schedule's start these cells are too). A start-study cell that
-    asked for the schedule's start explicitly ran the same training, so it fills the table as well; one
-    cell per (task, N, seed, recipe). AdapterDrop runs serve the layer-budget curve only.
+    A rational recipe counts only with that start: cells that ran another start belong to that start's
+    table and to the start study. A start-study cell that asked for the start explicitly ran the same
+    training, so it fills the table as well; one cell per (task, N, seed, recipe). AdapterDrop runs serve
+    the layer-budget curve only.
     """
+    start = start or DEFAULT.rational_init
     chosen: dict[tuple, dict] = {}
     for r in rows:
         if r["recipe"] not in RECIPE_ORDER or kind_of(r) not in ("default", "start-study") or protocol_of(r) != "default":
             continue
-        if uses_rational(r["recipe"]) and start_ran(r) != DEFAULT.rational_init:
+        if uses_rational(r["recipe"]) and start_ran(r) != start:
             continue
         key = (r["task"], r["train_size"], r["seed"], r["recipe"], r.get("source_task"), str(r.get("source_size")))
         if key not in chosen or kind_of(r) == "default":
             chosen[key] = r
     return list(chosen.values())
+
+
+def earlier_default_starts(rows: list[dict]) -> list[str]:
+    """Starts that default-schedule cells of the grid ran other than the schedule's start today (the
+    schedule's start changed after they ran); each keeps a table of its own."""
+    ran = {start_ran(r) for r in rows if kind_of(r) == "default" and uses_rational(r["recipe"])}
+    return sorted(s for s in ran if s not in (None, DEFAULT.rational_init))
+
+
+def earlier_start_sections(rows: list[dict], baselines: dict[str, float], paper_summary: dict) -> str:
+    out = []
+    for start in earlier_default_starts(rows):
+        table, summary = build_tables(default_schedule_rows(rows, start), baselines, paper_summary)
+        out.append(f"""
+### The default schedule with its earlier rational start `{start}`
+
+The same schedule before its start became `{DEFAULT.rational_init}` (the start study's choice); the standard adapter
+has no rational and is the same in both tables.
+
+{table}
+
+Claims with the start `{start}`:
+
+{claims(summary)}
+""")
+    return "\n".join(out)
 
 
 def split_variants(rows: list[dict]) -> tuple[list[dict], dict[float, list[dict]]]:
@@ -152,6 +180,10 @@ def start_study(rows: list[dict]) -> str:
             choice += (f" Provisional: {len(covered & START_STUDY_SETTINGS)} of {len(START_STUDY_SETTINGS)} planned settings"
                        + (f", {len(short)} with fewer than {START_STUDY_SEEDS} seeds for some start" if short else "")
                        + "; the default schedule keeps its start until the study is complete.")
+        else:
+            choice += (f" The study is complete: the default schedule starts as `{DEFAULT.rational_init}`"
+                       + (" (its choice)." if DEFAULT.rational_init == ranked[0] else
+                          f", not the rule's choice: change the default schedule's start to `{ranked[0]}`."))
     return "\n".join(lines) + choice
 
 
@@ -161,18 +193,36 @@ BUDGET_METHODS = (("search", "search with budget K"), ("focused", "focused on th
 
 
 def budget_rows(rows: list[dict]) -> dict[tuple, dict[str, dict[int, list[float]]]]:
-    """(task, N) → method → K → scores; K = all layers comes from the default schedule's plain cells."""
+    """(task, N, rational start) → method → K → scores; K = all layers comes from the default schedule's
+    plain cells (of that start, for search and focused). One curve per start that budgeted search cells
+    ran; the arms without rationals (standard, AdapterDrop) are the same in each."""
     curve: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    budget_settings = {(r["task"], r["train_size"]) for r in rows if kind_of(r) == "budget"}
+    budgeted = [r for r in rows if kind_of(r) == "budget" and is_own_selection(r)]
+    starts: dict[tuple, set[str]] = defaultdict(set)
+    for r in budgeted:
+        if uses_rational(r["recipe"]):
+            starts[(r["task"], r["train_size"])].add(str(start_ran(r)))
     for r in rows:
-        key = (r["task"], r["train_size"])
-        if key not in budget_settings or not is_own_selection(r):
+        setting = (r["task"], r["train_size"])
+        if setting not in starts or not is_own_selection(r) or protocol_of(r) != "default":
             continue
         if kind_of(r) == "budget":
-            curve[key][r["recipe"]][int(r["layer_budget"])].append(r["value"])
-        elif kind_of(r) == "default":
-            curve[key][r["recipe"]][int(r["num_layers"])].append(r["value"])
+            k = int(r["layer_budget"])
+        elif kind_of(r) in ("default", "start-study"):
+            k = int(r["num_layers"])
+        else:
+            continue
+        for start in [start_ran(r)] if uses_rational(r["recipe"]) else sorted(starts[setting]):
+            if start in starts[setting]:
+                curve[(*setting, start)][r["recipe"]][k].append(r["value"])
     return curve
+
+
+def _budget_title(key: tuple, curve: dict) -> str:
+    """``sst2, N = 300``, naming the rational start where it is not the schedule's or several ran."""
+    task, size, start = key
+    several = sum(1 for other in curve if other[:2] == key[:2]) > 1
+    return f"{task}, N = {size}" + (f", start `{start}`" if several or start != DEFAULT.rational_init else "")
 
 
 def budget_section(rows: list[dict], picture: Path) -> str:
@@ -180,9 +230,9 @@ def budget_section(rows: list[dict], picture: Path) -> str:
     if not curve:
         return "_No layer-budget cells finished yet._"
     out = []
-    for (task, size), methods in sorted(curve.items(), key=lambda kv: (_size_key(kv[0][1]), kv[0][0])):
+    for key, methods in sorted(curve.items(), key=lambda kv: (_size_key(kv[0][1]), kv[0][0], kv[0][2])):
         ks = sorted({k for m in methods.values() for k in m})
-        lines = [f"**{task}, N = {size}** (official dev × 100, mean ± std over seeds; K = {ks[-1]}: no budget)", "",
+        lines = [f"**{_budget_title(key, curve)}** (official dev × 100, mean ± std over seeds; K = {ks[-1]}: no budget)", "",
                  "| method | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
         for recipe, label in BUDGET_METHODS:
             lines.append(f"| {label} | " + " | ".join(fmt(methods.get(recipe, {}).get(k, [])) for k in ks) + " |")
@@ -197,7 +247,7 @@ def plot_budget(curve: dict, path: Path) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    keys = sorted(curve, key=lambda k: (_size_key(k[1]), k[0]))
+    keys = sorted(curve, key=lambda k: (_size_key(k[1]), k[0], k[2]))
     fig, axes = plt.subplots(1, len(keys), figsize=(max(6.5, 4.6 * len(keys)), 4.0), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         for (recipe, label), marker in zip(BUDGET_METHODS, "osd^", strict=True):
@@ -208,7 +258,7 @@ def plot_budget(curve: dict, path: Path) -> None:
             means = [100 * mean_std(v)[0] for _, v in points]
             stds = [100 * mean_std(v)[1] for _, v in points]
             ax.errorbar(ks, means, yerr=stds, marker=marker, capsize=3, label=label.split(":")[0])
-        ax.set_title(f"{key[0]}, N = {key[1]}", fontsize=12)
+        ax.set_title(_budget_title(key, curve).replace("`", ""), fontsize=12)
         ks_all = sorted({k for m in curve[key].values() for k in m})
         ax.set_xticks(ks_all)
         ax.set_xticklabels([f"{k}\n(no budget)" if k == ks_all[-1] else str(k) for k in ks_all], fontsize=10)
@@ -456,7 +506,7 @@ Against the paper protocol (best recipe of each; same rule as the claims below):
 Claims on the default schedule:
 
 {claims(default_summary)}
-
+{earlier_start_sections(all_rows, baselines, summary)}
 ## Rational start study (search recipe, default schedule)
 
 Why was AA worse than the standard adapter at N = 100? One hypothesis: the rational starts as the constant
