@@ -101,18 +101,21 @@ def test_transfer_cells_of_a_variant_reuse_that_variants_selections() -> None:
 
 
 def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tmp_path, tiny_backbone_dir) -> None:
+    from aa_deploy.training.protocols import DEFAULT
+
     glue = fake_glue(tmp_path / "glue")
-    # Both studies in one command, as a user would queue them.
-    both = run_grid(tmp_path, tiny_backbone_dir, glue, "--protocol", "default", "--budgets", "1", "--starts", "identity")
+    # Both studies in one command, as a user would queue them (gelu: a start that is not the schedule's).
+    both = run_grid(tmp_path, tiny_backbone_dir, glue, "--protocol", "default", "--budgets", "1", "--starts", "gelu")
+    start = "" if DEFAULT.rational_init == "one" else f"-start-{DEFAULT.rational_init}"  # budget cells: the schedule's
     assert both.returncode == 0, both.stdout[-2000:] + both.stderr[-2000:]
     assert "0 of 6 cells already finished; 6 to run" in both.stdout
     results = tmp_path / "results"
     names = sorted(p.name for p in results.glob("*.json"))
     assert names == ["rte-n24-s42-adapterdrop-default-top1.json", "rte-n24-s42-adapterdrop-default.json",
-                     "rte-n24-s42-focused-default-k1.json", "rte-n24-s42-search-default-k1.json",
-                     "rte-n24-s42-search-default-start-identity.json",
+                     f"rte-n24-s42-focused-default{start}-k1.json", "rte-n24-s42-search-default-start-gelu.json",
+                     f"rte-n24-s42-search-default{start}-k1.json",
                      "rte-n24-s42-standard-default-top1.json"]  # fmt: skip
-    search = json.loads((results / "rte-n24-s42-search-default-k1.json").read_text())
+    search = json.loads((results / f"rte-n24-s42-search-default{start}-k1.json").read_text())
     assert search["protocol"] == "default" and search["layer_budget"] == 1 and search["layers_kept"] <= 1
     assert search["savings"]["num_layers"] == 3
     standard = json.loads((results / "rte-n24-s42-standard-default-top1.json").read_text())
@@ -126,11 +129,12 @@ def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tm
     assert 0.0 <= dropped["value"] <= 1.0 and dropped["metric"] == "accuracy"
     full = json.loads((results / "rte-n24-s42-adapterdrop-default.json").read_text())
     assert full["layers_kept"] == 3 and dropped["adapter_params"] * 3 == full["adapter_params"]
-    focused = json.loads((results / "rte-n24-s42-focused-default-k1.json").read_text())
+    focused = json.loads((results / f"rte-n24-s42-focused-default{start}-k1.json").read_text())
     assert focused["selected_layers"] == search["selected_layers"]
 
-    cell = json.loads((results / "rte-n24-s42-search-default-start-identity.json").read_text())
-    assert cell["rational_init_ran"] == "identity" and cell["rational_init"] == "identity"
+    assert search["rational_init_ran"] == DEFAULT.rational_init
+    cell = json.loads((results / "rte-n24-s42-search-default-start-gelu.json").read_text())
+    assert cell["rational_init_ran"] == "gelu" and cell["rational_init"] == "gelu"
 
     out = tmp_path / "RESULTS.md"
     report = subprocess.run([sys.executable, str(REPORT), "--results-dir", str(results), "--output", str(out)],
@@ -232,15 +236,20 @@ def test_cell_ids_name_the_start_only_when_it_is_not_the_first_one(monkeypatch) 
     from dataclasses import replace
 
     grid = _import("grid")
+    original = grid.schedule_named
+
+    def schedule_start(start: str) -> None:
+        changed = replace(original("default"), rational_init=start)
+        monkeypatch.setattr(grid, "schedule_named", lambda name: changed if name == "default" else original(name))
+
+    schedule_start("one")
     search = grid.Cell("sst2", 1000, 42, "search", protocol="default")
     focused = grid.Cell("sst2", 1000, 42, "focused", "sst2", 1000, protocol="default")
     standard = grid.Cell("sst2", 1000, 42, "standard", protocol="default")
     study = grid.start_grid(["sst2"], [1000], [42], ["identity"], "default")[0]
     assert (search.cell_id, standard.cell_id) == ("sst2-n1000-s42-search-default", "sst2-n1000-s42-standard-default")
     assert study.cell_id == "sst2-n1000-s42-search-default-start-identity"
-    original = grid.schedule_named
-    switched = replace(original("default"), rational_init="identity")
-    monkeypatch.setattr(grid, "schedule_named", lambda name: switched if name == "default" else original(name))
+    schedule_start("identity")
     assert search.cell_id == study.cell_id and search.start == "identity"
     assert focused.cell_id == "sst2-n1000-s42-focused-default-start-identity"
     assert focused.source().cell_id == study.cell_id  # the focused run retrains on the study cell's layers

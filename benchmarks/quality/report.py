@@ -511,7 +511,8 @@ Claims on the default schedule:
 
 Why was AA worse than the standard adapter at N = 100? One hypothesis: the rational starts as the constant
 "one", so the down-projection gets no gradient at the start. Each start below ran the search recipe under the
-default schedule; the arm with the schedule's own start is the default grid's search cells above. Reproduce:
+default schedule; the `one` arm is the default grid's search cells from before the schedule's start changed
+(the table with the earlier start above). Reproduce:
 `python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --tasks sst2,stsb --sizes 300 --starts identity,gelu`.
 
 {start_study(all_rows)}
