@@ -180,11 +180,7 @@ def test_drop_eval_reproduces_the_runs_own_scores_and_drops_the_lowest_layers(tm
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     trained = subprocess.run(train, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert trained.returncode == 0, trained.stderr[-2000:]
-    sys.path.insert(0, str(REPO / "benchmarks" / "quality"))
-    try:
-        import drop_eval
-    finally:
-        sys.path.remove(str(REPO / "benchmarks" / "quality"))
+    drop_eval = _import("drop_eval")
     own = json.loads((run / "metrics.json").read_text())
     again = drop_eval.evaluate_dropped(run, 0, str(glue))
     assert abs(again["value"] - own["value"]) < 1e-4 and abs(again["test_value"] - own["test_value"]) < 1e-4

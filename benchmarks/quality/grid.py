@@ -187,7 +187,7 @@ def _commit() -> str:
         return "unknown"
 
 
-def train_command(cell: Cell, args: argparse.Namespace, out_dir: Path) -> list[str]:
+def cell_command(cell: Cell, args: argparse.Namespace, out_dir: Path) -> list[str]:
     """``aa-deploy train`` for a training cell; the scoring script for an evaluation-only cell."""
     source = cell.source()
     if cell.evaluation_only:
@@ -225,7 +225,7 @@ def train_command(cell: Cell, args: argparse.Namespace, out_dir: Path) -> list[s
 
 def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     out_dir = args.runs_dir / cell.cell_id
-    cmd = train_command(cell, args, out_dir)
+    cmd = cell_command(cell, args, out_dir)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     started = time.time()
     log = args.runs_dir / f"{cell.cell_id}.log"
@@ -273,7 +273,6 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
 
 def backbone_num_layers(backbone: str | None) -> int:
     """Depth of the grid's backbone, for the standard adapter on the K top-most layers."""
-    sys.path.insert(0, str(REPO))
     from aa_deploy.backbones import resolve_backbone_path
 
     config = json.loads((Path(resolve_backbone_path(backbone)) / "config.json").read_text())

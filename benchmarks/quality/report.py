@@ -17,9 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 from aa_deploy.contract.rules import uses_rational  # noqa: E402
 from aa_deploy.training.protocols import DEFAULT  # noqa: E402
+from grid import FIRST_START  # noqa: E402
 
 TASK_ORDER = ("rte", "mrpc", "stsb", "cola", "sst2")
 RECIPE_ORDER = ("standard", "search", "focused")
@@ -49,10 +50,10 @@ def kind_of(r: dict) -> str:
 
 def start_ran(r: dict) -> str | None:
     """The rational start a cell trained with (None for recipes without rationals); cells from before
-    runs recorded it ran the schedules' first start, ``one``."""
+    runs recorded it ran the schedules' first start."""
     if not uses_rational(r["recipe"]):
         return None
-    return r.get("rational_init_ran") or r.get("rational_init") or "one"
+    return r.get("rational_init_ran") or r.get("rational_init") or FIRST_START
 
 
 def default_schedule_rows(rows: list[dict], start: str | None = None) -> list[dict]:
