@@ -18,9 +18,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
+from grid import FIRST_START  # noqa: E402
+
 from aa_deploy.contract.rules import uses_rational  # noqa: E402
 from aa_deploy.training.protocols import DEFAULT  # noqa: E402
-from grid import FIRST_START  # noqa: E402
 
 TASK_ORDER = ("rte", "mrpc", "stsb", "cola", "sst2")
 RECIPE_ORDER = ("standard", "search", "focused")
