@@ -141,6 +141,13 @@ def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tm
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     text = out.read_text()
+    # The grid's own `report` command renders the same page.
+    via_grid = tmp_path / "via-grid" / "RESULTS.md"
+    via_grid.parent.mkdir()
+    rendered = subprocess.run([sys.executable, str(GRID), "report", "--results-dir", str(results), "--output", str(via_grid)],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    assert via_grid.read_text() == text
     budget_part = text.split("## Layer budget")[1].split("## The paper's protocol")[0]
     assert "**rte, N = 24**" in budget_part and "| search with budget K |" in budget_part
     adapterdrop_row = next(line for line in budget_part.splitlines() if line.startswith("| AdapterDrop"))

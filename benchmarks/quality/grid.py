@@ -363,9 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--results-dir", type=Path, default=RESULTS, help="where cell JSON files go (default: results/ here)")
     run.add_argument("--runs-dir", type=Path, default=RUNS, help="where run folders go (default: runs/ here, not committed)")
     run.set_defaults(func=command_run)
-    report = sub.add_parser("report", help="render RESULTS.md and the plot from the finished cells")
-    report.set_defaults(func=lambda a: __import__("report").main())
-    args = parser.parse_args(argv)
+    report = sub.add_parser("report", help="render RESULTS.md and the plot from the finished cells (options: report.py's)")
+    report.set_defaults(func=None)
+    # `report` hands its options (--results-dir, --output, --glue-dir) to report.py, which owns them.
+    args, rest = parser.parse_known_args(argv)
+    if args.func is None:
+        return __import__("report").main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 
