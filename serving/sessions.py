@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -65,13 +65,7 @@ class SessionSettings:
         return ["CPUExecutionProvider"]
 
     def with_providers(self, providers: Sequence[str]) -> SessionSettings:
-        return SessionSettings(
-            self.intra_op_threads,
-            self.prepacking,
-            tuple(providers),
-            self.graph_optimization_level,
-            self.disabled_optimizers,
-        )
+        return replace(self, providers=tuple(providers))
 
     def options(self, *, prepacking: bool | None = None, throwaway: bool = False) -> Any:
         """``throwaway``: a session run a few times and dropped (load-time checks): no memory arena,
