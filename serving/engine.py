@@ -31,6 +31,7 @@ from .multitask import (
     CompiledGraph,
     MergeSource,
     compile_multitask,
+    own_output,
     split_model,
     with_own_branches,
 )
@@ -304,12 +305,14 @@ class MergedRunner:
                 hidden[rows, :width] = out
             source = {**feeds, self.cut: hidden}
         row_lengths = lengths[row_map]
-        logits = np.empty((len(row_map), max(self.num_labels)), dtype=np.float32)
+        # Zeros: a run of one task's rows gives only that task's columns (its own branch's output).
+        logits = np.zeros((len(row_map), max(self.num_labels)), dtype=np.float32)
         for rows in plan_runs(row_lengths, chunk_rows, split_cost):
             width = int(row_lengths[rows].max())
             inputs = row_map[rows]
             chunk = {k: v[inputs, :width] for k, v in source.items() if k in self.suffix_inputs}
-            logits[rows] = self._run_suffix(chunk, task_ids[rows], stacked=stacked)
+            out = self._run_suffix(chunk, task_ids[rows], stacked=stacked)
+            logits[rows, : out.shape[1]] = out
         return logits
 
     def _run_suffix(self, chunk: dict[str, np.ndarray], task_ids: np.ndarray, *, stacked: bool = False) -> np.ndarray:
@@ -317,11 +320,14 @@ class MergedRunner:
         inside the suffix (:func:`~serving.multitask.with_own_branches`), the cheapest for them; mixed rows,
         or ``stacked``, run the stacked graph."""
         chunk[TASK_IDS] = task_ids
+        output = LOGITS
         if self.own_branches:
             first = int(task_ids[0])
             single = -1 if stacked or bool((task_ids != first).any()) else first
             chunk[SINGLE_TASK] = np.array(single, dtype=np.int64)
-        return self.suffix.run([LOGITS], chunk)[0]
+            if single >= 0:
+                output = own_output(single)  # that member's head width, not the group's
+        return self.suffix.run([output], chunk)[0]
 
     def _run_own(
         self, feeds: dict[str, np.ndarray], row_map: np.ndarray, chunk_rows: int, split_cost: float

@@ -63,6 +63,11 @@ SINGLE_TASK = "single_task"  # -1: rows of several tasks (stacked graph); j: eve
 LOGITS = GRAPH_OUTPUT
 
 
+def own_output(slot: int) -> str:
+    """The graph output of member ``slot``'s own branch (:func:`with_own_branches`): its head's logits."""
+    return f"aa_own{slot}/out"
+
+
 @dataclass(frozen=True)
 class AdapterWeights:
     """One trained adapter in MatMul layout: ``x @ down_w + down_b -> f -> @ up_w + up_b``."""
@@ -517,11 +522,17 @@ def with_own_branches(
     graph that holds it: a member's graph two ``If`` levels down ran its MatMuls unpacked, 1.7x slower.
     So every branch is one level deep: the top level has one ``If`` per member (``single_task == j``) and
     one for the stacked graph (``single_task < 0``); the branches not taken give an empty
-    ``[0, labels]`` tensor and the parts are concatenated. Each untaken ``If`` costs a few microseconds.
+    ``[0, labels]`` tensor. Each untaken ``If`` costs a few microseconds.
+
+    Each part is a graph output of its own: ``logits`` (the stacked graph, the group's widest head) and
+    :func:`own_output` ``j`` (member ``j``'s own head width); the caller fetches the one it chose. ONNX
+    Runtime runs every node whatever is fetched, but the untaken parts are empty, and a member's output
+    needs no Pad to the group's width nor a Concat of the parts: those two nodes were ~25 us of a ~4 ms
+    MiniLM call at batch 1.
 
     Each member's nodes and adapter/head tensors are copied under ``aa_own<j>/``; its backbone tensors
     (external data in the shared backbone file) are the top-level initializers of the same name, which
-    must point at the same bytes. Its output is padded to the group's widest head.
+    must point at the same bytes.
     """
     from onnx import TensorProto, helper
 
@@ -557,56 +568,48 @@ def with_own_branches(
         for name, tensor in part.external.items():
             if external_key(top_tensors.setdefault(name, tensor)) != external_key(tensor):
                 raise GraphShapeError(f"{source.key}: backbone tensor {name} differs from the group's")
-        copies, tensors = part.nodes, part.tensors
-        if source.manifest.num_labels < width:  # every part has the group's width, so that they concatenate
-            pads = tag + "aa_pads"
-            tensors[pads] = helper.make_tensor(
-                pads, TensorProto.INT64, [4], [0, 0, 0, width - source.manifest.num_labels]
-            )
-            copies.append(helper.make_node("Pad", [tag + LOGITS, pads], [tag + "aa_padded"], name=tag + "aa_Pad"))
-            return copies, tensors, tag + "aa_padded"
-        return copies, tensors, tag + LOGITS
+        return part.nodes, part.tensors, tag + LOGITS
 
-    empty = "aa_route/empty"
-    top_tensors[empty] = helper.make_tensor(empty, TensorProto.FLOAT, [0, width], [])
     top: list[Any] = []
 
-    def routed(nodes: list[Any], tensors: dict[str, Any], output: str, cond: str, tag: str) -> str:
-        """``nodes`` as the branch taken where ``cond`` holds (an empty [0, width] tensor elsewhere)."""
+    def routed(
+        nodes: list[Any], tensors: dict[str, Any], output: str, cond: str, tag: str, out: str, labels: int
+    ) -> None:
+        """``nodes`` as the branch taken where ``cond`` holds, giving ``out`` (an empty [0, labels] tensor elsewhere)."""
         branch = _branch_graph(tag, nodes, tensors, output)
+        empty = f"aa_route/empty{labels}"
+        top_tensors.setdefault(empty, helper.make_tensor(empty, TensorProto.FLOAT, [0, labels], []))
         nothing = helper.make_graph(
             [helper.make_node("Identity", [empty], [tag + "/none"], name=tag + "/none")],
             tag + "/none", [], [helper.make_tensor_value_info(tag + "/none", TensorProto.FLOAT, None)],
         )  # fmt: skip
-        top.append(
-            helper.make_node("If", [cond], [tag + "/out"], name=tag + "/If", then_branch=branch, else_branch=nothing)
-        )
-        return tag + "/out"
+        top.append(helper.make_node("If", [cond], [out], name=tag + "/If", then_branch=branch, else_branch=nothing))
 
     stacked_nodes = []
     for node in graph.node:
         copy = type(node)()
         copy.CopyFrom(node)
         for i, name in enumerate(copy.output):
-            if name == LOGITS:  # the top level's output is the concatenation
+            if name == LOGITS:  # the top level's LOGITS is the If's output
                 copy.output[i] = "aa_stacked/" + LOGITS
         stacked_nodes.append(copy)
     mixed = "aa_route/mixed"
     top.append(helper.make_node("Less", [SINGLE_TASK, const("aa_route/task0", 0)], [mixed], name=mixed))
     stacked_tensors = {t.name: t for t in graph.initializer if t.name not in top_tensors}
-    parts = [routed(stacked_nodes, stacked_tensors, "aa_stacked/" + LOGITS, mixed, "aa_stacked")]
+    routed(stacked_nodes, stacked_tensors, "aa_stacked/" + LOGITS, mixed, "aa_stacked", LOGITS, width)
+    outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", width])]
     for j, source in enumerate(sources):
         nodes, tensors, output = own_nodes(j, source)
         chosen = f"aa_own{j}/chosen"
+        labels = source.manifest.num_labels
         top.append(helper.make_node("Equal", [SINGLE_TASK, const(f"aa_route/task{j}", j)], [chosen], name=chosen))
-        parts.append(routed(nodes, tensors, output, chosen, f"aa_own{j}"))
-    # Exactly one part is non-empty: the one that ran.
-    top.append(helper.make_node("Concat", parts, [LOGITS], name="aa_route/logits", axis=0))
+        routed(nodes, tensors, output, chosen, f"aa_own{j}", own_output(j), labels)
+        outputs.append(helper.make_tensor_value_info(own_output(j), TensorProto.FLOAT, ["batch", labels]))
     graph_out = helper.make_graph(
         top,
         "aa_multitask_routed",
         [*inputs.values(), helper.make_tensor_value_info(SINGLE_TASK, TensorProto.INT64, [])],
-        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", width])],
+        outputs,
         list(top_tensors.values()),
     )
     return helper.make_model(graph_out, opset_imports=list(model.opset_import), ir_version=model.ir_version)

@@ -543,7 +543,14 @@ def test_batches_of_one_task_run_that_tasks_own_branch_of_the_graph(
     graph, so it answers exactly like a session of that graph."""
     from onnx import TensorProto
 
-    from aa_deploy.serving.multitask import SINGLE_TASK, TASK_IDS, compile_multitask, with_own_branches
+    from aa_deploy.serving.multitask import (
+        LOGITS,
+        SINGLE_TASK,
+        TASK_IDS,
+        compile_multitask,
+        own_output,
+        with_own_branches,
+    )
 
     groups = (["sst", "rte", "topic", "late"], ["late", "stsb"])  # the second shares layers 0-1 (a prefix)
     for names in groups:
@@ -592,6 +599,12 @@ def test_batches_of_one_task_run_that_tasks_own_branch_of_the_graph(
                 assert not any(t.data_location == TensorProto.EXTERNAL for t in branch.initializer)
                 assert not any(n.op_type == "If" for n in branch.node)
             assert TASK_IDS in {i.name for i in routed.graph.input}
+            # Each part is an output of its own, at its own head's width: no Pad to the group's width, no
+            # Concat of the parts (two nodes on every call at batch 1).
+            widths = [registry.view.get(n).target.num_labels for n in names]
+            outputs = {o.name: o.type.tensor_type.shape.dim[1].dim_value for o in routed.graph.output}
+            assert outputs == {LOGITS: max(widths), **{own_output(j): w for j, w in enumerate(widths)}}
+            assert not {"Pad", "Concat"} & {n.op_type for n in routed.graph.node}
         finally:
             registry.close()
 
