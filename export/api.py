@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -38,9 +39,11 @@ from aa_deploy.contract.layout import (
     GRAPH_NAME,
     GRAPH_OUTPUT,
     MANIFEST_NAME,
+    METRICS_NAME,
     MODEL_CONFIG_NAME,
     RUN_FILES_FOR_CARD,
     SCRATCH_SUFFIX,
+    SELECTION_NAME,
     TOKENIZER_NAME,
     WEIGHTS_NAME,
 )
@@ -165,6 +168,9 @@ class _Reference:
     logits: Any
     pruned_diff: float
     threads: int
+    # An adapterdrop run exported at another depth than it recorded (--adapterdrop-eval-layers): the
+    # depth it recorded. The run's metrics then describe another model than the export.
+    trained_depth: int | None = None
 
 
 @dataclass
@@ -178,6 +184,7 @@ class _CompiledGraph:
     report: ValidationReport
     outputs: Any
     metrics: dict[str, Any] | None
+    depth_metric: dict[str, Any] | None = None  # the exported graph's metric when trained_depth is set
 
 
 @dataclass
@@ -234,8 +241,12 @@ def _load_reference(run_dir: str | os.PathLike, options: ExportOptions) -> _Refe
     except (ValueError, OSError) as exc:
         raise RunFolderError(f"cannot load the run folder {run.directory}: {exc}") from exc
     model.eval()
+    check_selection(run, model.kept_layers())
+    trained_depth = int(model.config.adapterdrop_eval_layers or 0)
+    if options.adapterdrop_eval_layers is not None:
+        _set_adapterdrop_depth(model, run, options.adapterdrop_eval_layers)
+    redepthed = model.config.uses_adapterdrop and model.config.adapterdrop_eval_layers != trained_depth
     kept = model.kept_layers()
-    check_selection(run, kept)
     tokenizer = _load_tokenizer(run.config.base_model_name_or_path)
     max_length = _max_length(run, model.backbone.config, tokenizer)
     input_names = graph_input_names(model.backbone)
@@ -256,7 +267,31 @@ def _load_reference(run_dir: str | os.PathLike, options: ExportOptions) -> _Refe
         tokenizer=tokenizer, max_length=max_length, input_names=input_names, cases=cases,
         example=example_for_export(cases), source=source,
         labelled=labelled, logits=logits, pruned_diff=pruned_diff, threads=torch.get_num_threads(),
+        trained_depth=trained_depth if redepthed else None,
     )  # fmt: skip
+
+
+def _set_adapterdrop_depth(model: Any, run: RunFolder, drop: int) -> None:
+    """Drop the adapters of the ``drop`` lowest layers (``--adapterdrop-eval-layers``).
+
+    AdapterDrop trains one model for every depth: it is the deployment that picks how many of the
+    lowest layers run without adapters (fewer adapter layers, and below the first adapter layer the
+    server computes the backbone once for every task of a multi-task graph). So the depth is an export
+    choice, not only the one the run recorded at training time. Only adapterdrop runs were trained to
+    run with layers dropped; any other run would silently lose quality."""
+    if not model.config.uses_adapterdrop:
+        raise RunFolderError(
+            f"--adapterdrop-eval-layers applies to runs of the adapterdrop recipe; {run.directory} is a "
+            f"{model.config.recipe!r} run, whose adapters were not trained to run with layers dropped "
+            "(retrain with --recipe adapterdrop, or leave the option out)"
+        )
+    num_layers = int(model.config.num_hidden_layers or 0)
+    if not drop < num_layers:
+        raise RunFolderError(
+            f"--adapterdrop-eval-layers {drop} would drop every adapter: the backbone has {num_layers} layers, "
+            f"choose 0 to {num_layers - 1}"
+        )
+    model.config.adapterdrop_eval_layers = drop
 
 
 def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, notes: list[str]) -> _CompiledGraph:
@@ -303,9 +338,21 @@ def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, 
         ref.labelled, options, ref.spec, ref.tokenizer, ref.input_names, ref.max_length, fp32_graph,
         backbone_config, session, ref.threads,
     )  # fmt: skip
+    depth_metric = None
+    if ref.trained_depth is not None and ref.labelled:
+        value = evaluate_metric(session, ref.spec, ref.labelled, ref.tokenizer, ref.input_names, ref.max_length)
+        depth_metric = {
+            "metric": ref.spec.metric,
+            "value": value,
+            "num_examples": len(ref.labelled),
+            "source": ref.source,
+        }
+        logger.info(
+            "%s of the exported depth on %d examples (%s): %.4f", ref.spec.metric, len(ref.labelled), ref.source, value
+        )
     return _CompiledGraph(
         graph=graph, settings=settings, post_report=post_report, folded=folded,
-        report=report, outputs=outputs, metrics=metrics,
+        report=report, outputs=outputs, metrics=metrics, depth_metric=depth_metric,
     )  # fmt: skip
 
 
@@ -367,7 +414,10 @@ def _write_folder_files(
     if not (staging / TOKENIZER_NAME).is_file():
         raise ExportError(f"the tokenizer did not write {TOKENIZER_NAME}; a fast tokenizer is required")
     manifest = _manifest(ref, compiled, layout, options)
-    _copy_run_files_for_card(ref.run.directory, staging)
+    if ref.trained_depth is None:
+        _copy_run_files_for_card(ref.run.directory, staging)
+    else:  # the run's files describe the depth it was trained to run at, not this export's
+        _write_redepthed_run_files(ref, compiled, staging)
     _write_manifest(staging, manifest, layout.sharing, on_write=lambda: _write_card(staging))
     return manifest
 
@@ -567,7 +617,7 @@ def _manifest(
 
     spec, config, entry, report = ref.spec, ref.pruned.config, layout.entry, compiled.report
     name = options.task_name or spec.name
-    trained = ref.run.metrics or {}
+    trained = ref.run.metrics or {} if ref.trained_depth is None else {}
     backbone_data = None
     if entry is not None:
         backbone_data = backbone_data_entry(
@@ -593,6 +643,7 @@ def _manifest(
             "trained_dev_split": trained.get("value"),
             "trained_test": trained.get("test_value"),
             "quantization": compiled.metrics,
+            **({} if ref.trained_depth is None else {"at_export_depth": compiled.depth_metric}),
         },
         "export_options": {
             k: v for k, v in options.to_dict().items() if k not in ("backbone_store", "data_dir", "overwrite")
@@ -667,6 +718,34 @@ def _copy_run_files_for_card(run_directory: Path, staging: Path) -> None:
         source = run_directory / name
         if source.is_file():
             shutil.copyfile(source, staging / name)
+
+
+def _write_redepthed_run_files(ref: _Reference, compiled: _CompiledGraph, staging: Path) -> None:
+    """metrics.json for an adapterdrop run exported at another depth: what training recorded that still
+    holds (data, seed, epochs), this depth's layers, and its score where the export could measure it
+    (the labelled examples it validated on; the official dev set for GLUE tasks). The training-time
+    scores, the dev-split score and the latency savings were measured at the other depth: not copied.
+    ``selection.json`` is this depth's; the run's picture (its layer stack) is left out."""
+    atomic_write_text(staging / SELECTION_NAME, json.dumps(ref.pruned.selection(), indent=2) + "\n")
+    trained = dict(ref.run.metrics or {})
+    for key in ("value", "dev", "test", "test_value", "savings", "history", "adapter_bytes"):
+        trained.pop(key, None)
+    adapter_params = sum(p.numel() for p in ref.pruned.adapter_layers.parameters())
+    if "trained_params" in trained and "adapter_params" in trained:  # the head is unchanged
+        trained["trained_params"] = int(trained["trained_params"]) - int(trained["adapter_params"]) + adapter_params
+    measured = compiled.depth_metric
+    official = measured is not None and str(measured["source"]).startswith("glue:")  # GLUE dev: our test set
+    trained.update(
+        selected_layers=list(ref.kept),
+        layers_kept=len(ref.kept),
+        adapter_params=adapter_params,
+        adapterdrop_eval_layers=ref.num_layers - len(ref.kept),
+        trained_adapterdrop_eval_layers=ref.trained_depth,
+        at_export_depth=measured,
+        test_value=measured["value"] if official else None,
+        test_examples=measured["num_examples"] if official else None,
+    )
+    atomic_write_text(staging / METRICS_NAME, json.dumps(trained, indent=2, sort_keys=True) + "\n")
 
 
 def _write_card(staging: Path) -> None:

@@ -47,6 +47,12 @@ class ExportOptions:
         help="GLUE folder for validation inputs and INT8 metrics (else built-in sentences)",
     )
     atol: float = option(1e-4, help="max abs logit difference ONNX vs PyTorch (fp32)")
+    adapterdrop_eval_layers: int | None = option(
+        None,
+        metavar="N",
+        help="adapterdrop runs: drop the adapters of the N lowest layers from the exported model (an AdapterDrop "
+        "model was trained to run with any such depth; default: the run's own --adapterdrop-eval-layers)",
+    )
     task_name: str | None = option(None, help="task name recorded in the manifest (default: the run's task)")
     overwrite: bool = option(False, help="replace an existing --output folder")
     max_eval_examples: int | None = option(
@@ -59,6 +65,8 @@ class ExportOptions:
         if not self.atol > 0:
             raise ValueError(f"atol must be > 0, got {self.atol}")
         self.atol = float(self.atol)
+        if self.adapterdrop_eval_layers is not None and self.adapterdrop_eval_layers < 0:
+            raise ValueError(f"adapterdrop_eval_layers must be >= 0, got {self.adapterdrop_eval_layers}")
         # Paths may come in as os.PathLike from library callers; the manifest and JSON want strings.
         if self.backbone_store is not None:
             self.backbone_store = os.fspath(self.backbone_store)

@@ -9,6 +9,7 @@ import inspect
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _export_helpers import write_tiny_backbone
@@ -99,3 +100,68 @@ def test_export_run_takes_the_options_whole_and_other_degrees_compile(tmp_path: 
     folded = result.manifest["adapter"]["folded_rationals"]
     assert folded and all(len(f["numerator"]) == 4 and len(f["denominator"]) == 2 for f in folded.values())
     assert all(f["denominator"] == pytest.approx([0.3, 0.4]) for f in folded.values())  # version A stores |b_j|
+
+
+def test_an_adapterdrop_run_exports_at_the_depth_the_deployment_picks(tmp_path: Path) -> None:
+    """AdapterDrop trains one model for every depth: ``--adapterdrop-eval-layers N`` exports it with the
+    adapters of the N lowest layers removed (validated against the PyTorch model at that depth), and the
+    option is refused for runs that were not trained that way or would lose every adapter."""
+    import onnxruntime as ort
+    from safetensors import safe_open
+
+    from aa_deploy.contract.layout import WEIGHTS_NAME, adapter_key_layer
+    from aa_deploy.export import RunFolderError
+
+    backbone = write_tiny_backbone(tmp_path / "bert", "bert")
+    task = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
+    torch.manual_seed(0)
+    model = AdaptableAdapterModel.from_backbone(str(backbone), AdapterConfig(recipe="adapterdrop"), task=task)
+    with torch.no_grad():  # adapters that change the output, so that dropping one is visible
+        for param in model.adapter_layers.parameters():
+            param.copy_(0.5 * torch.randn_like(param))
+    model.save_pretrained(tmp_path / "run")
+    num_layers = int(model.config.num_hidden_layers)
+    store = str(tmp_path / "store")
+
+    full = export_run(tmp_path / "run", tmp_path / "full", ExportOptions(backbone_store=store))
+    dropped = export_run(
+        tmp_path / "run", tmp_path / "drop1", ExportOptions(backbone_store=store, adapterdrop_eval_layers=1)
+    )
+
+    assert full.manifest["kept_layers"] == list(range(num_layers))
+    assert dropped.manifest["kept_layers"] == list(range(1, num_layers))
+    assert dropped.validation.passed and dropped.manifest["export_options"]["adapterdrop_eval_layers"] == 1
+    with safe_open(str(tmp_path / "drop1" / WEIGHTS_NAME), "np") as weights:
+        assert {adapter_key_layer(k) for k in weights.keys()} - {None} == set(range(1, num_layers))
+    ids = np.array([[2, 5, 6, 7, 3]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+    def logits(folder: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        return session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
+
+    assert not np.allclose(logits(tmp_path / "full"), logits(tmp_path / "drop1"), atol=1e-4)
+    # The folder describes the exported depth, not the one the run was trained to run at.
+    selection = json.loads((tmp_path / "drop1" / "selection.json").read_text())
+    assert selection["selected_layers"] == list(range(1, num_layers))
+    metrics = json.loads((tmp_path / "drop1" / "metrics.json").read_text())
+    assert metrics["adapterdrop_eval_layers"] == 1 and metrics["trained_adapterdrop_eval_layers"] == 0
+    assert metrics["layers_kept"] == num_layers - 1 and "value" not in metrics and metrics["test_value"] is None
+    assert dropped.manifest["metrics"]["trained_test"] is None and "at_export_depth" in dropped.manifest["metrics"]
+    assert "at_export_depth" not in full.manifest["metrics"]
+    # The run's own depth asked for explicitly is the plain export.
+    same = export_run(tmp_path / "run", tmp_path / "d0", ExportOptions(backbone_store=store, adapterdrop_eval_layers=0))
+    assert "at_export_depth" not in same.manifest["metrics"] and same.manifest["kept_layers"] == list(range(num_layers))
+
+    with pytest.raises(RunFolderError, match=f"choose 0 to {num_layers - 1}"):
+        export_run(
+            tmp_path / "run", tmp_path / "all", ExportOptions(backbone_store=store, adapterdrop_eval_layers=num_layers)
+        )
+    with pytest.raises(ValueError, match="adapterdrop_eval_layers must be >= 0"):
+        ExportOptions(adapterdrop_eval_layers=-1)
+    search = AdaptableAdapterModel.from_backbone(str(backbone), AdapterConfig(recipe="search"), task=task)
+    search.save_pretrained(tmp_path / "search")
+    with pytest.raises(RunFolderError, match="applies to runs of the adapterdrop recipe.*'search' run"):
+        export_run(tmp_path / "search", tmp_path / "s", ExportOptions(backbone_store=store, adapterdrop_eval_layers=1))
+    assert not (tmp_path / "all").exists() and not (tmp_path / "s").exists()
