@@ -369,6 +369,10 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # Taken as written: an empty AA_DEPLOY_TOKEN (a secret that was not mounted) is an error at start, never
 # "no token".
 VERBATIM_ENV_FIELDS = ("token",)
+# List fields whose empty list is a setting of its own, not the default: an empty variable is that list,
+# as an empty flag value is (``--ort-disabled-optimizers ''``: turn no optimiser off). For the other
+# optional fields an empty variable is unset ("none"/"null" unset these too).
+EMPTY_LIST_ENV_FIELDS = ("ort_disabled_optimizers",)
 
 
 def env_variable(field_name: str) -> str:
@@ -393,6 +397,8 @@ def _parse_env_value(variable: str, field_name: str, text: str) -> Any:
     value = text.strip()
     if field_name in VERBATIM_ENV_FIELDS:
         return text
+    if field_name in EMPTY_LIST_ENV_FIELDS and value == "":
+        return []
     if optional and value.lower() in ("", "none", "null"):
         return None
     try:

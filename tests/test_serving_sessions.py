@@ -108,6 +108,9 @@ def test_server_config_reaches_the_registry_settings() -> None:
     from_env = build_config(parse(), {"AA_DEPLOY_ORT_DISABLED_OPTIMIZERS": "GeluFusion"})
     assert from_env.ort_disabled_optimizers == ["GeluFusion"]
     assert build_config(parse(), {}).ort_disabled_optimizers is None
+    # An empty variable means what an empty flag means (turn none off); "none" is the default.
+    assert build_config(parse(), {"AA_DEPLOY_ORT_DISABLED_OPTIMIZERS": ""}).ort_disabled_optimizers == []
+    assert build_config(parse(), {"AA_DEPLOY_ORT_DISABLED_OPTIMIZERS": "none"}).ort_disabled_optimizers is None
     assert ServerConfig.from_dict(ServerConfig(ort_disabled_optimizers=[]).to_dict()).ort_disabled_optimizers == []
 
     registry = TaskRegistry(ServerConfig(providers=["CPUExecutionProvider"], ort_disabled_optimizers=["GeluFusion"]))
