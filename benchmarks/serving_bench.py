@@ -684,9 +684,7 @@ def main() -> int:
     started = time.time()
     exports = build_exports(workdir)
     counts = [1, 4] if args.quick else [1, 4, 16]
-    result: dict[str, Any] = {
-        "machine": describe_machine(threads=args.threads)
-    }
+    result: dict[str, Any] = {"machine": describe_machine(threads=args.threads)}
     result["memory"] = measure_memory(workdir, args.threads, counts)
     result["engine"] = measure_engine(exports, args.threads, args.rounds, workdir)
     print(json.dumps(result["engine"]["ratios"]), json.dumps(result["engine"]["multi_task_call"]), flush=True)

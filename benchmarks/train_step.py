@@ -65,9 +65,22 @@ def worker(config: str, seq_len: int, batch: int, steps: int, warmup: int, backb
             torch.cuda.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"config": config, "seq_len": seq_len, "batch": batch, "median_s": statistics.median(times),
-            "min_s": min(times), "steps": steps, "trainable_params": trainable, "peak_bytes": peak, "device": device}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "config": config,
+        "seq_len": seq_len,
+        "batch": batch,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "steps": steps,
+        "trainable_params": trainable,
+        "peak_bytes": peak,
+        "device": device,
+    }
 
 
 def main() -> int:
@@ -96,8 +109,22 @@ def main() -> int:
     rows = []
     for seq in [int(s) for s in args.seq_lens.split(",")]:
         for config in CONFIGS:
-            cmd = [sys.executable, __file__, "--worker", f"{config}:{seq}", "--batch", str(args.batch), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                f"{config}:{seq}",
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--threads",
+                str(args.threads),
+                "--device",
+                args.device,
+            ]
             if args.backbone:
                 cmd += ["--backbone", args.backbone]
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -107,15 +134,24 @@ def main() -> int:
         full = next(r for r in rows if r["seq_len"] == row["seq_len"] and r["config"] == "full")
         row["time_vs_full"] = row["median_s"] / full["median_s"]
         row["memory_vs_full"] = row["peak_bytes"] / full["peak_bytes"]
-    header = f"{'seq':>4} {'config':>9} {'median step':>12} {'vs full':>8} {'peak mem':>10} {'vs full':>8} {'trainable':>11}"
+    header = (
+        f"{'seq':>4} {'config':>9} {'median step':>12} {'vs full':>8} {'peak mem':>10} {'vs full':>8} {'trainable':>11}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['seq_len']:>4} {r['config']:>9} {r['median_s']*1000:>9.0f} ms {r['time_vs_full']:>7.2f}x "
-              f"{r['peak_bytes']/2**20:>7.0f} MiB {r['memory_vs_full']:>7.2f}x {r['trainable_params']:>11,}")
+        print(
+            f"{r['seq_len']:>4} {r['config']:>9} {r['median_s'] * 1000:>9.0f} ms {r['time_vs_full']:>7.2f}x "
+            f"{r['peak_bytes'] / 2**20:>7.0f} MiB {r['memory_vs_full']:>7.2f}x {r['trainable_params']:>11,}"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": describe_machine(), "threads": args.threads, "batch": args.batch,
-            "device": args.device, "note": "peak memory on CPU is the worker process's max RSS (includes Python/torch)"}
+    meta = {
+        "machine": describe_machine(),
+        "threads": args.threads,
+        "batch": args.batch,
+        "device": args.device,
+        "note": "peak memory on CPU is the worker process's max RSS (includes Python/torch)",
+    }
     tmp = args.output.with_suffix(".tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     os.replace(tmp, args.output)

@@ -191,7 +191,11 @@ class RepoStore:
             identity = json.dumps([repo_id, head, tree, message, self._counter, time.time_ns()]).encode()
             sha = hashlib.sha1(identity).hexdigest()
             repo["commits"][sha] = {
-                "id": sha, "parent": head, "title": message, "description": description, "date": _now(),
+                "id": sha,
+                "parent": head,
+                "title": message,
+                "description": description,
+                "date": _now(),
                 "tree": tree,
             }
             repo["branches"][branch] = sha
@@ -246,9 +250,7 @@ class FakeHub:
         self.store = RepoStore(Path(root))
         if tokens is None:
             tokens = {DEFAULT_TOKEN: DEFAULT_USER}
-        self.tokens: dict[str, str] = (
-            dict(tokens) if isinstance(tokens, Mapping) else {t: DEFAULT_USER for t in tokens}
-        )
+        self.tokens: dict[str, str] = dict(tokens) if isinstance(tokens, Mapping) else {t: DEFAULT_USER for t in tokens}
         self.token = next(iter(self.tokens), None)
         self._lock = threading.Lock()
         self._faults = _Faults()
@@ -492,10 +494,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _whoami(self) -> None:
         user = self._require_user()
-        self._send_json({
-            "type": "user", "id": hashlib.sha1(user.encode()).hexdigest()[:24], "name": user, "fullname": user,
-            "orgs": [], "auth": {"type": "access_token", "accessToken": {"displayName": "fake", "role": "write"}},
-        })
+        self._send_json(
+            {
+                "type": "user",
+                "id": hashlib.sha1(user.encode()).hexdigest()[:24],
+                "name": user,
+                "fullname": user,
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "fake", "role": "write"}},
+            }
+        )
 
     def _create_repo(self) -> None:
         user = self._require_user()
@@ -515,12 +523,24 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._readable_repo(repo_id)
         sha = self._revision(repo, revision)
         commit = repo["commits"][sha]
-        self._send_json({
-            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
-            "author": repo_id.split("/")[0], "sha": sha, "private": repo["private"], "gated": False,
-            "disabled": False, "lastModified": commit["date"], "createdAt": repo["createdAt"], "tags": [],
-            "downloads": 0, "likes": 0, "siblings": [{"rfilename": p} for p in sorted(commit["tree"])],
-        })
+        self._send_json(
+            {
+                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "id": repo_id,
+                "modelId": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": sha,
+                "private": repo["private"],
+                "gated": False,
+                "disabled": False,
+                "lastModified": commit["date"],
+                "createdAt": repo["createdAt"],
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+                "siblings": [{"rfilename": p} for p in sorted(commit["tree"])],
+            }
+        )
 
     def _tree(self, repo_id: str, revision: str, path: str) -> None:
         repo = self._readable_repo(repo_id)
@@ -532,7 +552,7 @@ class _Handler(BaseHTTPRequestHandler):
         for file_path, blob in sorted(tree.items()):
             if not file_path.startswith(prefix):
                 continue
-            parts = file_path[len(prefix):].split("/")
+            parts = file_path[len(prefix) :].split("/")
             depth = len(parts) if recursive else 1
             for i in range(1, min(depth, len(parts) - 1) + 1):  # the folders on the way
                 folder = prefix + "/".join(parts[:i])
@@ -557,10 +577,14 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._readable_repo(repo_id)
         tree = repo["commits"][self._revision(repo, revision)]["tree"]
         files = self._json_body().get("files", [])
-        self._send_json({"files": [
-            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": tree.get(f["path"])}
-            for f in files
-        ]})
+        self._send_json(
+            {
+                "files": [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": tree.get(f["path"])}
+                    for f in files
+                ]
+            }
+        )
 
     def _commit(self, repo_id: str, revision: str) -> None:
         self._require_user()
@@ -576,15 +600,24 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubHTTPError(status, "FakeHub: injected commit failure")
         try:
             sha = self.hub.store.commit(
-                repo_id, revision, files, deleted=deleted, message=header.get("summary", ""),
-                description=header.get("description", ""), parent=header.get("parentCommit"),
+                repo_id,
+                revision,
+                files,
+                deleted=deleted,
+                message=header.get("summary", ""),
+                description=header.get("description", ""),
+                parent=header.get("parentCommit"),
             )
         except ValueError as err:
             raise HubHTTPError(412, str(err)) from err
-        self._send_json({
-            "success": True, "commitOid": sha, "commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}",
-            "hookOutput": "",
-        })
+        self._send_json(
+            {
+                "success": True,
+                "commitOid": sha,
+                "commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}",
+                "hookOutput": "",
+            }
+        )
 
     @staticmethod
     def _parse_commit(body: bytes) -> tuple[dict[str, Any], dict[str, bytes], list[str]]:
@@ -617,7 +650,9 @@ class _Handler(BaseHTTPRequestHandler):
         data = self.hub.store.blob(blob)
         start, end, status = self._byte_range(len(data))
         headers = {
-            "X-Repo-Commit": sha, "ETag": f'"{blob}"', "Accept-Ranges": "bytes",
+            "X-Repo-Commit": sha,
+            "ETag": f'"{blob}"',
+            "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
         }
         if status == 206:
@@ -675,7 +710,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(end - start))
         self.end_headers()
-        self.wfile.write(data[start:max(start, min(cut_at, end))])
+        self.wfile.write(data[start : max(start, min(cut_at, end))])
         self.wfile.flush()
         self.close_connection = True
         try:
@@ -745,14 +780,26 @@ def point_client_at(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, hf_home: Path
     hf_home.mkdir(parents=True, exist_ok=True)
     cache = hf_home / "hub"
     for name in (
-        "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-        "HF_OIDC_RESOURCE", "HF_HUB_DISABLE_IMPLICIT_TOKEN", "HUGGINGFACE_CO_STAGING", "HF_HUB_CACHE",
-        "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_TOKEN_PATH",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_OIDC_RESOURCE",
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+        "HUGGINGFACE_CO_STAGING",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_XET_CACHE",
+        "HF_ASSETS_CACHE",
     ):
         monkeypatch.delenv(name, raising=False)
     env = {
-        "HF_ENDPOINT": hub.url, "HF_HOME": str(hf_home), "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_UPDATE_CHECK": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -21,7 +21,9 @@ def fake_glue(root: Path) -> Path:
     rte = root / "RTE"
     rte.mkdir(parents=True)
     header = "index\tsentence1\tsentence2\tlabel\n"
-    rows = [f"{i}\t{WORDS[i % 4]}\t{WORDS[(i + 1) % 4]}\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(48)]
+    rows = [
+        f"{i}\t{WORDS[i % 4]}\t{WORDS[(i + 1) % 4]}\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(48)
+    ]
     (rte / "train.tsv").write_text(header + "\n".join(rows[:40]) + "\n")
     (rte / "dev.tsv").write_text(header + "\n".join(rows[40:]) + "\n")
     return root
@@ -29,9 +31,36 @@ def fake_glue(root: Path) -> Path:
 
 def run_grid(tmp_path: Path, backbone: Path, glue: Path, *extra: str) -> subprocess.CompletedProcess:
     """Two cells at a time, as the grid is run for real (a focused cell still waits for its search cell)."""
-    cmd = [sys.executable, str(GRID), "run", "--glue-dir", str(glue), "--tasks", "rte", "--sizes", "24", "--seeds", "42",
-           "--recipes", "standard,search,focused", "--epochs", "1", "--threads", "1", "--jobs", "2", "--backbone", str(backbone), "--protocol", "paper",
-           "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), *extra]
+    cmd = [
+        sys.executable,
+        str(GRID),
+        "run",
+        "--glue-dir",
+        str(glue),
+        "--tasks",
+        "rte",
+        "--sizes",
+        "24",
+        "--seeds",
+        "42",
+        "--recipes",
+        "standard,search,focused",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--jobs",
+        "2",
+        "--backbone",
+        str(backbone),
+        "--protocol",
+        "paper",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        *extra,
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
 
@@ -45,8 +74,20 @@ def test_grid_runs_resumes_reports_and_keeps_a_learning_rate_variant_apart(tmp_p
     files = sorted(p.name for p in (tmp_path / "results").glob("*.json"))
     assert files == ["rte-n24-s42-focused.json", "rte-n24-s42-search.json", "rte-n24-s42-standard.json"]
     cell = json.loads((tmp_path / "results" / "rte-n24-s42-search.json").read_text())
-    required = {"task", "train_size", "seed", "recipe", "metric", "value", "layers_kept", "trained_params", "adapter_bytes",
-                "wall_time_s", "device", "commit"}
+    required = {
+        "task",
+        "train_size",
+        "seed",
+        "recipe",
+        "metric",
+        "value",
+        "layers_kept",
+        "trained_params",
+        "adapter_bytes",
+        "wall_time_s",
+        "device",
+        "commit",
+    }
     assert required <= set(cell) and cell["train_size"] == 24 and cell["metric"] == "accuracy"
     focused = json.loads((tmp_path / "results" / "rte-n24-s42-focused.json").read_text())
     # The focused cell trains exactly at the layers its search cell selected.
@@ -68,8 +109,12 @@ def test_grid_runs_resumes_reports_and_keeps_a_learning_rate_variant_apart(tmp_p
     assert protocol["learning_rate"] is None
 
     out = tmp_path / "RESULTS.md"
-    report = subprocess.run([sys.executable, str(REPORT), "--results-dir", str(tmp_path / "results"), "--output", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, str(REPORT), "--results-dir", str(tmp_path / "results"), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     text = out.read_text()
     assert (tmp_path / "results.png").is_file()
@@ -95,7 +140,9 @@ def test_transfer_cells_of_a_variant_reuse_that_variants_selections() -> None:
     ]
     # A variant's focused cell trains on the selection its own variant's search found, never the protocol's.
     assert [c.source().cell_id for c in cells] == [
-        "mrpc-n300-s42-search-lr0.001", "rte-n100-s42-search-lr0.001", "mrpc-n100-s42-search-lr0.001",
+        "mrpc-n300-s42-search-lr0.001",
+        "rte-n100-s42-search-lr0.001",
+        "mrpc-n100-s42-search-lr0.001",
     ]
     assert grid.transfer_grid([42])[0].source().cell_id == "mrpc-n300-s42-search"
 
@@ -122,7 +169,9 @@ def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tm
     assert standard["selected_layers"] == [2]  # the top-most layer: the naive choice
     # AdapterDrop: one run trained for every depth (up to all but one layer dropped per step), scored with
     # only its top-most adapter; the evaluation trains nothing.
-    dropped_run = json.loads((tmp_path / "runs" / "rte-n24-s42-adapterdrop-default" / "training_config.json").read_text())
+    dropped_run = json.loads(
+        (tmp_path / "runs" / "rte-n24-s42-adapterdrop-default" / "training_config.json").read_text()
+    )
     assert dropped_run["recipe"] == "adapterdrop" and dropped_run["adapterdrop_max_layers"] == 2
     dropped = json.loads((results / "rte-n24-s42-adapterdrop-default-top1.json").read_text())
     assert dropped["selected_layers"] == [2] and dropped["layers_kept"] == 1 and dropped["layer_budget"] == 1
@@ -137,8 +186,12 @@ def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tm
     assert cell["rational_init_ran"] == "gelu" and cell["rational_init"] == "gelu"
 
     out = tmp_path / "RESULTS.md"
-    report = subprocess.run([sys.executable, str(REPORT), "--results-dir", str(results), "--output", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, str(REPORT), "--results-dir", str(results), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     text = out.read_text()
     # The grid's own `report` command renders the same page.

@@ -593,7 +593,9 @@ def test_batches_of_one_task_run_that_tasks_own_branch_of_the_graph(
             # Runtime prepacks an initializer only for the subgraphs directly below its graph).
             sources = [registry.view.get(n).artifact.merge for n in names]
             routed = with_own_branches(compile_multitask(sources, prefix_sharing=False).model, sources)
-            branches = [a.g for n in routed.graph.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch"]
+            branches = [
+                a.g for n in routed.graph.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch"
+            ]
             assert len(branches) == len(names) + 1
             for branch in branches:
                 assert not any(t.data_location == TensorProto.EXTERNAL for t in branch.initializer)
@@ -696,7 +698,10 @@ def test_own_branches_can_be_turned_off(serving_exports: dict[str, Path], refere
 
     config = build_config(build_parser().parse_args(["serve", "--no-own-branches"]), environ={})
     assert config.own_branches is False
-    assert build_config(build_parser().parse_args(["serve"]), environ={"AA_DEPLOY_OWN_BRANCHES": "0"}).own_branches is False
+    assert (
+        build_config(build_parser().parse_args(["serve"]), environ={"AA_DEPLOY_OWN_BRANCHES": "0"}).own_branches
+        is False
+    )
     assert ServerConfig.from_json(config.to_json()).own_branches is False
     for own_branches in (True, False):
         registry = TaskRegistry(ServerConfig(intra_op_threads=1, own_branches=own_branches))

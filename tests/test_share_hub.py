@@ -112,7 +112,9 @@ def test_push_creates_repo_in_one_commit_and_returns_its_url(logged_in: FakeHub,
     history = logged_in.history(REPO)
     assert len(history) == 2  # the Hub's initial commit + exactly one for the whole folder
     assert url == f"{logged_in.url}/{REPO}/commit/{history[0]}"
-    assert [r.path for r in logged_in.requests if r.path.endswith("/commit/main")] == [f"/api/models/{REPO}/commit/main"]
+    assert [r.path for r in logged_in.requests if r.path.endswith("/commit/main")] == [
+        f"/api/models/{REPO}/commit/main"
+    ]
     hosted = logged_in.files(REPO)
     assert {k: v for k, v in hosted.items() if k != ".gitattributes"} == read_folder(artifact)
     assert all(EXPECTED_ENDPOINTS.match(r.path) for r in logged_in.requests), logged_in.requests
@@ -356,9 +358,19 @@ def test_missing_local_looking_paths_never_reach_the_hub(hub_client: FakeHub, na
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("alice/adapter", True), ("gpt2", True), ("org-1/model_v2.0", True),
-        ("./adapter", False), ("/abs/path", False), ("~/x", False), ("a/b/c", False), ("a\\b", False),
-        ("", False), ("bad--name/x", False), ("x/y.git", False), ("-x/y", False), ("has space", False),
+        ("alice/adapter", True),
+        ("gpt2", True),
+        ("org-1/model_v2.0", True),
+        ("./adapter", False),
+        ("/abs/path", False),
+        ("~/x", False),
+        ("a/b/c", False),
+        ("a\\b", False),
+        ("", False),
+        ("bad--name/x", False),
+        ("x/y.git", False),
+        ("-x/y", False),
+        ("has space", False),
     ],
 )
 def test_is_hub_id(value: str, expected: bool) -> None:
@@ -390,8 +402,12 @@ def test_a_fresh_process_configured_only_by_env_vars(fake_hub: FakeHub, artifact
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
     env.update(
-        HF_ENDPOINT=fake_hub.url, HF_HOME=str(tmp_path / "fresh-home"), HF_TOKEN=fake_hub.token,
-        HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1",
+        HF_ENDPOINT=fake_hub.url,
+        HF_HOME=str(tmp_path / "fresh-home"),
+        HF_TOKEN=fake_hub.token,
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        OMP_NUM_THREADS="1",
     )
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
 

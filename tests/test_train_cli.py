@@ -19,9 +19,15 @@ from aa_deploy.training.option_rules import RECIPE_OPTIONS, option_conflicts
     ("flags", "message"),
     [
         (["--recipe", "adapterdrop", "--layers", "0,2"], "--layers only applies to the focused and standard recipes"),
-        (["--recipe", "search", "--selection-from", "{tmp}"], "--selection-from only applies to the focused and standard"),
+        (
+            ["--recipe", "search", "--selection-from", "{tmp}"],
+            "--selection-from only applies to the focused and standard",
+        ),
         (["--recipe", "standard", "--max-layers", "2"], "--max-layers only applies to the search recipe"),
-        (["--recipe", "focused", "--layers", "0", "--layer-cost", "0"], "--layer-cost only applies to the search recipe"),
+        (
+            ["--recipe", "focused", "--layers", "0", "--layer-cost", "0"],
+            "--layer-cost only applies to the search recipe",
+        ),
         (["--recipe", "standard", "--rational-init", "gelu"], "--rational-init only applies to the search and focused"),
         # typed with its default value: still a contradiction, the user believes it does something
         (["--recipe", "adapterdrop", "--switch-temperature", "0.1"], "--switch-temperature only applies to the search"),

@@ -72,7 +72,15 @@ def test_denominator_moves_from_one_init() -> None:
     assert torch.count_nonzero(r.denominator) == 4
 
 
-@pytest.mark.parametrize(("init", "reference"), [("gelu", torch.nn.functional.gelu), ("relu", torch.relu), ("leaky_relu", torch.nn.functional.leaky_relu), ("identity", lambda x: x)])
+@pytest.mark.parametrize(
+    ("init", "reference"),
+    [
+        ("gelu", torch.nn.functional.gelu),
+        ("relu", torch.relu),
+        ("leaky_relu", torch.nn.functional.leaky_relu),
+        ("identity", lambda x: x),
+    ],
+)
 def test_tabulated_inits_approximate_their_function(init, reference) -> None:
     x = torch.linspace(-3, 3, 601)
     assert (RationalActivation(init)(x) - reference(x)).abs().max() < 0.1
@@ -115,14 +123,19 @@ def test_injection_each_family(family: str) -> None:
     assert model.kept_layers() == [0, 2]
     assert not torch.allclose(model(**x).logits, reference)
     trainable = set(model.trainable_parameter_names())
-    assert all(name.startswith("adapter_layers.") or not name.startswith(f"backbone.{bare.base_model_prefix}.") for name in trainable)
+    assert all(
+        name.startswith("adapter_layers.") or not name.startswith(f"backbone.{bare.base_model_prefix}.")
+        for name in trainable
+    )
     assert any(".switch.logits" in n for n in trainable) and any(".activation.denominator" in n for n in trainable)
     frozen = [p for n, p in model.named_parameters() if n not in trainable]
     assert frozen and not any(p.requires_grad for p in frozen)
 
 
 def test_unsupported_family_gets_clear_error() -> None:
-    albert = AlbertForSequenceClassification(AlbertConfig(vocab_size=64, hidden_size=32, num_attention_heads=2, intermediate_size=64, embedding_size=16))
+    albert = AlbertForSequenceClassification(
+        AlbertConfig(vocab_size=64, hidden_size=32, num_attention_heads=2, intermediate_size=64, embedding_size=16)
+    )
     with pytest.raises(UnsupportedModelError, match="supported families: .*bert.*distilbert"):
         AdaptableAdapterModel.from_backbone(albert, AdapterConfig(), task=TASK)
 
@@ -218,7 +231,9 @@ def test_config_round_trips_json() -> None:
 @pytest.mark.parametrize("recipe", ["search", "standard", "focused", "adapterdrop"])
 def test_save_load_gives_identical_outputs(tmp_path, tiny_backbone_dir, recipe: str) -> None:
     extra = {"selected_layers": [1]} if recipe == "focused" else {}
-    model = AdaptableAdapterModel.from_backbone(str(tiny_backbone_dir), AdapterConfig(recipe=recipe, **extra), task=TASK)
+    model = AdaptableAdapterModel.from_backbone(
+        str(tiny_backbone_dir), AdapterConfig(recipe=recipe, **extra), task=TASK
+    )
     if recipe == "search":
         set_switches(model, {0, 2})
     with torch.no_grad():

@@ -45,10 +45,21 @@ def test_parameter_groups_follow_the_paper() -> None:
 
 
 def test_search_run_lowers_loss_and_writes_run_folder(tmp_path, tiny_backbone_dir, demo_data) -> None:
-    result = train(demo_config(tmp_path, tiny_backbone_dir, demo_data, epochs=6, save_checkpoints=True, switch_temperature_final=0.05))
+    result = train(
+        demo_config(
+            tmp_path, tiny_backbone_dir, demo_data, epochs=6, save_checkpoints=True, switch_temperature_final=0.05
+        )
+    )
     run = tmp_path / "run"
     names = {p.name for p in run.iterdir()}
-    assert {"aa_adapter_config.json", "aa_adapter_model.safetensors", "selection.json", "metrics.json", "training_config.json", "activations.png"} <= names
+    assert {
+        "aa_adapter_config.json",
+        "aa_adapter_model.safetensors",
+        "selection.json",
+        "metrics.json",
+        "training_config.json",
+        "activations.png",
+    } <= names
     assert not list(tmp_path.glob(".run.*"))  # the staging folder is gone
     metrics = json.loads((run / "metrics.json").read_text())
     losses = [h["train_loss"] for h in metrics["history"]]
@@ -102,8 +113,16 @@ def test_focused_run_refuses_a_selection_of_another_backbone(tmp_path, tiny_back
 
 
 def test_runs_are_seeded(tmp_path, tiny_backbone_dir, demo_data) -> None:
-    a = train(demo_config(tmp_path / "a", tiny_backbone_dir, demo_data, recipe="standard", epochs=1, output=str(tmp_path / "a")))
-    b = train(demo_config(tmp_path / "b", tiny_backbone_dir, demo_data, recipe="standard", epochs=1, output=str(tmp_path / "b")))
+    a = train(
+        demo_config(
+            tmp_path / "a", tiny_backbone_dir, demo_data, recipe="standard", epochs=1, output=str(tmp_path / "a")
+        )
+    )
+    b = train(
+        demo_config(
+            tmp_path / "b", tiny_backbone_dir, demo_data, recipe="standard", epochs=1, output=str(tmp_path / "b")
+        )
+    )
     assert a.metrics["train_loss"] == b.metrics["train_loss"]
 
 
@@ -116,9 +135,19 @@ def test_existing_output_is_not_overwritten(tmp_path, tiny_backbone_dir, demo_da
 
 
 def test_regression_file_task(tmp_path, tiny_backbone_dir) -> None:
-    rows = ["text,label"] + [f"the film is {w} .,{s}" for w, s in [("superb", 4.5), ("awful", 0.5), ("dull", 1.5), ("warm", 3.5)] * 6]
+    rows = ["text,label"] + [
+        f"the film is {w} .,{s}" for w, s in [("superb", 4.5), ("awful", 0.5), ("dull", 1.5), ("warm", 3.5)] * 6
+    ]
     (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
-    result = train(TrainConfig(task=str(tmp_path / "scores.csv"), output=str(tmp_path / "run"), backbone=str(tiny_backbone_dir), epochs=1, progress=False))
+    result = train(
+        TrainConfig(
+            task=str(tmp_path / "scores.csv"),
+            output=str(tmp_path / "run"),
+            backbone=str(tiny_backbone_dir),
+            epochs=1,
+            progress=False,
+        )
+    )
     assert result.metric == "spearman"
 
 
@@ -130,7 +159,10 @@ def test_regression_file_task(tmp_path, tiny_backbone_dir) -> None:
         (["--task", "missing.csv"], "data file 'missing.csv' not found"),
         (["--task", "rte"], "data"),
         (["--task", "{demo}/sentiment_train.csv", "--recipe", "focused"], "--selection-from"),
-        (["--task", "{demo}/sentiment_train.csv", "--recipe", "focused", "--selection-from", "{tmp}"], "selection.json not found"),
+        (
+            ["--task", "{demo}/sentiment_train.csv", "--recipe", "focused", "--selection-from", "{tmp}"],
+            "selection.json not found",
+        ),
     ],
 )
 def test_cli_bad_input_gets_clear_error(tmp_path, demo_data, capsys, monkeypatch, args, message) -> None:
@@ -146,7 +178,17 @@ def test_cli_malformed_glue_files(tmp_path, tiny_backbone_dir, capsys) -> None:
     header = "index\tsentence1\tsentence2\tlabel\n"
     (rte / "dev.tsv").write_text(header + "0\ta\tb\tentailment\n")
     (rte / "train.tsv").write_text(header + "0\ta b\tc\tentailment\n1\tonly two columns\n")
-    argv = ["train", "--task", "RTE", "--data-dir", str(tmp_path / "glue"), "--backbone", str(tiny_backbone_dir), "--output", str(tmp_path / "o")]
+    argv = [
+        "train",
+        "--task",
+        "RTE",
+        "--data-dir",
+        str(tmp_path / "glue"),
+        "--backbone",
+        str(tiny_backbone_dir),
+        "--output",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "train.tsv" in err and "line 3" in err
@@ -163,8 +205,20 @@ def test_cli_unsupported_backbone(tmp_path, demo_data, capsys) -> None:
     folder.mkdir()
     (folder / "vocab.txt").write_text("\n".join(demo_vocabulary()) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    AlbertForSequenceClassification(AlbertConfig(vocab_size=200, hidden_size=32, num_attention_heads=2, intermediate_size=64, embedding_size=16)).save_pretrained(folder)
-    argv = ["train", "--task", str(demo_data / "sentiment_train.csv"), "--backbone", str(folder), "--output", str(tmp_path / "o"), "--epochs", "1"]
+    AlbertForSequenceClassification(
+        AlbertConfig(vocab_size=200, hidden_size=32, num_attention_heads=2, intermediate_size=64, embedding_size=16)
+    ).save_pretrained(folder)
+    argv = [
+        "train",
+        "--task",
+        str(demo_data / "sentiment_train.csv"),
+        "--backbone",
+        str(folder),
+        "--output",
+        str(tmp_path / "o"),
+        "--epochs",
+        "1",
+    ]
     assert main(argv) == 1
     assert "supported families" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -174,8 +228,30 @@ def test_cli_unsupported_backbone(tmp_path, demo_data, capsys) -> None:
 @pytest.mark.slow
 def test_cli_trains_real_minilm_on_glue_slice(tmp_path, glue_dir) -> None:
     out = tmp_path / "rte"
-    cmd = [sys.executable, "-m", "aa_deploy.cli", "train", "--task", "rte", "--data-dir", str(glue_dir), "--recipe", "search",
-           "--train-size", "48", "--epochs", "2", "--max-length", "64", "--seed", "42", "--no-progress", "--json", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "aa_deploy.cli",
+        "train",
+        "--task",
+        "rte",
+        "--data-dir",
+        str(glue_dir),
+        "--recipe",
+        "search",
+        "--train-size",
+        "48",
+        "--epochs",
+        "2",
+        "--max-length",
+        "64",
+        "--seed",
+        "42",
+        "--no-progress",
+        "--json",
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # --json: the summary is all of stdout

@@ -80,10 +80,20 @@ def test_run_records_its_schedule_and_takes_the_minimum_steps(tmp_path, tiny_bac
 
 
 def test_default_schedule_starts_a_regression_head_at_the_label_mean(tmp_path, tiny_backbone_dir) -> None:
-    rows = ["text,label"] + [f"the film is {w} .,{s}" for w, s in [("superb", 4.5), ("awful", 0.5), ("dull", 1.5), ("warm", 3.5)] * 6]
+    rows = ["text,label"] + [
+        f"the film is {w} .,{s}" for w, s in [("superb", 4.5), ("awful", 0.5), ("dull", 1.5), ("warm", 3.5)] * 6
+    ]
     (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
-    common = dict(task=str(tmp_path / "scores.csv"), backbone=str(tiny_backbone_dir), epochs=1, min_steps=0,
-                  learning_rate=1e-9, rational_learning_rate=1e-9, switch_learning_rate=1e-9, progress=False)
+    common = dict(
+        task=str(tmp_path / "scores.csv"),
+        backbone=str(tiny_backbone_dir),
+        epochs=1,
+        min_steps=0,
+        learning_rate=1e-9,
+        rational_learning_rate=1e-9,
+        switch_learning_rate=1e-9,
+        progress=False,
+    )
     from aa_deploy.data import load_task, low_data_split
 
     train_split, _ = low_data_split(load_task(str(tmp_path / "scores.csv")).train, None, 42, 0.25)
@@ -105,7 +115,9 @@ def test_budget_keeps_the_switches_that_prefer_their_adapter_most() -> None:
     assert kept_by_switches(logits, 1) == [4]
 
 
-def test_budgeted_search_keeps_at_most_k_layers_and_its_pruned_model_matches(tmp_path, tiny_backbone_dir, demo_data) -> None:
+def test_budgeted_search_keeps_at_most_k_layers_and_its_pruned_model_matches(
+    tmp_path, tiny_backbone_dir, demo_data
+) -> None:
     result = train(run_config(tmp_path, tiny_backbone_dir, demo_data, recipe="search", max_layers=1))
     model = AdaptableAdapterModel.from_pretrained(result.output).eval()
     assert model.config.max_layers == 1 and model.kept_layers() == result.kept_layers

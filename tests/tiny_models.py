@@ -30,7 +30,9 @@ def tiny_config(family: str, vocab_size: int = 128, num_layers: int = 3, **kwarg
     common = dict(vocab_size=vocab_size, max_position_embeddings=160, pad_token_id=0, initializer_range=0.5)
     if family == "distilbert":
         return DistilBertConfig(dim=32, n_layers=num_layers, n_heads=2, hidden_dim=64, **common, **kwargs)
-    bert_like = dict(hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=64, **common)
+    bert_like = dict(
+        hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=64, **common
+    )
     factories = {
         "bert": lambda: BertConfig(**bert_like, **kwargs),
         "roberta": lambda: RobertaConfig(**bert_like, type_vocab_size=1, **kwargs),

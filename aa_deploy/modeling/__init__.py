@@ -7,7 +7,14 @@ from .rational import RATIONAL_INITS, RationalActivation
 from .switch import GumbelSwitch
 
 __all__ = [
-    "AdaptableAdapterModel", "AdapterBlock", "BackboneMismatchError", "BottleneckAdapter", "GumbelSwitch",
-    "RATIONAL_INITS", "RationalActivation", "SUPPORTED_FAMILIES", "UnsupportedModelError",
+    "AdaptableAdapterModel",
+    "AdapterBlock",
+    "BackboneMismatchError",
+    "BottleneckAdapter",
+    "GumbelSwitch",
+    "RATIONAL_INITS",
+    "RationalActivation",
+    "SUPPORTED_FAMILIES",
+    "UnsupportedModelError",
     "load_sequence_classifier",
 ]

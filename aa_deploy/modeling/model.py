@@ -136,9 +136,7 @@ class AdaptableAdapterModel(nn.Module):
     def attach(self) -> None:
         """(Re)attach the adapter blocks' hooks to the backbone's layers."""
         self.detach()
-        self._hooks = attach_adapter_blocks(
-            self.backbone, {int(i): block for i, block in self.adapter_layers.items()}
-        )
+        self._hooks = attach_adapter_blocks(self.backbone, {int(i): block for i, block in self.adapter_layers.items()})
 
     def detach(self) -> None:
         for handle in self._hooks:

@@ -58,8 +58,9 @@ class TrainConfig(JsonRecord):
         None, help="training epochs (default: from --protocol); the best epoch on the dev split is kept"
     )
     min_steps: int | None = option(
-        None, help="run more epochs when the data gives fewer optimiser steps than this "
-        "(default: from --protocol; 0 when --epochs is given)"
+        None,
+        help="run more epochs when the data gives fewer optimiser steps than this "
+        "(default: from --protocol; 0 when --epochs is given)",
     )
     warmup_ratio: float | None = option(
         None, help="share of the steps with a linear learning-rate warmup (default: from --protocol)"
@@ -80,11 +81,15 @@ class TrainConfig(JsonRecord):
         None, metavar="RUN_DIR", help="focused recipe: reuse this run's selected layers (default: none)"
     )
     selected_layers: list[int] | None = option(
-        None, flag="--layers", parse=parse_layers,
+        None,
+        flag="--layers",
+        parse=parse_layers,
         help="focused or standard recipe: adapters only at these layers, e.g. 0,3,5 (default: none)",
     )
     max_layers: int | None = option(
-        None, metavar="K", help="search recipe: layer budget, keep at most K adapter layers (docs/METHOD.md §3; default: no budget)"
+        None,
+        metavar="K",
+        help="search recipe: layer budget, keep at most K adapter layers (docs/METHOD.md §3; default: no budget)",
     )
     layer_cost: float = option(
         0.0, help="search recipe: loss penalty per expected kept layer (a price on each layer, docs/METHOD.md §3)"
@@ -143,6 +148,9 @@ class TrainConfig(JsonRecord):
                 "(a finished search run) or --layers 0,3,5"
             )
         check_rational(
-            self.rational_init, self.rational_version, self.numerator_degree, self.denominator_degree  # type: ignore[arg-type]
+            self.rational_init,
+            self.rational_version,
+            self.numerator_degree,
+            self.denominator_degree,  # type: ignore[arg-type]
         )
         check_option_conflicts(self.recipe, set_options(vars(self)))

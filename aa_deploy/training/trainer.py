@@ -83,9 +83,7 @@ class BestEpochCallback(TrainerCallback):
     few hundred KB, so we keep the best copy in memory and optionally write small per-epoch checkpoints.
     """
 
-    def __init__(
-        self, model: AdaptableAdapterModel, metric: str, checkpoint_dir: Path | None = None
-    ) -> None:
+    def __init__(self, model: AdaptableAdapterModel, metric: str, checkpoint_dir: Path | None = None) -> None:
         self.model = model
         self.metric_key = f"eval_{metric}"
         self.checkpoint_dir = checkpoint_dir
@@ -101,7 +99,9 @@ class BestEpochCallback(TrainerCallback):
         if logs and "loss" in logs:
             self._train_loss = float(logs["loss"])
 
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw: Any):
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None, **kw: Any
+    ):
         if not self.active:
             return
         metrics = metrics or {}

@@ -104,8 +104,15 @@ class Cell:
     def source(self) -> Cell | None:
         """The cell whose run folder this one needs: a focused cell's search, a dropped evaluation's run."""
         if self.evaluation_only:
-            return Cell(self.task, self.train_size, self.seed, "adapterdrop", learning_rate=self.learning_rate,
-                        protocol=self.protocol, rational_init=self.rational_init)
+            return Cell(
+                self.task,
+                self.train_size,
+                self.seed,
+                "adapterdrop",
+                learning_rate=self.learning_rate,
+                protocol=self.protocol,
+                rational_init=self.rational_init,
+            )
         if self.recipe != "focused":
             return None
         return Cell(
@@ -115,14 +122,18 @@ class Cell:
         )  # fmt: skip
 
 
-def standard_grid(tasks, sizes, seeds, recipes, learning_rate: float | None = None, protocol: str = "paper") -> list[Cell]:
+def standard_grid(
+    tasks, sizes, seeds, recipes, learning_rate: float | None = None, protocol: str = "paper"
+) -> list[Cell]:
     cells = []
     for size in sizes:
         for task in tasks:
             for seed in seeds:
                 for recipe in recipes:
                     source = (task, size) if recipe == "focused" else (None, None)
-                    cells.append(Cell(task, size, seed, recipe, *source, learning_rate=learning_rate, protocol=protocol))
+                    cells.append(
+                        Cell(task, size, seed, recipe, *source, learning_rate=learning_rate, protocol=protocol)
+                    )
     return cells
 
 
@@ -131,8 +142,11 @@ def transfer_grid(seeds, learning_rate: float | None = None, protocol: str = "pa
     cells = []
     for seed in seeds:
         for task, source_task, source_size in (("rte", "mrpc", 300), ("rte", "rte", 100), ("mrpc", "mrpc", 100)):
-            cells.append(Cell(task, 300, seed, "focused", source_task, source_size, learning_rate=learning_rate,
-                              protocol=protocol))
+            cells.append(
+                Cell(
+                    task, 300, seed, "focused", source_task, source_size, learning_rate=learning_rate, protocol=protocol
+                )
+            )
     return cells
 
 
@@ -165,8 +179,14 @@ def budget_grid(tasks, sizes, seeds, budgets, protocol: str) -> list[Cell]:
 def schedule(cells: list[Cell]) -> list[Cell]:
     """Run each transfer cell as soon as the cells it is compared with (and its source) are queued
     before it, so that a partly finished grid already says something about every claim."""
-    plain = [c for c in cells if c.recipe != "focused" or c.source() is None or c.source_task in (None, c.task)
-             and c.source_size in (None, c.train_size)]
+    plain = [
+        c
+        for c in cells
+        if c.recipe != "focused"
+        or c.source() is None
+        or c.source_task in (None, c.task)
+        and c.source_size in (None, c.train_size)
+    ]
     transfers = [c for c in cells if c not in plain]
     last = {(c.task, c.train_size): i for i, c in enumerate(plain)}
     slots: dict[int, list[Cell]] = {}
@@ -182,7 +202,9 @@ def schedule(cells: list[Cell]) -> list[Cell]:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -196,9 +218,26 @@ def cell_command(cell: Cell, args: argparse.Namespace, out_dir: Path) -> list[st
         return [sys.executable, str(HERE / "drop_eval.py"), "--run", str(args.runs_dir / source.cell_id),
                 "--drop", str(drop), "--output", str(out_dir), "--glue-dir", str(args.glue_dir)]  # fmt: skip
     cmd = [
-        sys.executable, "-m", "aa_deploy.cli", "train", "--task", cell.task, "--data-dir", args.glue_dir,
-        "--recipe", cell.recipe, "--seed", str(cell.seed), "--protocol", cell.protocol,
-        "--output", str(out_dir), "--overwrite", "--no-progress", "--device", args.device,
+        sys.executable,
+        "-m",
+        "aa_deploy.cli",
+        "train",
+        "--task",
+        cell.task,
+        "--data-dir",
+        args.glue_dir,
+        "--recipe",
+        cell.recipe,
+        "--seed",
+        str(cell.seed),
+        "--protocol",
+        cell.protocol,
+        "--output",
+        str(out_dir),
+        "--overwrite",
+        "--no-progress",
+        "--device",
+        args.device,
     ]
     if args.epochs is not None:
         cmd += ["--epochs", str(args.epochs)]
@@ -226,7 +265,9 @@ def cell_command(cell: Cell, args: argparse.Namespace, out_dir: Path) -> list[st
 def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     out_dir = args.runs_dir / cell.cell_id
     cmd = cell_command(cell, args, out_dir)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false"
+    )
     started = time.time()
     log = args.runs_dir / f"{cell.cell_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -331,7 +372,10 @@ def command_run(args: argparse.Namespace) -> int:
                 cell = running.pop(future)
                 try:
                     r = future.result()
-                    print(f"done {cell.cell_id}: {r['metric']}={r['value']:.4f} layers={r['layers_kept']} ({r['wall_time_s']} s)", flush=True)
+                    print(
+                        f"done {cell.cell_id}: {r['metric']}={r['value']:.4f} layers={r['layers_kept']} ({r['wall_time_s']} s)",
+                        flush=True,
+                    )
                 except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the grid
                     failures += 1
                     print(f"FAILED {cell.cell_id}: {exc}", flush=True)
@@ -350,20 +394,33 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--recipes", default=",".join(RECIPES))
     run.add_argument("--transfer", action="store_true", help="also run the transfer cells (claim c)")
     run.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
-    run.add_argument("--protocol", default="default", choices=["default", "paper"], help="training schedule of every cell")
-    run.add_argument("--starts", help="rational start study: comma-separated starts (search recipe only; "
-                     "combines with --budgets)")
+    run.add_argument(
+        "--protocol", default="default", choices=["default", "paper"], help="training schedule of every cell"
+    )
+    run.add_argument(
+        "--starts", help="rational start study: comma-separated starts (search recipe only; combines with --budgets)"
+    )
     run.add_argument("--budgets", help="layer-budget curve: comma-separated K (combines with --starts)")
-    run.add_argument("--learning-rate", type=float, default=None,
-                     help="off-protocol variant: adapters + head learning rate (protocol: 1e-4); reported separately")
+    run.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="off-protocol variant: adapters + head learning rate (protocol: 1e-4); reported separately",
+    )
     run.add_argument("--jobs", type=int, default=1, help="cells in parallel processes")
     run.add_argument("--threads", type=int, default=2, help="torch threads per cell")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--backbone", help="backbone folder or id (default: all-MiniLM-L6-v2)")
-    run.add_argument("--results-dir", type=Path, default=RESULTS, help="where cell JSON files go (default: results/ here)")
-    run.add_argument("--runs-dir", type=Path, default=RUNS, help="where run folders go (default: runs/ here, not committed)")
+    run.add_argument(
+        "--results-dir", type=Path, default=RESULTS, help="where cell JSON files go (default: results/ here)"
+    )
+    run.add_argument(
+        "--runs-dir", type=Path, default=RUNS, help="where run folders go (default: runs/ here, not committed)"
+    )
     run.set_defaults(func=command_run)
-    report = sub.add_parser("report", help="render RESULTS.md and the plot from the finished cells (options: report.py's)")
+    report = sub.add_parser(
+        "report", help="render RESULTS.md and the plot from the finished cells (options: report.py's)"
+    )
     report.set_defaults(func=None)
     # `report` hands its options (--results-dir, --output, --glue-dir) to report.py, which owns them.
     args, rest = parser.parse_known_args(argv)

@@ -69,7 +69,11 @@ def default_schedule_rows(rows: list[dict], start: str | None = None) -> list[di
     start = start or DEFAULT.rational_init
     chosen: dict[tuple, dict] = {}
     for r in rows:
-        if r["recipe"] not in RECIPE_ORDER or kind_of(r) not in ("default", "start-study") or protocol_of(r) != "default":
+        if (
+            r["recipe"] not in RECIPE_ORDER
+            or kind_of(r) not in ("default", "start-study")
+            or protocol_of(r) != "default"
+        ):
             continue
         if uses_rational(r["recipe"]) and start_ran(r) != start:
             continue
@@ -132,8 +136,10 @@ def not_worse_than_paper(default_summary: dict, paper_summary: dict) -> str:
         (m_d, r_d, v_d), (m_p, r_p, v_p) = best["default"], best["paper"]
         margin = max(mean_std(v_d)[1], mean_std(v_p)[1])
         verdict = "better" if m_d - m_p > margin else "worse" if m_p - m_d > margin else "on par"
-        lines.append(f"- {key[0]} N={key[1]}: default ({r_d}) {100 * m_d:.1f} vs paper ({r_p}) {100 * m_p:.1f} → {verdict} "
-                     f"(n = {len(v_d)} / {len(v_p)} seeds)")
+        lines.append(
+            f"- {key[0]} N={key[1]}: default ({r_d}) {100 * m_d:.1f} vs paper ({r_p}) {100 * m_p:.1f} → {verdict} "
+            f"(n = {len(v_d)} / {len(v_p)} seeds)"
+        )
     return "\n".join(lines) or "_No (task, N) setting has finished cells under both schedules yet._"
 
 
@@ -149,16 +155,22 @@ def start_study(rows: list[dict]) -> str:
         return "_No start-study cells finished yet._"
     settings = {(r["task"], r["train_size"]) for r in study}
     # The default schedule's own search cells are the arm with the schedule's start: not run twice.
-    own = [r for r in rows if kind_of(r) == "default" and r["recipe"] == "search" and (r["task"], r["train_size"]) in settings]
+    own = [
+        r
+        for r in rows
+        if kind_of(r) == "default" and r["recipe"] == "search" and (r["task"], r["train_size"]) in settings
+    ]
     cells = [{**r, "rational_init": r.get("rational_init") or r.get("rational_init_ran") or "one"} for r in study + own]
     starts = sorted({r["rational_init"] for r in cells}, key=lambda s: (s != "one", s))
     grouped: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in cells:
         grouped[(r["task"], r["train_size"])][r["rational_init"]].append(r)
-    head = "| task | N | " + " | ".join(f"`{s}`: official dev | `{s}`: dev split | `{s}`: layers" for s in starts) + " |"
+    head = (
+        "| task | N | " + " | ".join(f"`{s}`: official dev | `{s}`: dev split | `{s}`: layers" for s in starts) + " |"
+    )
     lines = [head, "|---|---|" + "---|" * (3 * len(starts))]
     dev_means: dict[str, list[float]] = defaultdict(list)
-    for (task, size) in sorted(grouped, key=lambda k: (_size_key(k[1]), k[0])):
+    for task, size in sorted(grouped, key=lambda k: (_size_key(k[1]), k[0])):
         row = f"| {task} | {size} |"
         for start in starts:
             group = grouped[(task, size)].get(start, [])
@@ -171,27 +183,38 @@ def start_study(rows: list[dict]) -> str:
     choice = ""
     if len(complete) > 1:
         ranked = sorted(complete, key=lambda s: -statistics.fmean(dev_means[s]))
-        choice = ("\n\nChoice rule (fixed before the cells ran): the start with the highest mean dev-split score over all "
-                  "settings, never the official dev set. Mean dev-split score: "
-                  + ", ".join(f"`{s}` {100 * statistics.fmean(dev_means[s]):.1f}" for s in ranked)
-                  + f" → `{ranked[0]}`.")
+        choice = (
+            "\n\nChoice rule (fixed before the cells ran): the start with the highest mean dev-split score over all "
+            "settings, never the official dev set. Mean dev-split score: "
+            + ", ".join(f"`{s}` {100 * statistics.fmean(dev_means[s]):.1f}" for s in ranked)
+            + f" → `{ranked[0]}`."
+        )
         covered = {(t, int(n)) for t, n in grouped if str(n).isdigit()}
-        short = [k for k, by_start in grouped.items() if any(len(by_start.get(st, [])) < START_STUDY_SEEDS for st in starts)]
+        short = [
+            k for k, by_start in grouped.items() if any(len(by_start.get(st, [])) < START_STUDY_SEEDS for st in starts)
+        ]
         missing = sorted(START_STUDY_SETTINGS - covered)
         if missing or short:
-            choice += (f" Provisional: {len(covered & START_STUDY_SETTINGS)} of {len(START_STUDY_SETTINGS)} planned settings"
-                       + (f", {len(short)} with fewer than {START_STUDY_SEEDS} seeds for some start" if short else "")
-                       + "; the default schedule keeps its start until the study is complete.")
+            choice += (
+                f" Provisional: {len(covered & START_STUDY_SETTINGS)} of {len(START_STUDY_SETTINGS)} planned settings"
+                + (f", {len(short)} with fewer than {START_STUDY_SEEDS} seeds for some start" if short else "")
+                + "; the default schedule keeps its start until the study is complete."
+            )
         else:
-            choice += (f" The study is complete: the default schedule starts as `{DEFAULT.rational_init}`"
-                       + (" (its choice)." if DEFAULT.rational_init == ranked[0] else
-                          f", not the rule's choice: change the default schedule's start to `{ranked[0]}`."))
+            choice += f" The study is complete: the default schedule starts as `{DEFAULT.rational_init}`" + (
+                " (its choice)."
+                if DEFAULT.rational_init == ranked[0]
+                else f", not the rule's choice: change the default schedule's start to `{ranked[0]}`."
+            )
     return "\n".join(lines) + choice
 
 
-BUDGET_METHODS = (("search", "search with budget K"), ("focused", "focused on the budgeted search's K layers"),
-                  ("standard", "standard adapter trained on the K top-most layers"),
-                  ("adapterdrop", "AdapterDrop: one run per seed, only its K top-most adapters at test"))
+BUDGET_METHODS = (
+    ("search", "search with budget K"),
+    ("focused", "focused on the budgeted search's K layers"),
+    ("standard", "standard adapter trained on the K top-most layers"),
+    ("adapterdrop", "AdapterDrop: one run per seed, only its K top-most adapters at test"),
+)
 
 
 def budget_rows(rows: list[dict]) -> dict[tuple, dict[str, dict[int, list[float]]]]:
@@ -234,8 +257,12 @@ def budget_section(rows: list[dict], picture: Path) -> str:
     out = []
     for key, methods in sorted(curve.items(), key=lambda kv: (_size_key(kv[0][1]), kv[0][0], kv[0][2])):
         ks = sorted({k for m in methods.values() for k in m})
-        lines = [f"**{_budget_title(key, curve)}** (official dev × 100, mean ± std over seeds; K = {ks[-1]}: no budget)", "",
-                 "| method | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        lines = [
+            f"**{_budget_title(key, curve)}** (official dev × 100, mean ± std over seeds; K = {ks[-1]}: no budget)",
+            "",
+            "| method | " + " | ".join(f"K = {k}" for k in ks) + " |",
+            "|---|" + "---|" * len(ks),
+        ]
         for recipe, label in BUDGET_METHODS:
             lines.append(f"| {label} | " + " | ".join(fmt(methods.get(recipe, {}).get(k, [])) for k in ks) + " |")
         out.append("\n".join(lines))
@@ -296,8 +323,10 @@ Reproduce (resumable): {_variant_commands(rows, lr)}.
 {claims(summary)}
 """)
         if any(not is_own_selection(r) for r in rows):
-            out.append(f"Transfer of the selected architecture at this rate (selections found at this rate too):\n\n"
-                       f"{transfer_table(rows)}\n")
+            out.append(
+                f"Transfer of the selected architecture at this rate (selections found at this rate too):\n\n"
+                f"{transfer_table(rows)}\n"
+            )
     return "\n".join(out)
 
 
@@ -310,8 +339,10 @@ def _variant_commands(rows: list[dict], lr: float) -> str:
     commands = []
     for size in sorted(by_size, key=_size_key):
         tasks = ",".join(t for t in TASK_ORDER if t in by_size[size])
-        commands.append(f"`python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --learning-rate {lr:g} "
-                        f"--tasks {tasks} --sizes {size}`")
+        commands.append(
+            f"`python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --learning-rate {lr:g} "
+            f"--tasks {tasks} --sizes {size}`"
+        )
     return "; ".join(commands)
 
 
@@ -334,7 +365,9 @@ def fmt(values: list[float], scale: float = 100.0) -> str:
 
 
 def is_own_selection(r: dict) -> bool:
-    return r["recipe"] != "focused" or (r.get("source_task") in (None, r["task"]) and str(r.get("source_size")) in ("None", str(r["train_size"])))
+    return r["recipe"] != "focused" or (
+        r.get("source_task") in (None, r["task"]) and str(r.get("source_size")) in ("None", str(r["train_size"]))
+    )
 
 
 def majority_baselines(glue_dir: Path | None) -> dict[str, float]:
@@ -388,7 +421,9 @@ def build_tables(
         layers = [c["layers_kept"] for c in cells.get("search", [])]
         std_params = [c["adapter_params"] for c in cells.get("standard", [])]
         foc_params = [c["adapter_params"] for c in cells.get("focused", [])]
-        ratio = f"{statistics.fmean(foc_params) / statistics.fmean(std_params):.2f}" if std_params and foc_params else "–"
+        ratio = (
+            f"{statistics.fmean(foc_params) / statistics.fmean(std_params):.2f}" if std_params and foc_params else "–"
+        )
         layer_txt = f"{statistics.fmean(layers):.1f} / {cells['search'][0]['num_layers']}" if layers else "–"
         base = (baselines or {}).get(task)
         base_txt = "–" if base is None else f"{100 * base:.1f}"
@@ -408,10 +443,15 @@ def transfer_table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in transfer:
         groups[(r["task"], r["train_size"], r["source_task"], r["source_size"])].append(r)
-    lines = ["| target | selection from | focused, transferred selection | focused, own selection | seeds compared |", "|---|---|---|---|---|"]
+    lines = [
+        "| target | selection from | focused, transferred selection | focused, own selection | seeds compared |",
+        "|---|---|---|---|---|",
+    ]
     for (task, size, src_task, src_size), cells in sorted(groups.items()):
         mine = [own[(task, size, c["seed"])]["value"] for c in cells if (task, size, c["seed"]) in own]
-        lines.append(f"| {task} N={size} | {src_task} N={src_size} | {fmt([c['value'] for c in cells])} | {fmt(mine)} | {len(mine)} |")
+        lines.append(
+            f"| {task} N={size} | {src_task} N={src_size} | {fmt([c['value'] for c in cells])} | {fmt(mine)} | {len(mine)} |"
+        )
     return "\n".join(lines)
 
 
@@ -420,8 +460,10 @@ def claims(summary: dict) -> str:
     complete = {k: v for k, v in summary.items() if all(len(v["vals"][r]) >= 3 for r in RECIPE_ORDER)}
     if not complete:
         return "_Not enough finished cells (3 seeds × 3 recipes) to assess the claims yet._"
-    out.append(f"Assessed on {len(complete)} (task, N) settings with all 3 recipes × 3 seeds finished. Rule: a difference "
-               "counts only if it exceeds the larger of the two seed standard deviations.")
+    out.append(
+        f"Assessed on {len(complete)} (task, N) settings with all 3 recipes × 3 seeds finished. Rule: a difference "
+        "counts only if it exceeds the larger of the two seed standard deviations."
+    )
     wins, ties, losses = 0, 0, 0
     for key, v in sorted(complete.items(), key=lambda kv: (_size_key(kv[0][1]), kv[0][0])):
         best_aa = max(("search", "focused"), key=lambda r: statistics.fmean(v["vals"][r]))
@@ -433,7 +475,9 @@ def claims(summary: dict) -> str:
         ties += verdict == "on par"
         losses += verdict == "worse"
         layers = f"{statistics.fmean(v['layers']):.1f}" if v["layers"] else "?"
-        out.append(f"- {key[0]} N={key[1]}: best AA recipe ({best_aa}) {100*m_aa:.1f} vs standard {100*m_st:.1f} → {verdict}; search kept {layers} layers.")
+        out.append(
+            f"- {key[0]} N={key[1]}: best AA recipe ({best_aa}) {100 * m_aa:.1f} vs standard {100 * m_st:.1f} → {verdict}; search kept {layers} layers."
+        )
     out.append(f"\nOverall: AA better in {wins}, on par in {ties}, worse in {losses} settings.")
     return "\n".join(out)
 
@@ -469,8 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--glue-dir", type=Path, default=Path(os.environ.get("AA_GLUE_DIR", HERE.parents[2] / "shared" / "data" / "glue")),
-                        help="GLUE folder, for the majority-class baseline column (left empty without it)")
+    parser.add_argument(
+        "--glue-dir",
+        type=Path,
+        default=Path(os.environ.get("AA_GLUE_DIR", HERE.parents[2] / "shared" / "data" / "glue")),
+        help="GLUE folder, for the majority-class baseline column (left empty without it)",
+    )
     args = parser.parse_args(argv)
     all_rows = load(args.results_dir)
     rows, variants = split_variants(all_rows)
@@ -481,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     done = {(r["task"], r["train_size"]) for r in rows}
     not_run = ", ".join(f"{t} N={n}" for t, n in NOT_RUN if (t, n) not in done)
     default_done = {(r["task"], r["train_size"]) for r in default_rows}
-    default_not_run = ", ".join(f"{t} N={n}" for n in (300, 1000, "full") for t in TASK_ORDER if (t, n) not in default_done)
+    default_not_run = ", ".join(
+        f"{t} N={n}" for n in (300, 1000, "full") for t in TASK_ORDER if (t, n) not in default_done
+    )
     wall = sum(r["wall_time_s"] for r in all_rows) / 3600
     text = f"""# Quality grid: adaptable adapters vs the standard adapter on GLUE (MiniLM-L6)
 
