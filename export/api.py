@@ -65,6 +65,7 @@ from .backbone_store import (
     share_backbone_tensors,
     verify_external_data,
 )
+from .compiled_latency import CompiledSaving, full_adapter_counterpart, measure_compiled_saving
 from .errors import ExportError, GraphCheckError, OutputExistsError, RunFolderError, ValidationError
 from .folding import fold_rationals
 from .onnx_protos import check_domains, check_no_switch, io_signature
@@ -185,6 +186,7 @@ class _CompiledGraph:
     outputs: Any
     metrics: dict[str, Any] | None
     depth_metric: dict[str, Any] | None = None  # the exported graph's metric when trained_depth is set
+    latency: CompiledSaving | None = None  # against adapters at every layer, when layers were removed
 
 
 @dataclass
@@ -302,6 +304,8 @@ def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, 
     # The compact artefact: kept adapters (with their rational coefficients) and the head.
     pruned.save_pretrained(staging)
     canonicalize_safetensors(staging / WEIGHTS_NAME)
+    # Before folding: the counterpart copies the rationals' parameters.
+    full = full_adapter_counterpart(pruned) if options.measure_latency else None
     folded = fold_rationals(pruned)
     folded_diff, _ = compare(ref.logits, torch_logits(pruned, cases), cases)
     if not folded_diff <= PRUNE_ATOL:
@@ -338,6 +342,10 @@ def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, 
         ref.labelled, options, ref.spec, ref.tokenizer, ref.input_names, ref.max_length, fp32_graph,
         backbone_config, session, ref.threads,
     )  # fmt: skip
+    latency = None
+    if full is not None and graph_bytes is not None:
+        logger.info("timing the graph against the same model with adapters at every layer")
+        latency = measure_compiled_saving(full, graph_bytes, ref.example, ref.input_names, settings)
     depth_metric = None
     if ref.trained_depth is not None and ref.labelled:
         value = evaluate_metric(session, ref.spec, ref.labelled, ref.tokenizer, ref.input_names, ref.max_length)
@@ -352,7 +360,7 @@ def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, 
         )
     return _CompiledGraph(
         graph=graph, settings=settings, post_report=post_report, folded=folded,
-        report=report, outputs=outputs, metrics=metrics, depth_metric=depth_metric,
+        report=report, outputs=outputs, metrics=metrics, depth_metric=depth_metric, latency=latency,
     )  # fmt: skip
 
 
@@ -645,6 +653,8 @@ def _manifest(
             "quantization": compiled.metrics,
             **({} if ref.trained_depth is None else {"at_export_depth": compiled.depth_metric}),
         },
+        # What the removed layers save in ONNX Runtime (--measure-latency, and only when layers were removed).
+        **({"latency": compiled.latency.to_dict()} if compiled.latency is not None else {}),
         "export_options": {
             k: v for k, v in options.to_dict().items() if k not in ("backbone_store", "data_dir", "overwrite")
         },

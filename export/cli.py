@@ -63,6 +63,12 @@ def _run_export(args: argparse.Namespace) -> int:
         q = result.metrics
         quant = m["quantization"]
         print(f"  {q['metric']:<13} fp32 {q['fp32']:.4f} → {quant} {q[quant]:.4f} on {q['num_examples']} dev examples")
+    if m.get("latency"):
+        t = m["latency"]
+        print(
+            f"  latency       {t['kept_ms']:.2f} ms vs {t['full_ms']:.2f} ms with an adapter at every layer "
+            f"({t['ratio']:.2f}x; batch 1, ONNX Runtime)"
+        )
     print(f"  sizes         {result.sizes.summary}")
     for note in result.warnings:
         print(f"  warning       {note}")

@@ -53,6 +53,13 @@ class ExportOptions:
         help="adapterdrop runs: drop the adapters of the N lowest layers from the exported model (an AdapterDrop "
         "model was trained to run with any such depth; default: the run's own --adapterdrop-eval-layers)",
     )
+    measure_latency: bool = option(
+        False,
+        help="when layers were removed, time the exported graph against the same model with an adapter at every "
+        "layer (ONNX Runtime, batch 1) and record it in the manifest and the model card; timings differ per "
+        "run, so the folder is then not byte-identical across re-exports (default: the card quotes training's "
+        "PyTorch measurement)",
+    )
     task_name: str | None = option(None, help="task name recorded in the manifest (default: the run's task)")
     overwrite: bool = option(False, help="replace an existing --output folder")
     max_eval_examples: int | None = option(
