@@ -65,7 +65,7 @@ from .backbone_store import (
     share_backbone_tensors,
     verify_external_data,
 )
-from .compiled_latency import CompiledSaving, full_adapter_counterpart, measure_compiled_saving
+from .compiled_latency import CompiledSaving, measure_compiled_saving
 from .errors import ExportError, GraphCheckError, OutputExistsError, RunFolderError, ValidationError
 from .folding import fold_rationals
 from .onnx_protos import check_domains, check_no_switch, io_signature
@@ -305,7 +305,8 @@ def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, 
     pruned.save_pretrained(staging)
     canonicalize_safetensors(staging / WEIGHTS_NAME)
     # Before folding: the counterpart copies the rationals' parameters.
-    full = full_adapter_counterpart(pruned) if options.measure_latency else None
+    removed = len(ref.kept) < ref.num_layers
+    full = pruned.every_layer_counterpart() if options.measure_latency and removed else None
     folded = fold_rationals(pruned)
     folded_diff, _ = compare(ref.logits, torch_logits(pruned, cases), cases)
     if not folded_diff <= PRUNE_ATOL:
@@ -625,7 +626,8 @@ def _manifest(
 
     spec, config, entry, report = ref.spec, ref.pruned.config, layout.entry, compiled.report
     name = options.task_name or spec.name
-    trained = ref.run.metrics or {} if ref.trained_depth is None else {}
+    # The run's scores describe the export only when it runs at the depth the run recorded.
+    trained = (ref.run.metrics or {}) if ref.trained_depth is None else {}
     backbone_data = None
     if entry is not None:
         backbone_data = backbone_data_entry(

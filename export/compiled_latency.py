@@ -6,9 +6,9 @@ export's fusions and quantisation, where an adapter layer costs something else (
 chain of small element-wise nodes; an INT8 backbone makes the fp32 adapters a larger share). So the export
 also builds the full-adapter counterpart of the graph it wrote and times both in ONNX Runtime.
 
-The counterpart: the pruned model with an adapter at every layer, each a copy of the first kept layer's
-adapter (same shapes, same folded rational, so the same nodes; only the cost matters, not the values),
-exported and post-processed exactly like the task graph. Both sessions are timed in alternation (one
+The counterpart is the model's ``every_layer_counterpart()``: an adapter at every layer, the added ones
+copies of a kept one (the same nodes, so the same cost; their values do not matter), exported and
+post-processed exactly like the task graph. Both sessions are timed in alternation (one
 call of each per round) on one row of the validation inputs, and the medians are recorded.
 """
 
@@ -43,33 +43,6 @@ class CompiledSaving:
         return asdict(self)
 
 
-def full_adapter_counterpart(pruned: Any) -> Any | None:
-    """The pruned model with an adapter at every layer: the kept layers' own, every other layer a copy of
-    the first kept layer's; the head is the pruned model's. None when the model keeps every layer (or
-    none). Built before the rationals are folded (it loads their coefficients as parameters)."""
-    from aa_deploy.config import AdapterConfig
-    from aa_deploy.contract.layout import adapter_key_layer
-    from aa_deploy.modeling import AdaptableAdapterModel
-
-    kept = pruned.kept_layers()
-    num_layers = int(pruned.config.num_hidden_layers or 0)
-    if not kept or len(kept) >= num_layers:
-        return None
-    config = AdapterConfig.from_dict(pruned.config.to_dict())
-    config.selected_layers = list(range(num_layers))
-    full = AdaptableAdapterModel(pruned.bare_backbone_copy(), config)
-    state = pruned.trainable_state_dict()
-
-    def source(name: str) -> str:
-        layer = adapter_key_layer(name)
-        if layer is None or layer in kept:
-            return name
-        return name.replace(f"adapter_layers.{layer}.", f"adapter_layers.{kept[0]}.", 1)
-
-    full.load_trainable_state_dict({name: state[source(name)] for name in full.trainable_parameter_names()})
-    return full.eval()
-
-
 def measure_compiled_saving(
     full: Any,
     kept_graph: bytes,
@@ -78,7 +51,8 @@ def measure_compiled_saving(
     settings: OptimizeSettings,
     repeats: int = 30,
 ) -> CompiledSaving | None:
-    """Time the exported graph (``kept_graph``) against ``full`` (:func:`full_adapter_counterpart`), exported
+    """Time the exported graph (``kept_graph``) against ``full`` (``every_layer_counterpart()`` of the
+    exported model, not yet folded), exported
     and post-processed as the task graph was; None when its graph is too large to keep in memory.
 
     One ONNX Runtime thread, timed in CPU time of the calling thread (where that one thread runs the

@@ -13,7 +13,6 @@ from _export_helpers import write_tiny_backbone
 
 from aa_deploy import AdaptableAdapterModel, AdapterConfig
 from aa_deploy.export import ExportOptions, export_run
-from aa_deploy.export.compiled_latency import full_adapter_counterpart
 
 TASK = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
 
@@ -32,13 +31,13 @@ def _search_run(tmp_path: Path, keep: set[int]) -> tuple[Path, AdaptableAdapterM
     return run, model
 
 
-def test_the_full_adapter_counterpart_has_every_layer_and_the_kept_layers_own_weights(tmp_path: Path) -> None:
+def test_the_every_layer_counterpart_has_the_kept_layers_weights_everywhere_and_the_same_head(tmp_path: Path) -> None:
     _, model = _search_run(tmp_path, keep={1})
     pruned = model.pruned().eval()
-    full = full_adapter_counterpart(pruned)
+    full = pruned.every_layer_counterpart()
     num_layers = int(model.config.num_hidden_layers)
 
-    assert full is not None and full.kept_layers() == list(range(num_layers))
+    assert full.kept_layers() == list(range(num_layers)) and not full.training
     kept_state = pruned.adapter_layers["1"].state_dict()
     for index, block in full.adapter_layers.items():
         for name, value in block.state_dict().items():
@@ -46,10 +45,12 @@ def test_the_full_adapter_counterpart_has_every_layer_and_the_kept_layers_own_we
     for name, value in pruned.trainable_state_dict().items():
         if ".adapter_layers." not in f".{name}":  # the head
             torch.testing.assert_close(full.trainable_state_dict()[name], value, rtol=0, atol=0)
-    every_layer = AdaptableAdapterModel.from_backbone(
-        str(tmp_path / "bert"), AdapterConfig(recipe="standard"), task=TASK
-    )
-    assert full_adapter_counterpart(every_layer.pruned()) is None  # nothing removed, nothing to compare
+    # No layer kept: fresh adapters everywhere, the same head.
+    bare = _search_run(tmp_path / "none", keep=set())[1].pruned()
+    none_kept = bare.every_layer_counterpart()
+    assert none_kept.kept_layers() == list(range(num_layers))
+    for name, value in bare.trainable_state_dict().items():  # only the head: no adapter is kept
+        torch.testing.assert_close(none_kept.trainable_state_dict()[name], value, rtol=0, atol=0)
 
 
 def test_an_export_that_removed_layers_records_what_they_save_in_onnx_runtime(tmp_path: Path) -> None:

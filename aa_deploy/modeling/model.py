@@ -285,6 +285,34 @@ class AdaptableAdapterModel(nn.Module):
         clone.train(self.training)
         return clone
 
+    def every_layer_counterpart(self) -> AdaptableAdapterModel:
+        """This model (pruned) with an adapter at every layer: the kept layers' own adapters, every other
+        layer a copy of the first kept layer's (freshly initialised ones when no layer is kept), the same
+        head. In eval mode, like the model the caller measures it against.
+
+        What the kept layers are compared with when their saving is measured (the end of training, and
+        ``aa-deploy export --measure-latency``): the same adapter, so the same cost, at every layer; the
+        values of the added adapters do not matter for that.
+        """
+        source = self if self.config.pruned else self.pruned()
+        kept = source.kept_layers()
+        num_layers = int(source.config.num_hidden_layers or 0)
+        config = AdapterConfig.from_dict(source.config.to_dict())
+        config.selected_layers = list(range(num_layers))
+        full = AdaptableAdapterModel(source.bare_backbone_copy(), config)
+        state, fresh = source.trainable_state_dict(), full.trainable_state_dict()
+
+        def value(name: str) -> torch.Tensor:
+            layer = adapter_key_layer(name)
+            if layer is None or layer in kept:  # the head, a kept layer
+                return state[name]
+            if not kept:
+                return fresh[name]
+            return state[name.replace(f"adapter_layers.{layer}.", f"adapter_layers.{kept[0]}.", 1)]
+
+        full.load_trainable_state_dict({name: value(name) for name in full.trainable_parameter_names()})
+        return full.eval()
+
     # ---------------------------------------------------------------------------------- persistence
     def trainable_parameter_names(self) -> list[str]:
         frozen = {f"backbone.{n}" for n in frozen_parameter_names(self.backbone)}

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from ..config import AdapterConfig
 from ..modeling import AdaptableAdapterModel
 
 _TEXT = "a short input of about the length of one review sentence, used only for timing"
@@ -57,9 +56,7 @@ def measure_layer_savings(
 ) -> LayerSavings:
     pruned = model.pruned().to(device).eval()
     num_layers = int(model.config.num_hidden_layers or 0)
-    full_config = AdapterConfig.from_dict(pruned.config.to_dict())
-    full_config.selected_layers = list(range(num_layers))
-    full = AdaptableAdapterModel(pruned.bare_backbone_copy(), full_config).to(device).eval()
+    full = pruned.every_layer_counterpart().to(device).eval()
     encoded = tokenizer(_TEXT, return_tensors="pt")
     inputs = {k: v.to(device) for k, v in encoded.items()}
     kept_ms, full_ms = _median_ms([pruned, full], inputs, repeats)
