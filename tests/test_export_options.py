@@ -102,7 +102,9 @@ def test_export_run_takes_the_options_whole_and_other_degrees_compile(tmp_path: 
     assert all(f["denominator"] == pytest.approx([0.3, 0.4]) for f in folded.values())  # version A stores |b_j|
 
 
-def test_an_adapterdrop_run_exports_at_the_depth_the_deployment_picks(tmp_path: Path) -> None:
+def test_an_adapterdrop_run_exports_at_the_depth_the_deployment_picks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """AdapterDrop trains one model for every depth: ``--adapterdrop-eval-layers N`` exports it with the
     adapters of the N lowest layers removed (validated against the PyTorch model at that depth), and the
     option is refused for runs that were not trained that way or would lose every adapter."""
@@ -112,6 +114,7 @@ def test_an_adapterdrop_run_exports_at_the_depth_the_deployment_picks(tmp_path: 
     from aa_deploy.contract.layout import WEIGHTS_NAME, adapter_key_layer
     from aa_deploy.export import RunFolderError
 
+    monkeypatch.delenv("AA_GLUE_DIR", raising=False)  # built-in sentences: no score at the new depth
     backbone = write_tiny_backbone(tmp_path / "bert", "bert")
     task = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
     torch.manual_seed(0)
@@ -165,3 +168,27 @@ def test_an_adapterdrop_run_exports_at_the_depth_the_deployment_picks(tmp_path: 
     with pytest.raises(RunFolderError, match="applies to runs of the adapterdrop recipe.*'search' run"):
         export_run(tmp_path / "search", tmp_path / "s", ExportOptions(backbone_store=store, adapterdrop_eval_layers=1))
     assert not (tmp_path / "all").exists() and not (tmp_path / "s").exists()
+
+
+def test_an_adapterdrop_export_at_another_depth_scores_itself_on_the_official_dev_set(
+    tmp_path: Path, glue_dir: Path
+) -> None:
+    """With GLUE data the export measures the score of the depth it wrote (the run's own scores were
+    measured at another depth) and the card quotes that one."""
+    backbone = write_tiny_backbone(tmp_path / "bert", "bert")
+    task = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
+    torch.manual_seed(0)
+    AdaptableAdapterModel.from_backbone(str(backbone), AdapterConfig(recipe="adapterdrop"), task=task).save_pretrained(
+        tmp_path / "run"
+    )
+    options = ExportOptions(
+        backbone_store=str(tmp_path / "store"), adapterdrop_eval_layers=1, data_dir=str(glue_dir), max_eval_examples=64
+    )
+
+    result = export_run(tmp_path / "run", tmp_path / "out", options)
+
+    measured = result.manifest["metrics"]["at_export_depth"]
+    assert measured["source"] == "glue:sst2/dev" and measured["num_examples"] == 64 and 0 <= measured["value"] <= 1
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["test_value"] == measured["value"] and metrics["test_examples"] == 64
+    assert f"| official GLUE dev set | {measured['value']:.4f} |" in (tmp_path / "out" / "README.md").read_text()
