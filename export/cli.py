@@ -63,6 +63,12 @@ def _run_export(args: argparse.Namespace) -> int:
         q = result.metrics
         quant = m["quantization"]
         print(f"  {q['metric']:<13} fp32 {q['fp32']:.4f} → {quant} {q[quant]:.4f} on {q['num_examples']} dev examples")
+    depth = (m.get("metrics") or {}).get("at_export_depth")
+    if depth:
+        print(
+            f"  {depth['metric']:<13} {depth['value']:.4f} on {depth['num_examples']} examples ({depth['source']}) "
+            f"with the adapters of the {m['export_options']['adapterdrop_eval_layers']} lowest layers dropped"
+        )
     if m.get("latency"):
         t = m["latency"]
         print(

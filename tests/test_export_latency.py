@@ -53,7 +53,9 @@ def test_the_every_layer_counterpart_has_the_kept_layers_weights_everywhere_and_
         torch.testing.assert_close(none_kept.trainable_state_dict()[name], value, rtol=0, atol=0)
 
 
-def test_an_export_that_removed_layers_records_what_they_save_in_onnx_runtime(tmp_path: Path) -> None:
+def test_an_export_that_removed_layers_records_what_they_save_in_onnx_runtime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run, model = _search_run(tmp_path, keep={1})
     store = str(tmp_path / "store")
 
@@ -72,6 +74,11 @@ def test_an_export_that_removed_layers_records_what_they_save_in_onnx_runtime(tm
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"{latency['full_ms']:.2f} ms | {latency['kept_ms']:.2f} ms" in card
     assert "the exported ONNX graph against the same model with an adapter at every layer" in card
+    from aa_deploy.cli import main
+
+    argv = ["export", str(run), "--output", str(tmp_path / "cli"), "--backbone-store", store, "--measure-latency"]
+    assert main(argv) == 0
+    assert "with an adapter at every layer" in capsys.readouterr().out
 
 
 def test_an_export_that_keeps_every_layer_has_nothing_to_compare(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def test_an_adapterdrop_run_exports_at_the_depth_the_deployment_picks(
 
 
 def test_an_adapterdrop_export_at_another_depth_scores_itself_on_the_official_dev_set(
-    tmp_path: Path, glue_dir: Path
+    tmp_path: Path, glue_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With GLUE data the export measures the score of the depth it wrote (the run's own scores were
     measured at another depth) and the card quotes that one."""
@@ -192,3 +192,12 @@ def test_an_adapterdrop_export_at_another_depth_scores_itself_on_the_official_de
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["test_value"] == measured["value"] and metrics["test_examples"] == 64
     assert f"| official GLUE dev set | {measured['value']:.4f} |" in (tmp_path / "out" / "README.md").read_text()
+    # The command line prints it.
+    from aa_deploy.cli import main
+
+    argv = ["export", str(tmp_path / "run"), "--output", str(tmp_path / "cli"), "--backbone-store", str(tmp_path / "store"),
+            "--adapterdrop-eval-layers", "1", "--data-dir", str(glue_dir), "--max-eval-examples", "64"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"accuracy      {measured['value']:.4f} on 64 examples (glue:sst2/dev)" in printed
+    assert "with the adapters of the 1 lowest layers dropped" in printed
