@@ -349,7 +349,10 @@ def _compile_task_graph(ref: _Reference, staging: Path, options: ExportOptions, 
         latency = measure_compiled_saving(full, graph_bytes, ref.example, ref.input_names, settings)
     depth_metric = None
     if ref.trained_depth is not None and ref.labelled:
-        value = evaluate_metric(session, ref.spec, ref.labelled, ref.tokenizer, ref.input_names, ref.max_length)
+        if metrics is not None:  # INT8: the quantisation metric already scored this session on these examples
+            value = metrics[settings.quantize]
+        else:
+            value = evaluate_metric(session, ref.spec, ref.labelled, ref.tokenizer, ref.input_names, ref.max_length)
         depth_metric = {
             "metric": ref.spec.metric,
             "value": value,
@@ -742,15 +745,13 @@ def _write_redepthed_run_files(ref: _Reference, compiled: _CompiledGraph, stagin
     trained = dict(ref.run.metrics or {})
     for key in ("value", "dev", "test", "test_value", "savings", "history", "adapter_bytes"):
         trained.pop(key, None)
-    adapter_params = sum(p.numel() for p in ref.pruned.adapter_layers.parameters())
-    if "trained_params" in trained and "adapter_params" in trained:  # the head is unchanged
-        trained["trained_params"] = int(trained["trained_params"]) - int(trained["adapter_params"]) + adapter_params
     measured = compiled.depth_metric
     official = measured is not None and str(measured["source"]).startswith("glue:")  # GLUE dev: our test set
     trained.update(
         selected_layers=list(ref.kept),
         layers_kept=len(ref.kept),
-        adapter_params=adapter_params,
+        trained_params=ref.pruned.num_trainable_parameters(),  # counted as training counts them
+        adapter_params=ref.pruned.num_trainable_parameters(include_head=False),
         adapterdrop_eval_layers=ref.num_layers - len(ref.kept),
         trained_adapterdrop_eval_layers=ref.trained_depth,
         at_export_depth=measured,

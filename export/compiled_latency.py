@@ -52,8 +52,8 @@ def measure_compiled_saving(
     repeats: int = 30,
 ) -> CompiledSaving | None:
     """Time the exported graph (``kept_graph``) against ``full`` (``every_layer_counterpart()`` of the
-    exported model, not yet folded), exported
-    and post-processed as the task graph was; None when its graph is too large to keep in memory.
+    exported model, not yet folded), exported and post-processed as the task graph was; None when its
+    graph is too large to keep in memory.
 
     One ONNX Runtime thread, timed in CPU time of the calling thread (where that one thread runs the
     model): a per-request cost that other work on the machine hardly changes. Wall time with several

@@ -9,26 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from _export_helpers import write_tiny_backbone
+from _export_helpers import make_run, write_tiny_backbone
 
-from aa_deploy import AdaptableAdapterModel, AdapterConfig
+from aa_deploy import AdaptableAdapterModel
 from aa_deploy.export import ExportOptions, export_run
 
 TASK = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
 
 
 def _search_run(tmp_path: Path, keep: set[int]) -> tuple[Path, AdaptableAdapterModel]:
+    """A search run whose switches keep the layers of ``keep`` (random adapters), and its model."""
     backbone = write_tiny_backbone(tmp_path / "bert", "bert")
-    torch.manual_seed(0)
-    model = AdaptableAdapterModel.from_backbone(str(backbone), AdapterConfig(recipe="search"), task=TASK)
-    with torch.no_grad():
-        for index, block in model.adapter_layers.items():
-            block.switch.logits.copy_(torch.tensor([0.0, 1.0] if int(index) in keep else [1.0, 0.0]))
-            for param in block.adapter.parameters():
-                param.copy_(0.3 * torch.randn_like(param))
-    run = tmp_path / "run"
-    model.save_pretrained(run)
-    return run, model
+    run = make_run(tmp_path / "run", backbone, selected=sorted(keep), task=TASK)
+    return run, AdaptableAdapterModel.from_pretrained(run)
 
 
 def test_the_every_layer_counterpart_has_the_kept_layers_weights_everywhere_and_the_same_head(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _export_helpers import write_tiny_backbone
+from _export_helpers import make_run, write_tiny_backbone
 
 from aa_deploy import AdaptableAdapterModel, AdapterConfig
 from aa_deploy.cli import build_parser
@@ -117,12 +117,7 @@ def test_an_adapterdrop_run_exports_at_the_depth_the_deployment_picks(
     monkeypatch.delenv("AA_GLUE_DIR", raising=False)  # built-in sentences: no score at the new depth
     backbone = write_tiny_backbone(tmp_path / "bert", "bert")
     task = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
-    torch.manual_seed(0)
-    model = AdaptableAdapterModel.from_backbone(str(backbone), AdapterConfig(recipe="adapterdrop"), task=task)
-    with torch.no_grad():  # adapters that change the output, so that dropping one is visible
-        for param in model.adapter_layers.parameters():
-            param.copy_(0.5 * torch.randn_like(param))
-    model.save_pretrained(tmp_path / "run")
+    model = AdaptableAdapterModel.from_pretrained(make_run(tmp_path / "run", backbone, recipe="adapterdrop", task=task))
     num_layers = int(model.config.num_hidden_layers)
     store = str(tmp_path / "store")
 
@@ -163,8 +158,7 @@ def test_an_adapterdrop_run_exports_at_the_depth_the_deployment_picks(
         )
     with pytest.raises(ValueError, match="adapterdrop_eval_layers must be >= 0"):
         ExportOptions(adapterdrop_eval_layers=-1)
-    search = AdaptableAdapterModel.from_backbone(str(backbone), AdapterConfig(recipe="search"), task=task)
-    search.save_pretrained(tmp_path / "search")
+    make_run(tmp_path / "search", backbone, recipe="search", task=task)
     with pytest.raises(RunFolderError, match="applies to runs of the adapterdrop recipe.*'search' run"):
         export_run(tmp_path / "search", tmp_path / "s", ExportOptions(backbone_store=store, adapterdrop_eval_layers=1))
     assert not (tmp_path / "all").exists() and not (tmp_path / "s").exists()
@@ -177,10 +171,7 @@ def test_an_adapterdrop_export_at_another_depth_scores_itself_on_the_official_de
     measured at another depth) and the card quotes that one."""
     backbone = write_tiny_backbone(tmp_path / "bert", "bert")
     task = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
-    torch.manual_seed(0)
-    AdaptableAdapterModel.from_backbone(str(backbone), AdapterConfig(recipe="adapterdrop"), task=task).save_pretrained(
-        tmp_path / "run"
-    )
+    make_run(tmp_path / "run", backbone, recipe="adapterdrop", task=task)
     options = ExportOptions(
         backbone_store=str(tmp_path / "store"), adapterdrop_eval_layers=1, data_dir=str(glue_dir), max_eval_examples=64
     )

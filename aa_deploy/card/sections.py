@@ -171,23 +171,22 @@ def latency_saving(art: Artifact) -> dict[str, Any] | None:
     """What the kept layers save in latency: in ONNX Runtime, measured by the export on the graph it wrote
     (manifest ``latency``), else in PyTorch at the end of training (metrics.json ``savings``)."""
     compiled = (art.manifest or {}).get("latency") or {}
-    if compiled.get("full_ms"):
-        return {
-            "full_ms": f"{compiled['full_ms']:.2f}",
-            "kept_ms": f"{compiled['kept_ms']:.2f}",
-            "ratio": f"{compiled['ratio']:.2f}",
-            "setting": compiled.get("setting", ""),
-            "where": "the exported ONNX graph against the same model with an adapter at every layer",
-        }
     savings = (art.metrics or {}).get("savings") or {}
-    if not savings.get("latency_ms_full"):
+    if compiled.get("full_ms"):
+        where = "the exported ONNX graph against the same model with an adapter at every layer"
+        full, kept, ratio, setting = (compiled.get(k) for k in ("full_ms", "kept_ms", "ratio", "setting"))
+    elif savings.get("latency_ms_full"):
+        where = "the trained model in PyTorch when training ended"
+        keys = ("latency_ms_full", "latency_ms_kept", "latency_ratio", "latency_setting")
+        full, kept, ratio, setting = (savings.get(k) for k in keys)
+    else:
         return None
     return {
-        "full_ms": f"{savings['latency_ms_full']:.2f}",
-        "kept_ms": f"{savings['latency_ms_kept']:.2f}",
-        "ratio": f"{savings['latency_ratio']:.2f}",
-        "setting": savings.get("latency_setting", ""),
-        "where": "the trained model in PyTorch when training ended",
+        "full_ms": f"{full:.2f}",
+        "kept_ms": f"{kept:.2f}",
+        "ratio": f"{ratio:.2f}",
+        "setting": setting or "",
+        "where": where,
     }
 
 
