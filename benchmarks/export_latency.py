@@ -5,7 +5,8 @@ every engine. Variants:
 
 - ``ort-backbone``: the store's bare backbone graph (no adapters, no head), exported like the task;
 - ``ort-task``: the exported task graph (pruned adapters, folded rationals, head), default settings;
-- the same two with dynamic INT8 weights (``-int8``) and with ORT's transformer fusions (``-fused``,
+- the same two with dynamic INT8 weights (``-int8``; ``ort-task-int8b``: ``--quantize int8-backbone``, the
+  adapters left in float32) and with ORT's transformer fusions (``-fused``,
   ``--optimize``; on CPU with one thread the fused graph measured slower than the default one);
 - ``torch-eager``: the trained model as ``from_pretrained`` loads it (all adapters, switches, eval mode).
 
@@ -156,7 +157,13 @@ def main() -> int:
             output = RESULTS.with_name(f"export_latency_layers-{'-'.join(map(str, layers))}.json")
     store = work / "store"
     exports: dict[str, Any] = {}
-    for label, optimize, quantize in (("fp32", False, None), ("int8", False, "int8"), ("fused", True, None)):
+    variants = (
+        ("fp32", False, None),
+        ("int8", False, "int8"),
+        ("int8b", False, "int8-backbone"),
+        ("fused", True, None),
+    )
+    for label, optimize, quantize in variants:
         started = time.time()
         result = export_run(
             run, work / f"task-{label}", optimize=optimize, quantize=quantize, backbone_store=store,
@@ -170,11 +177,12 @@ def main() -> int:
     trained = AdaptableAdapterModel.from_pretrained(run).eval()
 
     sessions = {}
-    for label in ("fp32", "int8", "fused"):
+    for label, _, _ in variants:
         m = exports[label]["result"].manifest
         backbone_graph = store / "objects" / m["backbone_data"]["store_object"] / "backbone.onnx"
         suffix = "" if label == "fp32" else f"-{label}"
-        sessions[f"ort-backbone{suffix}"] = _session(backbone_graph, args.threads)
+        if label != "int8b":  # the same INT8 backbone as ``int8``
+            sessions[f"ort-backbone{suffix}"] = _session(backbone_graph, args.threads)
         sessions[f"ort-task{suffix}"] = _session(work / f"task-{label}" / "model.onnx", args.threads)
 
     rows = []
@@ -209,6 +217,7 @@ def main() -> int:
                 "ratios": {
                     "task_vs_backbone_fp32": medians["ort-task"] / medians["ort-backbone"],
                     "task_vs_backbone_int8": medians["ort-task-int8"] / medians["ort-backbone-int8"],
+                    "task_vs_backbone_int8b": medians["ort-task-int8b"] / medians["ort-backbone-int8"],
                     "torch_eager_vs_task_fp32": medians["torch-eager"] / medians["ort-task"],
                     "torch_eager_vs_task_int8": medians["torch-eager"] / medians["ort-task-int8"],
                     "task_vs_backbone_fused": medians["ort-task-fused"] / medians["ort-backbone-fused"],
@@ -217,6 +226,7 @@ def main() -> int:
                 "paired_ratios": {
                     "task_vs_backbone_fp32": paired("ort-task", "ort-backbone"),
                     "task_vs_backbone_int8": paired("ort-task-int8", "ort-backbone-int8"),
+                    "task_vs_backbone_int8b": paired("ort-task-int8b", "ort-backbone-int8"),
                     "torch_eager_vs_task_fp32": paired("torch-eager", "ort-task"),
                     "torch_eager_vs_task_int8": paired("torch-eager", "ort-task-int8"),
                 },
@@ -239,6 +249,7 @@ def main() -> int:
         "export_seconds": {k: v["seconds"] for k, v in exports.items()},
         "validation_max_abs_diff": {k: v["result"].validation.max_abs_diff for k, v in exports.items()},
         "int8_metric": int8.metrics,
+        "int8b_metric": exports["int8b"]["result"].metrics,
         "sizes": {k: v["result"].manifest["sizes"] for k, v in exports.items()},
         "results": rows,
     }
@@ -259,15 +270,18 @@ def _print_table(report: dict[str, Any]) -> None:
         "ort-task",
         "ort-backbone-int8",
         "ort-task-int8",
+        "ort-task-int8b",
         "ort-backbone-fused",
         "ort-task-fused",
     ]
     print(f"{'batch':>5} " + " ".join(f"{v:>18}" for v in variants) + "   (median ms)")
     for row in report["results"]:
         print(f"{row['batch']:>5} " + " ".join(f"{row['median_ms'][v]:>18.2f}" for v in variants))
-    print("(ort-*: default export; -int8: --quantize int8; -fused: --optimize, ORT transformer fusions)")
+    print("(ort-*: default export; -int8: --quantize int8; -int8b: --quantize int8-backbone, adapters float32;")
+    print(" -fused: --optimize, ORT transformer fusions)")
     print()
-    keys = ["task_vs_backbone_fp32", "task_vs_backbone_int8", "torch_eager_vs_task_fp32", "torch_eager_vs_task_int8"]
+    keys = ["task_vs_backbone_fp32", "task_vs_backbone_int8", "task_vs_backbone_int8b", "torch_eager_vs_task_fp32",
+            "torch_eager_vs_task_int8"]  # fmt: skip
     print(f"{'batch':>5} " + " ".join(f"{k:>26}" for k in keys))
     for row in report["results"]:
         print(f"{row['batch']:>5} " + " ".join(f"{row['ratios'][k]:>26.3f}" for k in keys) + "   ratio of medians")
@@ -278,11 +292,12 @@ def _print_table(report: dict[str, Any]) -> None:
             f"batch {row['batch']}: fused task / fused backbone {r['task_vs_backbone_fused']:.3f}; "
             f"fused task / default task {r['fused_vs_plain_task']:.3f}"
         )
-    if report.get("int8_metric"):
-        m = report["int8_metric"]
-        print(
-            f"\nINT8 {m['metric']} on {m['num_examples']} RTE dev examples: fp32 {m['fp32']:.4f} → int8 {m['int8']:.4f}"
-        )
+    for key, name in (("int8_metric", "int8"), ("int8b_metric", "int8-backbone")):
+        if report.get(key):
+            m = report[key]
+            print(
+                f"INT8 ({name}) {m['metric']} on {m['num_examples']} dev examples: fp32 {m['fp32']:.4f} → {m[name]:.4f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Never slower than the simplest alternative: four latency ratios, each measured within one run.
 
     python benchmarks/latency_parity.py [--workdir /tmp/aa_latency_parity] [--threads 1] [--rounds 5]
-                                        [--requests 100] [--server-pairs 6] [--session-sets 5]
+                                        [--requests 100] [--server-pairs 6] [--session-sets 6]
                                         [--parts http,graph,engine,int8]
 
 1. ``http``: ``aa-deploy serve`` against the hand-rolled server of ``benchmarks/handrolled_server.py``
@@ -15,12 +15,13 @@
    of one ``If``: ONNX Runtime's own cost of running a graph as a branch;
 3. ``engine``: HTTP throughput at concurrency 8 on mixed-task traffic against the raw engine (same
    process as the benchmark, no HTTP) on batches of the size the server formed;
-4. ``int8``: an INT8 task graph against its INT8 backbone (the store's bare backbone graph), batch 1 and
-   16 at sequence length 128 (fp32 alongside), in plain sessions and in sessions with the server's
+4. ``int8``: an INT8 task graph (adapters INT8 too, and adapters float32) against its INT8 backbone (the
+   store's bare backbone graph), batch 1 and 16 at sequence length 128 (fp32 alongside), in plain sessions and in sessions with the server's
    settings (``serving/sessions.py``), and how much faster those settings run the task graph.
 
 Exports (built once in ``--workdir``): ``sentiment`` is a real run, ``aa-deploy train`` on the built-in
-demo data (search recipe, 1 epoch) on all-MiniLM-L6-v2, exported in fp32 and with ``--quantize int8``;
+demo data (search recipe, 1 epoch) on all-MiniLM-L6-v2, exported in fp32, with ``--quantize int8`` and
+with ``--quantize int8-backbone`` (the adapters left in float32);
 ``nli`` (pair task, rational B at layers 1 and 3), ``topic`` (standard recipe: ReLU adapters on all 6
 layers) and ``late`` (layer 5 only) have random adapters on the same backbone. Texts: GLUE SST-2 / RTE
 dev sentences when ``$AA_GLUE_DIR`` has them, built-in sentences otherwise.
@@ -33,7 +34,10 @@ of the same server differ by up to ~5 % for their whole life, and the one starte
 faster, so each pair of processes gets one vote (the median of its rounds), pairs alternate which server
 starts first, each two pairs of opposite order are combined (geometric mean), and the ratio is the median
 of those; a control row runs the hand-rolled server against a copy of itself to show the spread. Parts 2
-and 4 likewise build ``--session-sets`` fresh sets of sessions (one vote per set). Beside wall time,
+and 4 likewise build ``--session-sets`` fresh sets of sessions (one vote per set); in one process the
+sessions built last ran ~2 % faster, so part 2 alternates whether the engines or the plain session and
+its control are built first and combines opposite sets like part 1's pairs (part 4 rotates its build
+order). Beside wall time,
 every part reports CPU time (the server process's CPU per request; the calling thread's CPU per model
 call, which with one ORT thread is the model's own cost), which other jobs on the machine hardly change.
 Writes
@@ -72,10 +76,12 @@ FOUR = ("sentiment", "nli", "topic", "late")
 # ---------------------------------------------------------------------------------------------- setup
 def build_exports(workdir: Path) -> dict[str, Path]:
     """The exports of the module docstring, cached in ``workdir``."""
-    exports = {name: workdir / "exports" / name for name in (*FOUR, "sentiment-int8")}
-    if all((p / "aa_export.json").is_file() for p in exports.values()):
+    quantized = {"sentiment": None, "sentiment-int8": "int8", "sentiment-int8-backbone": "int8-backbone"}
+    exports = {name: workdir / "exports" / name for name in (*FOUR, *quantized)}
+    if all(_is_current(exports[name], quantized.get(name)) for name in exports):
         return exports
     from aa_deploy.backbones import resolve_backbone_path
+    from aa_deploy.contract.layout import WEIGHTS_NAME
     from aa_deploy.demo import DEMO_DATA
     from aa_deploy.export import export_run
 
@@ -84,15 +90,15 @@ def build_exports(workdir: Path) -> dict[str, Path]:
 
     store = workdir / "store"
     run = workdir / "runs" / "sentiment"
-    if not (run / "adapter_model.safetensors").is_file():
+    if not (run / WEIGHTS_NAME).is_file():
         subprocess.run(
             [sys.executable, "-m", "aa_deploy.cli", "train", "--task", str(DEMO_DATA / "sentiment_train.csv"),
              "--test-file", str(DEMO_DATA / "sentiment_test.csv"), "--recipe", "search", "--epochs", "1",
              "--batch-size", "16", "--learning-rate", "1e-3", "--output", str(run), "--overwrite", "--no-progress"],
             check=True,
         )  # fmt: skip
-    for name, quantize in (("sentiment", None), ("sentiment-int8", "int8")):
-        if not (exports[name] / "aa_export.json").is_file():
+    for name, quantize in quantized.items():
+        if not _is_current(exports[name], quantize):
             export_run(run, exports[name], backbone_store=store, quantize=quantize, overwrite=True)
     backbone = Path(resolve_backbone_path(None))
     specs = {"nli": (RTE, "search", "B", [1, 3], 2), "topic": (TOPIC, "standard", "A", None, 3),
@@ -102,6 +108,17 @@ def build_exports(workdir: Path) -> dict[str, Path]:
             folder = make_run_folder(workdir / "runs" / name, backbone, task, recipe, version, layers, seed, 128)
             export_run(folder, exports[name], backbone_store=store, overwrite=True)
     return exports
+
+
+def _is_current(folder: Path, quantize: str | None) -> bool:
+    """Whether ``folder`` holds an export with this quantisation (INT8 exports made before ``int8`` also
+    quantised the adapters do not record ``graph.quantization.adapters`` and are rebuilt)."""
+    path = folder / "aa_export.json"
+    if not path.is_file():
+        return False
+    manifest = json.loads(path.read_text())
+    recorded = (manifest.get("graph") or {}).get("quantization") or {}
+    return manifest.get("quantization") == quantize and (quantize is None or "adapters" in recorded)
 
 
 def is_pair(folder: Path) -> bool:
@@ -288,6 +305,18 @@ def process_cpu_s(proc: subprocess.Popen) -> float:
     return times.user + times.system
 
 
+def balanced(votes: list[float], digits: int = 3) -> float:
+    """The median over couples of votes taken in opposite orders (the geometric mean of the two).
+
+    Order biases both timed parts of this host: the server started second ran up to ~4 % faster for its
+    whole life (part 1, either side), and in one process the sessions built last ran ~2 % faster than
+    those built before them (part 2: a plain session built after the engine's sessions against one
+    built before them, in alternating sets). So consecutive votes are taken in opposite orders and
+    combined before the median."""
+    couples = [math.sqrt(a * b) for a, b in zip(votes[0::2], votes[1::2], strict=True)]
+    return round(statistics.median(couples), digits)
+
+
 def http_row(
     config: str, task: str, endpoint: str, samples: dict[str, list[list[float]]], cpu: dict[str, list[float]],
     pair_of_round: list[int], memory: dict,
@@ -302,12 +331,6 @@ def http_row(
         for pair_index, ratio in zip(pair_of_round, ratios, strict=True):
             by_pair.setdefault(pair_index, []).append(ratio)
         return [round(statistics.median(v), 3) for _, v in sorted(by_pair.items())]
-
-    def balanced(votes: list[float]) -> float:
-        """The median over couples of pairs started in opposite orders (the geometric mean of the two):
-        the server started second ran up to ~4 % faster for its whole life, on either side."""
-        couples = [math.sqrt(a * b) for a, b in zip(votes[0::2], votes[1::2], strict=True)]
-        return round(statistics.median(couples), 3)
 
     # > 1: ours answers more requests per second / has the lower p50 / uses less CPU per request.
     rps_pairs = per_pair([o / h for o, h in zip(rps["ours"], rps["handrolled"], strict=True)])
@@ -354,8 +377,8 @@ def measure_graph(exports: dict[str, Path], threads: int, rounds: int, session_s
     wall: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     votes: dict[str, dict[str, list[float]]] = {"speed_vs_plain": {}, "cpu_speed_vs_plain": {}}
-    for _ in range(session_sets):
-        with graph_cases(exports, threads, singles) as (cases, requests):
+    for set_index in range(session_sets):
+        with graph_cases(exports, threads, singles, engines_first=set_index % 2 == 0) as (cases, requests):
             set_wall, set_cpu = interleaved(cases, rounds * 4)
         for k in cases:
             wall.setdefault(k, []).extend(set_wall[k])
@@ -368,8 +391,9 @@ def measure_graph(exports: dict[str, Path], threads: int, rounds: int, session_s
         "session_sets": session_sets,
         "ms_per_request": {k: round(1000 * statistics.median(v) / requests, 3) for k, v in wall.items()},
         "cpu_ms_per_request": {k: round(1000 * statistics.median(v) / requests, 3) for k, v in cpu.items()},
-        **{key: {k: round(statistics.median(v), 4) for k, v in per.items()} for key, per in votes.items()},
+        **{key: {k: balanced(v, 4) for k, v in per.items()} for key, per in votes.items()},
         "speed_vs_plain_per_set": votes["speed_vs_plain"],
+        "order": "sets alternate: engines built first (even sets), the plain session and the control first (odd)",
     }
     print(f"graph batch 1: {out}", flush=True)
     return out
@@ -377,10 +401,12 @@ def measure_graph(exports: dict[str, Path], threads: int, rounds: int, session_s
 
 @contextlib.contextmanager
 def graph_cases(
-    exports: dict[str, Path], threads: int, singles: list[str]
+    exports: dict[str, Path], threads: int, singles: list[str], *, engines_first: bool
 ) -> Iterator[tuple[dict[str, Callable[[], None]], int]]:
     """Fresh engines and sessions for part 2: ``{case: one call of 16 single-text requests}`` (the plain
-    session first, the baseline) and the number of requests per call. Closes the engines on exit."""
+    session first, the baseline) and the number of requests per call. ``engines_first``: build the two
+    engines before the plain session and the ``If`` control, else after them (see :func:`balanced`).
+    Closes the engines on exit."""
     import numpy as np
 
     from aa_deploy.serving.config import ServerConfig
@@ -392,10 +418,21 @@ def graph_cases(
         "engine, own sessions": TaskRegistry(ServerConfig(intra_op_threads=threads, single_task_sessions=len(FOUR))),
     }
     try:
-        for registry in registries.values():
-            for name in FOUR:
-                registry.load(name, str(exports[name]))
+
+        def load_engines() -> None:
+            for registry in registries.values():
+                for name in FOUR:
+                    registry.load(name, str(exports[name]))
+
+        if engines_first:
+            load_engines()
         plain = plain_session(exports["sentiment"] / "model.onnx", threads)
+        # Control: the same plain graph as the only branch of one top-level ``If`` (weights at the top
+        # level, built as the engine builds its branches). Its gap to the plain session is ONNX Runtime's
+        # cost of running a graph as an ``If`` branch, the floor for the engine's own-branch route.
+        in_if = if_wrapped_session(exports["sentiment"] / "model.onnx", threads)
+        if not engines_first:
+            load_engines()
         plain_inputs = {i.name for i in plain.get_inputs()}
         entry = registries["engine (default)"].view.get("sentiment")
         encoded = [entry.artifact.tokenizer.encode([t]) for t in random.Random(1).sample(singles, 16)]
@@ -414,10 +451,6 @@ def graph_cases(
 
             return run
 
-        # Control: the same plain graph as the only branch of one top-level ``If`` (weights at the top
-        # level, built as the engine builds its branches). Its gap to the plain session is ONNX Runtime's
-        # cost of running a graph as an ``If`` branch, the floor for the engine's own-branch route.
-        in_if = if_wrapped_session(exports["sentiment"] / "model.onnx", threads)
         in_if_inputs = {i.name for i in in_if.get_inputs()}
 
         def in_if_run() -> None:
@@ -608,8 +641,13 @@ def measure_int8(
         "task-fp32": exports["sentiment"] / "model.onnx",
         "backbone-fp32": backbone_graph(exports["sentiment"]),
         "task-int8": exports["sentiment-int8"] / "model.onnx",
+        "task-int8-backbone": exports["sentiment-int8-backbone"] / "model.onnx",
         "backbone-int8": backbone_graph(exports["sentiment-int8"]),
     }
+    # Each ratio's numerator and denominator: ``--quantize int8`` (adapters INT8 too) and ``int8-backbone``
+    # (adapters float32) against the same INT8 backbone, fp32 against the fp32 backbone.
+    ratios = {"int8": ("task-int8", "backbone-int8"), "int8-backbone": ("task-int8-backbone", "backbone-int8"),
+              "fp32": ("task-fp32", "backbone-fp32")}  # fmt: skip
     # The same four graphs in sessions with the server's settings (serving/sessions.py: on CPU, some ORT
     # fusions off), so that the ratios hold for what the server runs, and the settings' own gain shows.
     graphs = {**plain_graphs, **{f"{k}, server": v for k, v in plain_graphs.items()}}
@@ -642,13 +680,13 @@ def measure_int8(
             for k in graphs:
                 wall[batch][k] += set_wall[k]
                 cpu[batch][k] += set_cpu[k]
-            for precision in ("int8", "fp32"):
+            for precision, (task, backbone) in ratios.items():
                 for kind, samples in (("", set_wall), ("cpu_", set_cpu)):
                     for suffix, side in (("", ""), ("_server", ", server")):
-                        ratio = paired(samples, f"task-{precision}{side}", f"backbone-{precision}{side}")
+                        ratio = paired(samples, f"{task}{side}", f"{backbone}{side}")
                         votes[batch].setdefault(f"{kind}task_vs_backbone_{precision}{suffix}", []).append(ratio)
                     # plain time / server-settings time of the task graph: > 1, the server's settings are faster
-                    gain = paired(samples, f"task-{precision}", f"task-{precision}, server")
+                    gain = paired(samples, task, f"{task}, server")
                     votes[batch].setdefault(f"{kind}server_settings_speedup_{precision}", []).append(gain)
         del sessions
     out: dict[str, Any] = {"kept_layers": manifest["kept_layers"], "seq": seq, "session_sets": session_sets}
@@ -743,6 +781,11 @@ def print_table(report: dict[str, Any]) -> None:
             )
             print(f"            wall int8 per session set {row['task_vs_backbone_int8_per_set']}")
             print(
+                f"            adapters float32 (--quantize int8-backbone): wall {row['task_vs_backbone_int8-backbone']}, "
+                f"CPU {row['cpu_task_vs_backbone_int8-backbone']}, with the server's settings "
+                f"{row['task_vs_backbone_int8-backbone_server']}"
+            )
+            print(
                 f"            with the server's session settings: wall int8 {row['task_vs_backbone_int8_server']}, "
                 f"fp32 {row['task_vs_backbone_fp32_server']}; the settings' speed-up of the task graph: "
                 f"int8 {row['server_settings_speedup_int8']}, fp32 {row['server_settings_speedup_fp32']}"
@@ -761,13 +804,20 @@ def main() -> int:
         default=6,
         help="part 1: fresh pairs of server processes per comparison, an even number (default 6)",
     )
-    p.add_argument("--session-sets", type=int, default=5, help="parts 2 and 4: fresh sets of sessions (default 5)")
+    p.add_argument(
+        "--session-sets",
+        type=int,
+        default=6,
+        help="parts 2 and 4: fresh sets of sessions, an even number (default 6)",
+    )
     p.add_argument("--seconds", type=float, default=4.0, help="seconds per HTTP slice of part 3 (default 4)")
     p.add_argument("--parts", default="http,graph,engine,int8")
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args()
     if args.server_pairs < 2 or args.server_pairs % 2:
         p.error("--server-pairs must be an even number >= 2: half the pairs start our server first, half second")
+    if args.session_sets < 2 or args.session_sets % 2:
+        p.error("--session-sets must be an even number >= 2: half the sets build the engines first, half last")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     exports = build_exports(args.workdir)
     parts = set(args.parts.split(","))

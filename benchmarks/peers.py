@@ -83,7 +83,7 @@ sys.path.insert(0, str(BENCHMARKS))
 from machine_info import describe_machine, load_average  # noqa: E402
 from serving_bench import load_run  # noqa: E402  (the raw keep-alive load generator, one owner)
 
-from aa_deploy.contract.layout import MANIFEST_NAME  # noqa: E402
+from aa_deploy.contract.layout import MANIFEST_NAME, WEIGHTS_NAME  # noqa: E402
 from aa_deploy.contract.manifest import ExportManifest  # noqa: E402
 from aa_deploy.demo import DEMO_DATA  # noqa: E402
 from aa_deploy.fileio import atomic_write_text  # noqa: E402
@@ -148,7 +148,7 @@ def build_tasks(workdir: Path, epochs: int) -> tuple[list[Path], list[Path]]:
         run = workdir / "runs" / name
         log = workdir / f"build_{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        if not (run / "adapter_model.safetensors").is_file():
+        if not (run / WEIGHTS_NAME).is_file():
             print(f"training {name} ({recipe}, seed {seed}, {epochs} epoch) ...", flush=True)
             _run(
                 cli

@@ -13,8 +13,10 @@ from typing import Any
 
 from aa_deploy.cli_options import option
 
-# The quantisation schemes the post-processing knows (aa_deploy.export.optimize applies them).
-QUANTIZATION_TYPES: tuple[str, ...] = ("int8",)
+# The quantisation schemes the post-processing knows (aa_deploy.export.optimize applies them): dynamic
+# INT8 of every MatMul, or of the backbone's only, the adapters' projections left in float32.
+QUANTIZATION_TYPES: tuple[str, ...] = ("int8", "int8-backbone")
+FP32_ADAPTER_QUANTIZATIONS: frozenset[str] = frozenset({"int8-backbone"})
 
 
 @dataclass
@@ -26,7 +28,10 @@ class ExportOptions:
         False, help="apply ONNX Runtime's transformer fusions (for GPUs / many threads; slower on 1-2 CPU threads)"
     )
     quantize: str | None = option(
-        None, choices=QUANTIZATION_TYPES, help="dynamic INT8 quantisation of the weights (default: none, fp32)"
+        None,
+        choices=QUANTIZATION_TYPES,
+        help="dynamic INT8 quantisation of the weights: int8 = every MatMul, the adapters' too; int8-backbone = "
+        "the backbone's only, the adapters stay float32 (default: none, fp32)",
     )
     backbone_store: str | None = option(
         None,

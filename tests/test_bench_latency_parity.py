@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import onnxruntime as ort
 from serving_helpers import TEXTS, load_benchmark
 
@@ -52,3 +53,13 @@ def test_http_ratio_cancels_the_start_order() -> None:
     assert row["server_pairs"] == 4
     for key in ("rps_ratio", "p50_ratio", "cpu_ratio"):
         assert row[key] == round((0.95 * 1.05) ** 0.5, 3)
+
+
+def test_session_set_ratio_cancels_the_build_order() -> None:
+    """Part 2's ratio: sets alternate whether the engines or the plain session are built first, and the
+    sessions built last run faster; a vote of 0.95 when the engines come first and 1.05 when they come
+    last must read as level. An odd number of sets cannot be balanced and is refused."""
+    balanced = load_benchmark("latency_parity.py").balanced
+    assert balanced([0.95, 1.05, 0.95, 1.05, 0.96, 1.04], 4) == round((0.95 * 1.05) ** 0.5, 4)
+    with pytest.raises(ValueError):
+        balanced([0.95, 1.05, 1.0], 4)

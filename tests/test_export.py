@@ -18,6 +18,7 @@ from _export_helpers import FAMILIES, make_run, write_tiny_backbone
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
+from aa_deploy.contract.layout import ADAPTER_KEY_PREFIX
 from aa_deploy.contract.layout import BACKBONE_DATA_NAME as DATA_NAME
 from aa_deploy.contract.manifest import MANIFEST_NAME, REQUIRED_KEYS, read_manifest
 from aa_deploy.export import export_run
@@ -310,10 +311,31 @@ def test_optimized_and_int8(tmp_path: Path, bert_run: Path, store: Path) -> None
     assert q.validation.max_abs_diff < 0.5  # reported, not enforced
     model = onnx.load(str(tmp_path / "int8" / "model.onnx"), load_external_data=False)
     assert {"MatMulInteger", "DynamicQuantizeLinear"} & {n.op_type for n in model.graph.node}
-    initializers = {t.name: t.data_type for t in model.graph.initializer}
-    assert initializers["adapter_layers.0.adapter.down.weight.T"] == onnx.TensorProto.FLOAT  # adapters stay fp32
     assert q.manifest["backbone_data"]["sha256"] != opt.manifest["backbone_data"]["sha256"]
     assert q.manifest["backbone_data"]["tensors"]  # quantised backbone weights are shared too
+
+
+def _adapter_weight_types(folder: Path) -> dict[str, int]:
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    return {t.name: t.data_type for t in model.graph.initializer if t.name.startswith(ADAPTER_KEY_PREFIX)}
+
+
+def test_int8_quantises_the_adapters_and_int8_backbone_keeps_them_fp32(
+    tmp_path: Path, bert_run: Path, store: Path
+) -> None:
+    every = export_run(bert_run, tmp_path / "int8", backbone_store=store, quantize="int8")
+    backbone_only = export_run(bert_run, tmp_path / "int8b", backbone_store=store, quantize="int8-backbone")
+    quantised = _adapter_weight_types(tmp_path / "int8")
+    assert quantised["adapter_layers.0.adapter.down.weight.T_quantized"] == onnx.TensorProto.INT8
+    assert "adapter_layers.0.adapter.down.weight.T" not in quantised
+    kept = _adapter_weight_types(tmp_path / "int8b")
+    assert kept["adapter_layers.0.adapter.down.weight.T"] == onnx.TensorProto.FLOAT
+    assert not any(name.endswith("_quantized") for name in kept)
+    assert every.manifest["quantization"] == "int8" and backbone_only.manifest["quantization"] == "int8-backbone"
+    assert every.manifest["graph"]["quantization"]["adapters"] == "int8"
+    assert backbone_only.manifest["graph"]["quantization"]["adapters"] == "float32"
+    # The same quantised backbone: one store object serves both kinds of INT8 task.
+    assert every.manifest["backbone_data"]["sha256"] == backbone_only.manifest["backbone_data"]["sha256"]
 
 
 def test_int8_reports_the_dev_metric(tmp_path: Path, bert_run: Path, store: Path, glue_dir: Path) -> None:

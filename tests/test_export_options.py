@@ -36,7 +36,7 @@ def test_every_export_option_is_a_flag_and_every_flag_an_option() -> None:
     actions = {a.dest: a for a in parser._actions}
     for field in dataclasses.fields(ExportOptions):
         assert actions[field.name].option_strings == [flag_of(field)]
-    assert actions["quantize"].choices == ["int8"]
+    assert actions["quantize"].choices == ["int8", "int8-backbone"]
 
 
 def test_export_help_shows_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
