@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import onnxruntime as ort
+import pytest
 from serving_helpers import TEXTS, load_benchmark
 
 from aa_deploy.contract.manifest import ExportManifest
