@@ -16,8 +16,9 @@
 3. ``engine``: HTTP throughput at concurrency 8 on mixed-task traffic against the raw engine (same
    process as the benchmark, no HTTP) on batches of the size the server formed;
 4. ``int8``: an INT8 task graph (adapters INT8 too, and adapters float32) against its INT8 backbone (the
-   store's bare backbone graph), batch 1 and 16 at sequence length 128 (fp32 alongside), in plain sessions and in sessions with the server's
-   settings (``serving/sessions.py``), and how much faster those settings run the task graph.
+   store's bare backbone graph), batch 1 and 16 at sequence length 128 (fp32 alongside), in plain
+   sessions and in sessions with the server's settings (``serving/sessions.py``), and how much faster
+   those settings run the task graph.
 
 Exports (built once in ``--workdir``): ``sentiment`` is a real run, ``aa-deploy train`` on the built-in
 demo data (search recipe, 1 epoch) on all-MiniLM-L6-v2, exported in fp32, with ``--quantize int8`` and

@@ -378,13 +378,14 @@ def _write_shared_layout(
 
     store = BackboneStore(options.backbone_store)
     store.remove_stale_leftovers()
-    key_settings = _store_settings(ref.pruned, ref.input_names, compiled.settings, OPSET)
+    backbone_settings = compiled.settings.for_backbone()
+    key_settings = _store_settings(ref.pruned, ref.input_names, backbone_settings, OPSET)
     key = settings_key(key_settings)
     entry = store.get(key)
     if entry is None:
         logger.info("exporting the bare backbone into the store %s", store.root)
         bare = export_bare_backbone(ref.pruned, ref.example, ref.input_names)
-        bare, _ = postprocess(bare, ref.pruned.backbone.config, compiled.settings)
+        bare, _ = postprocess(bare, ref.pruned.backbone.config, backbone_settings)
         entry = store.put(bare, key, key_settings)
     shared_graph = onnx.ModelProto()
     shared_graph.CopyFrom(compiled.graph)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,14 @@ class OptimizeSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def for_backbone(self) -> OptimizeSettings:
+        """These settings as they act on the bare backbone (the store key and its export): it has no
+        adapters, so whether theirs are quantised does not change its bytes, and ``int8`` and
+        ``int8-backbone`` tasks share one store entry instead of exporting the backbone twice."""
+        if self.quantize in FP32_ADAPTER_QUANTIZATIONS:
+            return replace(self, quantize="int8")
+        return self
 
 
 @contextlib.contextmanager
