@@ -68,18 +68,20 @@ class SessionSettings:
         return replace(self, providers=tuple(providers))
 
     def options(self, *, prepacking: bool | None = None, throwaway: bool = False) -> Any:
-        """``throwaway``: a session run a few times and dropped (load-time checks): no memory arena,
-        no prepacking, so it leaves nothing behind in the process."""
+        """``throwaway``: a session run a few times and dropped (load-time checks): no memory arena and
+        no prepacking, so it leaves nothing behind in the process, and at most basic graph optimisation,
+        so it builds faster (its answers are the reference a merged graph is checked against)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        if throwaway:
-            options.enable_cpu_mem_arena = False
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-            prepacking = False
         options.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel, _OPT_LEVELS[self.graph_optimization_level]
         )
+        if throwaway:
+            options.enable_cpu_mem_arena = False
+            if self.graph_optimization_level in ("extended", "all"):  # never raises a lower level
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            prepacking = False
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1

@@ -123,3 +123,18 @@ def test_server_config_reaches_the_registry_settings() -> None:
         assert registry.settings.resolved_disabled_optimizers() == list(CPU_DISABLED_OPTIMIZERS)
     finally:
         registry.close()
+
+
+def test_throwaway_sessions_build_light_without_raising_the_optimisation_level() -> None:
+    """A load-time check session: no arena, no prepacking, at most basic optimisation (a user's
+    ``disable`` stays disabled); a serving session keeps the configured level."""
+    levels = ort.GraphOptimizationLevel
+    serving = SessionSettings().options()
+    assert serving.graph_optimization_level == levels.ORT_ENABLE_ALL and serving.enable_cpu_mem_arena
+    with pytest.raises(RuntimeError):  # ORT's way of saying the entry was never set
+        serving.get_session_config_entry("session.disable_prepacking")
+    check = SessionSettings().options(throwaway=True)
+    assert check.graph_optimization_level == levels.ORT_ENABLE_BASIC and not check.enable_cpu_mem_arena
+    assert check.get_session_config_entry("session.disable_prepacking") == "1"
+    disabled = SessionSettings(graph_optimization_level="disable").options(throwaway=True)
+    assert disabled.graph_optimization_level == levels.ORT_DISABLE_ALL
