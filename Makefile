@@ -7,8 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-# Where the GLUE folder is (tests that need it are skipped with a reason when it is missing).
-AA_GLUE_DIR ?= $(abspath ../shared/data/glue)
+# Where the GLUE folder is (tests that need it are skipped with a reason when it is missing). Exported
+# only when it exists: the CLI takes $AA_GLUE_DIR as an explicit --data-dir and refuses a missing one.
+AA_GLUE_DIR ?= $(wildcard $(abspath ../shared/data/glue))
 THREADS ?= 2
 # The suite runs in TEST_WORKERS pytest-xdist processes (0: one process). Much of it waits on servers,
 # subprocesses and Ray nodes, so on a 2-core runner two workers take ~11 min where one takes ~16.5.
@@ -32,7 +33,9 @@ SERVE_EXTRA ?= serve
 SERVE_STAMP := $(SERVE_VENV)/.installed-$(SERVE_EXTRA)
 SERVE_WHEELS := build/serve-wheel
 PACKAGE_SOURCES := $(shell find aa_deploy export serving -name '*.py' -o -name '*.csv' -o -name '*.md' 2>/dev/null)
+ifneq ($(AA_GLUE_DIR),)
 export AA_GLUE_DIR
+endif
 
 .PHONY: setup demo test test-fast bench-train clean torch-into optimum-env adapters-env serve-env kserve-env peers-env bench-peers
 

@@ -106,7 +106,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
             env = meta["env"]
             if env:
                 kwargs["help"] += f" (default: ${env})"
-                default = os.environ.get(env, default)
+                default = os.environ.get(env) or default  # set but empty: as if unset
             elif (text := _default_text(default)) is not None:
                 kwargs["help"] += f" (default: {text})"
             kwargs["default"] = default

@@ -192,3 +192,14 @@ def test_an_adapterdrop_export_at_another_depth_scores_itself_on_the_official_de
     printed = capsys.readouterr().out
     assert f"accuracy      {measured['value']:.4f} on 64 examples (glue:sst2/dev)" in printed
     assert "with the adapters of the 1 lowest layers dropped" in printed
+
+
+def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AA_GLUE_DIR=`` (set but empty, as a Makefile may export it) is no explicit ``--data-dir``: the
+    CLI would refuse a missing folder, while no folder falls back to built-in sentences."""
+    from aa_deploy.cli import build_parser
+
+    monkeypatch.setenv("AA_GLUE_DIR", "")
+    assert build_parser().parse_args(["export", "run", "--output", "out"]).data_dir is None
+    monkeypatch.setenv("AA_GLUE_DIR", "/data/glue")
+    assert build_parser().parse_args(["export", "run", "--output", "out"]).data_dir == "/data/glue"
