@@ -325,6 +325,7 @@ def test_int8_quantises_the_adapters_and_int8_backbone_keeps_them_fp32(
     tmp_path: Path, bert_run: Path, store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     every = export_run(bert_run, tmp_path / "int8", backbone_store=store, quantize="int8")
+    caplog.clear()  # the first export's own record is captured too when an earlier test left INFO on
     with caplog.at_level(logging.INFO, logger="aa_deploy.export"):
         backbone_only = export_run(bert_run, tmp_path / "int8b", backbone_store=store, quantize="int8-backbone")
     # The bare backbone has no adapters: the int8 export's store entry serves, nothing is exported again.
