@@ -73,14 +73,13 @@ class SessionSettings:
         so it builds faster (its answers are the reference a merged graph is checked against)."""
         import onnxruntime as ort
 
+        level = self.graph_optimization_level
+        if throwaway and level in ("extended", "all"):  # at most basic; never raises a lower level
+            level = "basic"
         options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, _OPT_LEVELS[self.graph_optimization_level]
-        )
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
         if throwaway:
             options.enable_cpu_mem_arena = False
-            if self.graph_optimization_level in ("extended", "all"):  # never raises a lower level
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
             prepacking = False
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
