@@ -79,6 +79,21 @@ def _default_text(value: Any) -> str | None:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# The environment variable that names the GLUE folder (default of --data-dir; tests and benchmarks too).
+GLUE_DIR_ENV = "AA_GLUE_DIR"
+
+
+def env_value(name: str) -> str | None:
+    """An environment variable's value, None when it is unset or empty (a Makefile or CI step may
+    export a variable empty: that must not count as an explicit, empty setting)."""
+    return os.environ.get(name) or None
+
+
+def glue_dir_from_env() -> str | None:
+    """``$AA_GLUE_DIR`` by :func:`env_value`'s rule."""
+    return env_value(GLUE_DIR_ENV)
+
+
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
     """Add one flag per field of the dataclass ``cls``; ``--help`` shows each default."""
     hints = typing.get_type_hints(cls)
@@ -106,7 +121,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
             env = meta["env"]
             if env:
                 kwargs["help"] += f" (default: ${env})"
-                default = os.environ.get(env) or default  # set but empty: as if unset
+                default = env_value(env) or default
             elif (text := _default_text(default)) is not None:
                 kwargs["help"] += f" (default: {text})"
             kwargs["default"] = default

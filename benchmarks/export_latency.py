@@ -42,9 +42,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "export_latency.json"
 
 
 def _args() -> argparse.Namespace:
+    from aa_deploy.cli_options import glue_dir_from_env
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", help="trained run folder (default: train a quick RTE run)")
-    p.add_argument("--glue-dir", default=os.environ.get("AA_GLUE_DIR"), help="GLUE folder (default $AA_GLUE_DIR)")
+    p.add_argument("--glue-dir", default=glue_dir_from_env(), help="GLUE folder (default $AA_GLUE_DIR)")
     p.add_argument("--work-dir", help="where exports go (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for every engine (default 1)")
     p.add_argument("--seq", type=int, default=128)

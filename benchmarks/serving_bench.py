@@ -50,8 +50,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from machine_info import describe_machine, load_average  # noqa: E402
 
+from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "serving.json"
-GLUE = Path(os.environ.get("AA_GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
+GLUE = Path(glue_dir_from_env() or REPO.parent / "shared" / "data" / "glue")
 BASE_TASKS = ("sst", "mid", "relu", "late")
 FALLBACK_TEXTS = [
     "the service was quick and the food was excellent",

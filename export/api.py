@@ -476,11 +476,12 @@ def _validation_examples(
 
     Returns (examples for validation, where they came from, labelled examples for metrics or None).
     """
+    from aa_deploy.cli_options import glue_dir_from_env
     from aa_deploy.data import DataError, load_task, read_glue_split
     from aa_deploy.data.glue import normalize_glue_task
 
     explicit = options.data_dir is not None
-    data_dir = options.data_dir or os.environ.get("AA_GLUE_DIR")
+    data_dir = options.data_dir or glue_dir_from_env()
     labelled = None
     source = "builtin"
     try:

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from aa_deploy.cli_options import option
+from aa_deploy.cli_options import GLUE_DIR_ENV, option
 
 # The quantisation schemes the post-processing knows (aa_deploy.export.optimize applies them): dynamic
 # INT8 of every MatMul, or of the backbone's only, the adapters' projections left in float32.
@@ -47,7 +47,7 @@ class ExportOptions:
     )
     data_dir: str | None = option(
         None,
-        env="AA_GLUE_DIR",
+        env=GLUE_DIR_ENV,
         metavar="DIR",
         help="GLUE folder for validation inputs and INT8 metrics (else built-in sentences)",
     )

@@ -85,7 +85,9 @@ def demo_data() -> Path:
 
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
-    path = Path(os.environ.get("AA_GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
+    from aa_deploy.cli_options import glue_dir_from_env
+
+    path = Path(glue_dir_from_env() or REPO.parent / "shared" / "data" / "glue")
     if not (path / "RTE" / "train.tsv").is_file():
         pytest.skip(f"GLUE data not found at {path}: set AA_GLUE_DIR to the GLUE folder")
     return path

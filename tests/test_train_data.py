@@ -7,11 +7,11 @@ tests at the end read the real GLUE folder (AA_GLUE_DIR) and are skipped when it
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from aa_deploy.cli_options import glue_dir_from_env
 from aa_deploy.data import (
     GLUE_TASKS,
     DataError,
@@ -581,7 +581,7 @@ def test_split_errors(n: int, size: object, kwargs: dict, pattern: str) -> None:
 
 
 def real_glue_dir() -> Path:
-    folder = Path(os.environ.get("AA_GLUE_DIR", REPO_ROOT / ".." / "shared" / "data" / "glue"))
+    folder = Path(glue_dir_from_env() or REPO_ROOT / ".." / "shared" / "data" / "glue")
     if not folder.is_dir():
         pytest.skip(f"real GLUE folder {folder} not found (set AA_GLUE_DIR to run these tests)")
     return folder

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from ..cli_options import option
+from ..cli_options import GLUE_DIR_ENV, option
 from ..config import RECIPES
 from ..json_record import JsonRecord
 from ..rational_presets import DEFAULT_DEGREES, RATIONAL_PRESETS, RATIONAL_VERSIONS, check_rational
@@ -40,7 +40,7 @@ class TrainConfig(JsonRecord):
     task: str = option(help="GLUE task (rte, mrpc, sst2, cola, stsb, qnli) or a .csv/.tsv/.jsonl file")
     output: str = option(help="run folder to write", metavar="DIR")
     recipe: str = option("search", choices=RECIPES, help="what to train (docs/METHOD.md §4)")
-    data_dir: str | None = option(None, env="AA_GLUE_DIR", metavar="DIR", help="GLUE folder")
+    data_dir: str | None = option(None, env=GLUE_DIR_ENV, metavar="DIR", help="GLUE folder")
     test_file: str | None = option(
         None, help="labelled test file for a file task (default: none; GLUE tasks use the official dev set)"
     )

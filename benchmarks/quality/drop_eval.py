@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,6 +94,7 @@ def evaluate_dropped(run: Path, drop: int, glue_dir: str | None = None) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
+    from aa_deploy.cli_options import glue_dir_from_env
     from aa_deploy.contract.layout import METRICS_NAME, TRAINING_CONFIG_NAME
     from aa_deploy.fileio import atomic_write_json
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, required=True, help="a finished `aa-deploy train --recipe adapterdrop` run")
     parser.add_argument("--drop", type=int, required=True, help="lowest layers without adapters at test time")
     parser.add_argument("--output", type=Path, required=True, help="folder for metrics.json and training_config.json")
-    parser.add_argument("--glue-dir", default=os.environ.get("AA_GLUE_DIR"), help="default: the run's data folder")
+    parser.add_argument("--glue-dir", default=glue_dir_from_env(), help="default: the run's data folder")
     args = parser.parse_args(argv)
     metrics = evaluate_dropped(args.run, args.drop, args.glue_dir)
     config = json.loads((args.run / TRAINING_CONFIG_NAME).read_text())

@@ -38,6 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
 from aa_deploy.contract.rules import uses_rational  # noqa: E402
 from aa_deploy.training.protocols import schedule_named  # noqa: E402
 
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) the grid")
-    run.add_argument("--glue-dir", default=os.environ.get("AA_GLUE_DIR", str(REPO.parent / "shared/data/glue")))
+    run.add_argument("--glue-dir", default=glue_dir_from_env() or str(REPO.parent / "shared/data/glue"))
     run.add_argument("--tasks", default=",".join(TASKS))
     run.add_argument("--sizes", default="100,300", help="comma-separated N, or 'full'")
     run.add_argument("--seeds", default=",".join(map(str, SEEDS)))
