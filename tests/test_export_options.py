@@ -16,7 +16,7 @@ from _export_helpers import make_run, write_tiny_backbone
 
 from aa_deploy import AdaptableAdapterModel, AdapterConfig
 from aa_deploy.cli import build_parser
-from aa_deploy.cli_options import flag_of, options_from_args
+from aa_deploy.cli_options import GLUE_DIR_ENV, flag_of, options_from_args
 from aa_deploy.export import ExportOptions, export_run
 
 # Arguments of `aa-deploy export` that are not export settings: what to compile, where, how to print.
@@ -40,7 +40,7 @@ def test_every_export_option_is_a_flag_and_every_flag_an_option() -> None:
 
 
 def test_export_help_shows_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AA_GLUE_DIR", raising=False)
+    monkeypatch.delenv(GLUE_DIR_ENV, raising=False)
     help_text = " ".join(export_parser().format_help().split())
 
     assert "--atol ATOL max abs logit difference ONNX vs PyTorch (fp32) (default: 0.0001)" in help_text
@@ -48,7 +48,7 @@ def test_export_help_shows_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_flags_round_trip_into_export_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AA_GLUE_DIR", raising=False)
+    monkeypatch.delenv(GLUE_DIR_ENV, raising=False)
     parser = export_parser()
 
     plain = parser.parse_args(["run", "--output", "out"])
@@ -114,7 +114,7 @@ def test_an_adapterdrop_run_exports_at_the_depth_the_deployment_picks(
     from aa_deploy.contract.layout import WEIGHTS_NAME, adapter_key_layer
     from aa_deploy.export import RunFolderError
 
-    monkeypatch.delenv("AA_GLUE_DIR", raising=False)  # built-in sentences: no score at the new depth
+    monkeypatch.delenv(GLUE_DIR_ENV, raising=False)  # built-in sentences: no score at the new depth
     backbone = write_tiny_backbone(tmp_path / "bert", "bert")
     task = {"name": "sst2", "metric": "accuracy", "label_names": ["negative", "positive"], "is_pair": False}
     model = AdaptableAdapterModel.from_pretrained(make_run(tmp_path / "run", backbone, recipe="adapterdrop", task=task))
@@ -199,7 +199,7 @@ def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.Monke
     CLI would refuse a missing folder, while no folder falls back to built-in sentences."""
     from aa_deploy.cli import build_parser
 
-    monkeypatch.setenv("AA_GLUE_DIR", "")
+    monkeypatch.setenv(GLUE_DIR_ENV, "")
     assert build_parser().parse_args(["export", "run", "--output", "out"]).data_dir is None
-    monkeypatch.setenv("AA_GLUE_DIR", "/data/glue")
+    monkeypatch.setenv(GLUE_DIR_ENV, "/data/glue")
     assert build_parser().parse_args(["export", "run", "--output", "out"]).data_dir == "/data/glue"

@@ -14,7 +14,7 @@ from tiny_models import tiny_model
 
 from aa_deploy import AdaptableAdapterModel, AdapterConfig
 from aa_deploy.cli import build_parser, main
-from aa_deploy.cli_options import flag_of, options_from_args
+from aa_deploy.cli_options import GLUE_DIR_ENV, flag_of, options_from_args
 from aa_deploy.modeling.rational import RationalActivation
 from aa_deploy.rational_presets import MAX_DEGREE, RATIONAL_PRESETS, preset_coefficients
 from aa_deploy.training import TrainConfig
@@ -54,7 +54,7 @@ def test_every_train_config_field_is_a_flag_and_every_flag_a_field() -> None:
 
 
 def test_train_help_shows_every_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AA_GLUE_DIR", raising=False)
+    monkeypatch.delenv(GLUE_DIR_ENV, raising=False)
     help_text = " ".join(train_parser().format_help().split())
 
     for field in dataclasses.fields(TrainConfig):
@@ -69,7 +69,7 @@ def test_train_help_shows_every_default(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_flags_round_trip_into_train_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AA_GLUE_DIR", raising=False)
+    monkeypatch.delenv(GLUE_DIR_ENV, raising=False)
     parser = train_parser()
 
     plain = options_from_args(TrainConfig, parser.parse_args(["--task", "rte", "--output", "out"]))
@@ -92,7 +92,7 @@ def test_flags_round_trip_into_train_config(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_glue_dir_from_the_environment_is_the_flag_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AA_GLUE_DIR", "/data/glue")
+    monkeypatch.setenv(GLUE_DIR_ENV, "/data/glue")
 
     args = train_parser().parse_args(["--task", "rte", "--output", "out"])
 

@@ -13,6 +13,7 @@ from tiny_models import tiny_model
 
 from aa_deploy import AdaptableAdapterModel, AdapterConfig
 from aa_deploy.cli import main
+from aa_deploy.cli_options import GLUE_DIR_ENV
 from aa_deploy.training import TrainConfig, read_selection, train
 from aa_deploy.training.trainer import parameter_groups
 
@@ -166,7 +167,7 @@ def test_regression_file_task(tmp_path, tiny_backbone_dir) -> None:
     ],
 )
 def test_cli_bad_input_gets_clear_error(tmp_path, demo_data, capsys, monkeypatch, args, message) -> None:
-    monkeypatch.delenv("AA_GLUE_DIR", raising=False)
+    monkeypatch.delenv(GLUE_DIR_ENV, raising=False)
     argv = ["train", *[a.format(demo=demo_data, tmp=tmp_path) for a in args], "--output", str(tmp_path / "out")]
     assert main(argv) == 1
     assert message in capsys.readouterr().err
