@@ -336,3 +336,42 @@ def test_the_budget_curve_keeps_one_curve_per_rational_start(monkeypatch) -> Non
     assert report._budget_title(("sst2", 300, "identity"), curve) == "sst2, N = 300, start `identity`"
     only_one = report.budget_rows(rows[:1] + rows[2:4])
     assert report._budget_title(("sst2", 300, "one"), only_one) == "sst2, N = 300"
+
+
+def test_a_cell_another_grid_command_holds_is_waited_for_and_not_trained_twice(tmp_path, tiny_backbone_dir) -> None:
+    """Two grid commands sharing the results and runs folders: the second one waits while the first
+    holds a cell's claim, and once that cell's result appears it skips the cell instead of training it
+    again into the same run folder."""
+    from filelock import FileLock
+
+    glue = fake_glue(tmp_path / "glue")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    claim = FileLock(runs / "rte-n24-s42-standard.lock")
+    claim.acquire()  # this test plays the other grid command
+    cmd = [
+        sys.executable, str(GRID), "run", "--glue-dir", str(glue), "--tasks", "rte", "--sizes", "24",
+        "--seeds", "42", "--recipes", "standard", "--epochs", "1", "--threads", "1", "--protocol", "paper",
+        "--backbone", str(tiny_backbone_dir), "--results-dir", str(tmp_path / "results"), "--runs-dir", str(runs),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("waiting for rte-n24-s42-standard"):
+                break
+        assert seen and seen[-1].startswith("waiting for"), "".join(seen)
+        assert not (runs / "rte-n24-s42-standard").exists()  # nothing trained while the claim is held
+        results = tmp_path / "results"
+        results.mkdir()
+        (results / "rte-n24-s42-standard.json").write_text('{"value": 0.5}\n')  # the other command's result
+        claim.release()
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(seen) + rest
+    assert "skip rte-n24-s42-standard: finished by another grid command meanwhile" in rest
+    assert not (runs / "rte-n24-s42-standard").exists()

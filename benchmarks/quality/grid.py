@@ -21,6 +21,9 @@ reported in a separate section, never mixed into the protocol table or its claim
 
 Each finished cell is one JSON file in results/; a cell whose file exists is never rerun, so the
 command resumes wherever it stopped (also across sessions). Run folders go to runs/ (not committed).
+Several grid commands may share both folders (say one thread each on a small machine): each claims a
+cell (a file lock in runs/) before it trains it, waits for cells another command is training, and skips
+the cells another command finished meanwhile.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -51,6 +56,8 @@ RECIPES = ("standard", "search", "focused")
 # it is another one, so that the ids of cells run before a schedule changed its start stay valid, and a
 # start-study cell and a schedule cell that train alike share one id (and one run).
 FIRST_START = "one"
+# How often a grid command looks again at cells another grid command is running.
+CLAIM_POLL_S = 5.0
 # Recipes whose budget K means "adapters at the K top-most layers" (cell ids end in -top<K>).
 TOP_K_RECIPES = ("standard", "adapterdrop")
 
@@ -330,6 +337,30 @@ def _source_ready(cell: Cell, runs_dir: Path) -> bool:
     return source is None or (runs_dir / source.cell_id / "selection.json").is_file()
 
 
+def claim_cell(cell: Cell, runs_dir: Path) -> FileLock | None:
+    """Hold ``<runs>/<cell>.lock`` while the cell runs, or None when another grid command holds it.
+
+    Two grid commands may share one results and runs folder (one thread each, as the grid runs on a
+    small machine); without a claim both would train the same cell into the same run folder. An OS file
+    lock, not a marker file: a command that is killed leaves no stale claim behind.
+    """
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    # thread_local=False: the lock is taken here and released by the worker thread that runs the cell.
+    lock = FileLock(runs_dir / f"{cell.cell_id}.lock", thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def run_claimed_cell(cell: Cell, args: argparse.Namespace, claim: FileLock) -> dict:
+    try:
+        return run_cell(cell, args)
+    finally:
+        claim.release()
+
+
 def command_run(args: argparse.Namespace) -> int:
     sizes = [s if s == "full" else int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -348,8 +379,13 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; {len(todo)} to run", flush=True)
     failures = 0
     running: dict[Future, Cell] = {}
+    announced: set[str] = set()  # cells reported as held by another grid command
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         while todo or running:
+            # Another grid command sharing the results folder may have finished a cell since the plan.
+            for cell in [c for c in todo if _done(c, args.results_dir)]:
+                todo.remove(cell)
+                print(f"skip {cell.cell_id}: finished by another grid command meanwhile", flush=True)
             ready = [c for c in todo if _source_ready(c, args.runs_dir)]
             # A focused cell whose search source is neither finished nor queued anymore is run after it.
             blocked = [c for c in todo if not _source_ready(c, args.runs_dir)]
@@ -359,16 +395,32 @@ def command_run(args: argparse.Namespace) -> int:
                 if source is not None and source.cell_id not in queued_sources:
                     todo.append(source)
                     queued_sources.add(source.cell_id)
-            while ready and len(running) < args.jobs:
-                cell = ready.pop(0)
+            held_elsewhere = []
+            for cell in ready:
+                if len(running) >= args.jobs:
+                    break
+                claim = claim_cell(cell, args.runs_dir)
+                if claim is None:
+                    held_elsewhere.append(cell)
+                    if cell.cell_id not in announced:
+                        announced.add(cell.cell_id)
+                        print(f"waiting for {cell.cell_id}: another grid command is running it", flush=True)
+                    continue
+                if _done(cell, args.results_dir):  # finished between the check above and the claim
+                    claim.release()
+                    continue
                 todo.remove(cell)
-                running[pool.submit(run_cell, cell, args)] = cell
+                running[pool.submit(run_claimed_cell, cell, args, claim)] = cell
             if not running:
+                if held_elsewhere:
+                    # Cells (or the sources of focused cells) another grid command is training: wait for it.
+                    time.sleep(CLAIM_POLL_S)
+                    continue
                 if todo:
                     print(f"cannot run {[c.cell_id for c in todo]}: their search sources failed", flush=True)
                     failures += len(todo)
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running, timeout=CLAIM_POLL_S if held_elsewhere else None, return_when=FIRST_COMPLETED)
             for future in finished:
                 cell = running.pop(future)
                 try:
