@@ -278,7 +278,7 @@ def plot_budget(curve: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted(curve, key=lambda k: (_size_key(k[1]), k[0], k[2]))
-    fig, axes = plt.subplots(1, len(keys), figsize=(max(6.5, 4.6 * len(keys)), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6.5, 4.6 * len(keys)), 4.4), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         for (recipe, label), marker in zip(BUDGET_METHODS, "osd^", strict=True):
             points = sorted(curve[key].get(recipe, {}).items())
@@ -296,9 +296,11 @@ def plot_budget(curve: dict, path: Path) -> None:
         ax.set_ylabel("official dev score × 100", fontsize=11)
         ax.tick_params(axis="y", labelsize=10)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=9, loc="lower right")
+    # One legend for all panels, below them: inside a panel it hides the low-K points the curve is about.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=10, frameon=False)
     fig.suptitle("Score vs adapter layers kept (MiniLM-L6, default schedule)", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
     os.replace(tmp, path)
