@@ -197,8 +197,6 @@ def test_an_adapterdrop_export_at_another_depth_scores_itself_on_the_official_de
 def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     """``AA_GLUE_DIR=`` (set but empty, as a Makefile may export it) is no explicit ``--data-dir``: the
     CLI would refuse a missing folder, while no folder falls back to built-in sentences."""
-    from aa_deploy.cli import build_parser
-
     monkeypatch.setenv(GLUE_DIR_ENV, "")
     assert build_parser().parse_args(["export", "run", "--output", "out"]).data_dir is None
     monkeypatch.setenv(GLUE_DIR_ENV, "/data/glue")

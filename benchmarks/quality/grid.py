@@ -208,6 +208,12 @@ def schedule(cells: list[Cell]) -> list[Cell]:
     return ordered
 
 
+def default_glue_dir() -> Path:
+    """``$AA_GLUE_DIR``, else the GLUE folder beside the checkout (where the development machines keep it);
+    the grid and its report share this default."""
+    return Path(glue_dir_from_env() or REPO.parent / "shared" / "data" / "glue")
+
+
 def _commit() -> str:
     try:
         return subprocess.run(
@@ -440,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) the grid")
-    run.add_argument("--glue-dir", default=glue_dir_from_env() or str(REPO.parent / "shared/data/glue"))
+    run.add_argument("--glue-dir", default=str(default_glue_dir()))
     run.add_argument("--tasks", default=",".join(TASKS))
     run.add_argument("--sizes", default="100,300", help="comma-separated N, or 'full'")
     run.add_argument("--seeds", default=",".join(map(str, SEEDS)))
