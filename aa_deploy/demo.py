@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ import urllib.request
 from pathlib import Path
 
 from .contract.layout import MANIFEST_NAME, METRICS_NAME
+from .serving.ports import free_port
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 EXAMPLES = ["what a superb film , the cast is wonderful .", "i found the script tedious and left early ."]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _step(title: str, cmd: list[str]) -> None:
@@ -92,7 +86,7 @@ def run_demo(output: Path, epochs: int, backbone: str | None) -> int:
         "2/4 compile: prune, fold, export ONNX, validate",
         [*exe, "export", str(run_dir), "--output", str(export_dir), "--task-name", "sentiment", "--overwrite"],
     )
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve_cmd = [*exe, "serve", "--task", f"sentiment={export_dir}", "--port", str(port)]
     print(f"\n=== 3/4 serve\n$ {shlex.join(serve_cmd)}", flush=True)

@@ -56,7 +56,6 @@ import json
 import math
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -69,6 +68,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from machine_info import describe_machine, load_average  # noqa: E402
+
+from aa_deploy.serving.ports import free_port  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "latency_parity.json"
 FOUR = ("sentiment", "nli", "topic", "late")
@@ -124,12 +125,6 @@ def _is_current(folder: Path, quantize: str | None) -> bool:
 
 def is_pair(folder: Path) -> bool:
     return bool(json.loads((folder / "aa_export.json").read_text())["task"]["is_pair"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 300) -> None:

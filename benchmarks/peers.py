@@ -64,7 +64,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -87,6 +86,7 @@ from aa_deploy.contract.layout import MANIFEST_NAME, WEIGHTS_NAME  # noqa: E402
 from aa_deploy.contract.manifest import ExportManifest  # noqa: E402
 from aa_deploy.demo import DEMO_DATA  # noqa: E402
 from aa_deploy.fileio import atomic_write_text  # noqa: E402
+from aa_deploy.serving.ports import free_port  # noqa: E402
 
 RESULTS = BENCHMARKS / "results" / "peers.json"
 SERVERS = ("ours", "handrolled", "infinity")
@@ -363,12 +363,6 @@ def servers(workdir: Path) -> dict[str, Server]:
             "batching per model, no warm-up; ORT threads: its default (one per physical core)",
         ),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RunningServer:

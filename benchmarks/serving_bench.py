@@ -526,14 +526,12 @@ def measure_http(
     """Load runs against ``aa-deploy serve``: for each concurrency, ``rounds`` alternating slices of
     single- and mixed-task traffic; at the highest concurrency each slice is paired with a raw-engine
     measurement at the slice's mean batch size, so that HTTP/engine ratios compare like with like."""
-    import socket
-
     import httpx
 
+    from aa_deploy.serving.ports import free_port
+
     singles, _ = load_texts()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server({n: exports[n] for n in BASE_TASKS}, threads, port)
     try:

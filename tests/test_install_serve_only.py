@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from serving_helpers import SST, TEXTS, Reference, make_run_folder, wait_until_ready
 
 from aa_deploy.serving.config import ServerConfig
+from aa_deploy.serving.ports import free_port
 from aa_deploy.serving.server import BackgroundServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,12 +63,6 @@ def dockerfile_healthcheck(dockerfile: Path) -> list[str]:
     return json.loads(line.partition(" CMD ")[2])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path) -> Path:
     from aa_deploy.export import export_run
@@ -101,7 +95,7 @@ def test_serve_install_without_torch_serves_an_export(
     assert 'pip install "aa-deploy[train]"' in train.stderr, train.stderr
 
     # Serve the export the container way: tasks, port and threads from the environment, the rest from a file.
-    port = _free_port()
+    port = free_port()
     (tmp_path / "server.yaml").write_text("max_batch_size: 8\nlog_level: warning\n")
     env = _clean_env(
         AA_DEPLOY_TASKS=f"sst={tiny_export}",

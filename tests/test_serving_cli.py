@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from serving_helpers import wait_until_ready
 
 from aa_deploy.cli import build_parser
 from aa_deploy.serving.cli import build_config
+from aa_deploy.serving.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,9 +77,7 @@ def test_bad_flags_and_print_config(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_serve_process_answers_and_stops_cleanly_on_sigterm(serving_exports: dict[str, Path]) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
