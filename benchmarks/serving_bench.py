@@ -53,7 +53,7 @@ from machine_info import describe_machine, load_average  # noqa: E402
 from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "serving.json"
-GLUE = Path(glue_dir_from_env() or REPO.parent / "shared" / "data" / "glue")
+GLUE_DIR = glue_dir_from_env()  # without $AA_GLUE_DIR, the built-in texts below
 BASE_TASKS = ("sst", "mid", "relu", "late")
 FALLBACK_TEXTS = [
     "the service was quick and the food was excellent",
@@ -118,11 +118,14 @@ def _link_backbone(src: str, dst: str) -> None:
 def load_texts() -> tuple[list[str], list[tuple[str, str]]]:
     """SST-2 dev sentences (and RTE dev pairs), or built-in sentences without the GLUE folder."""
     singles, pairs = list(FALLBACK_TEXTS), [(t, FALLBACK_TEXTS[0]) for t in FALLBACK_TEXTS]
-    if (GLUE / "SST-2" / "dev.tsv").is_file():
-        with open(GLUE / "SST-2" / "dev.tsv", newline="") as f:
+    if GLUE_DIR is None:
+        return singles, pairs
+    glue = Path(GLUE_DIR)
+    if (glue / "SST-2" / "dev.tsv").is_file():
+        with open(glue / "SST-2" / "dev.tsv", newline="") as f:
             singles = [row["sentence"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][:512]
-    if (GLUE / "RTE" / "dev.tsv").is_file():
-        with open(GLUE / "RTE" / "dev.tsv", newline="") as f:
+    if (glue / "RTE" / "dev.tsv").is_file():
+        with open(glue / "RTE" / "dev.tsv", newline="") as f:
             pairs = [
                 (r["sentence1"], r["sentence2"]) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             ][:256]

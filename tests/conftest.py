@@ -24,7 +24,6 @@ if os.environ.get("AA_BLOCK_TORCH") == "1":
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[1]
 SERVING_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "serving_exports"
 
 
@@ -87,10 +86,10 @@ def demo_data() -> Path:
 def glue_dir() -> Path:
     from aa_deploy.cli_options import glue_dir_from_env
 
-    path = Path(glue_dir_from_env() or REPO.parent / "shared" / "data" / "glue")
-    if not (path / "RTE" / "train.tsv").is_file():
-        pytest.skip(f"GLUE data not found at {path}: set AA_GLUE_DIR to the GLUE folder")
-    return path
+    folder = glue_dir_from_env()
+    if folder is None or not (Path(folder) / "RTE" / "train.tsv").is_file():
+        pytest.skip(f"GLUE data not found (AA_GLUE_DIR={folder!r}): set AA_GLUE_DIR to the GLUE folder")
+    return Path(folder)
 
 
 @pytest.fixture(scope="session")

@@ -375,3 +375,32 @@ def test_a_cell_another_grid_command_holds_is_waited_for_and_not_trained_twice(t
     assert proc.returncode == 0, "".join(seen) + rest
     assert "skip rte-n24-s42-standard: finished by another grid command meanwhile" in rest
     assert not (runs / "rte-n24-s42-standard").exists()
+
+
+@pytest.mark.parametrize("variable", [None, ""])
+def test_the_grid_asks_for_the_glue_folder_when_no_variable_names_it(variable: str | None) -> None:
+    """No folder beside the checkout is guessed: the GLUE folder comes from --glue-dir or $AA_GLUE_DIR."""
+    from aa_deploy.cli_options import GLUE_DIR_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != GLUE_DIR_ENV}
+    if variable is not None:
+        env[GLUE_DIR_ENV] = variable
+    done = subprocess.run(
+        [sys.executable, str(GRID), "run", "--tasks", "rte"], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert done.returncode == 2
+    assert "required: --glue-dir" in done.stderr
+
+
+def test_the_grid_takes_the_glue_folder_from_the_variable(tmp_path: Path) -> None:
+    """$AA_GLUE_DIR stands in for --glue-dir; a missing folder is refused before any cell starts."""
+    from aa_deploy.cli_options import GLUE_DIR_ENV
+
+    missing = tmp_path / "no-glue-here"
+    env = {**os.environ, GLUE_DIR_ENV: str(missing), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(GRID), "run", "--tasks", "rte", "--sizes", "24", "--seeds", "42",
+           "--recipes", "standard", "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 2
+    assert f"the GLUE folder {missing} does not exist" in done.stderr
+    assert not (tmp_path / "runs").exists()

@@ -25,8 +25,6 @@ from aa_deploy.data import (
     read_glue_split,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def write(path: Path, content: str | bytes) -> Path:
     """Write bytes exactly as given (no newline translation), creating parent folders."""
@@ -581,10 +579,10 @@ def test_split_errors(n: int, size: object, kwargs: dict, pattern: str) -> None:
 
 
 def real_glue_dir() -> Path:
-    folder = Path(glue_dir_from_env() or REPO_ROOT / ".." / "shared" / "data" / "glue")
-    if not folder.is_dir():
-        pytest.skip(f"real GLUE folder {folder} not found (set AA_GLUE_DIR to run these tests)")
-    return folder
+    folder = glue_dir_from_env()
+    if folder is None or not Path(folder).is_dir():
+        pytest.skip(f"real GLUE folder not found (AA_GLUE_DIR={folder!r}): set AA_GLUE_DIR to run these tests")
+    return Path(folder)
 
 
 @pytest.mark.parametrize(

@@ -19,15 +19,22 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
+
 GLUE_FOLDERS = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--glue-dir", type=Path, default=REPO.parent / "shared" / "data" / "glue")
+    parser.add_argument(
+        "--glue-dir", type=Path, default=glue_dir_from_env(), required=glue_dir_from_env() is None,
+        help="the GLUE folder (default $AA_GLUE_DIR)",
+    )  # fmt: skip
     parser.add_argument("--tasks", default="rte,mrpc,stsb,cola")
     parser.add_argument("--output", type=Path, default=REPO / ".device-carry")
     args = parser.parse_args()

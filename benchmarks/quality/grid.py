@@ -208,12 +208,6 @@ def schedule(cells: list[Cell]) -> list[Cell]:
     return ordered
 
 
-def default_glue_dir() -> Path:
-    """``$AA_GLUE_DIR``, else the GLUE folder beside the checkout (where the development machines keep it);
-    the grid and its report share this default."""
-    return Path(glue_dir_from_env() or REPO.parent / "shared" / "data" / "glue")
-
-
 def _commit() -> str:
     try:
         return subprocess.run(
@@ -446,7 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) the grid")
-    run.add_argument("--glue-dir", default=str(default_glue_dir()))
+    run.add_argument(
+        "--glue-dir",
+        default=glue_dir_from_env(),
+        required=glue_dir_from_env() is None,
+        help="the GLUE folder (default $AA_GLUE_DIR; the Makefile sets it to ../shared/data/glue when that exists)",
+    )
     run.add_argument("--tasks", default=",".join(TASKS))
     run.add_argument("--sizes", default="100,300", help="comma-separated N, or 'full'")
     run.add_argument("--seeds", default=",".join(map(str, SEEDS)))
@@ -487,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
         return __import__("report").main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if not Path(args.glue_dir).is_dir():
+        # Before any cell starts: otherwise every cell fails on its own and says so only in its log.
+        parser.error(f"the GLUE folder {args.glue_dir} does not exist: pass --glue-dir or set $AA_GLUE_DIR")
     return args.func(args)
 
 

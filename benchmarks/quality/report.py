@@ -18,8 +18,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
-from grid import FIRST_START, default_glue_dir  # noqa: E402
+from grid import FIRST_START  # noqa: E402
 
+from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
 from aa_deploy.contract.rules import uses_rational  # noqa: E402
 from aa_deploy.training.protocols import DEFAULT  # noqa: E402
 
@@ -518,8 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--glue-dir",
         type=Path,
-        default=default_glue_dir(),
-        help="GLUE folder, for the majority-class baseline column (left empty without it)",
+        default=glue_dir_from_env(),
+        help="GLUE folder (default $AA_GLUE_DIR), for the majority-class baseline column (left empty without it)",
     )
     args = parser.parse_args(argv)
     all_rows = load(args.results_dir)
