@@ -115,6 +115,13 @@ def _link_backbone(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def texts_source() -> str:
+    """Which texts :func:`load_texts` draws from, for the results file (numbers move with text lengths)."""
+    if GLUE_DIR is not None and (Path(GLUE_DIR) / "SST-2" / "dev.tsv").is_file():
+        return f"GLUE SST-2 / RTE dev from {GLUE_DIR}"
+    return "built-in texts ($AA_GLUE_DIR unset or without SST-2)"
+
+
 def load_texts() -> tuple[list[str], list[tuple[str, str]]]:
     """SST-2 dev sentences (and RTE dev pairs), or built-in sentences without the GLUE folder."""
     singles, pairs = list(FALLBACK_TEXTS), [(t, FALLBACK_TEXTS[0]) for t in FALLBACK_TEXTS]
@@ -687,7 +694,8 @@ def main() -> int:
     started = time.time()
     exports = build_exports(workdir)
     counts = [1, 4] if args.quick else [1, 4, 16]
-    result: dict[str, Any] = {"machine": describe_machine(threads=args.threads)}
+    result: dict[str, Any] = {"machine": describe_machine(threads=args.threads), "texts": texts_source()}
+    print(f"texts: {result['texts']}", flush=True)
     result["memory"] = measure_memory(workdir, args.threads, counts)
     result["engine"] = measure_engine(exports, args.threads, args.rounds, workdir)
     print(json.dumps(result["engine"]["ratios"]), json.dumps(result["engine"]["multi_task_call"]), flush=True)
