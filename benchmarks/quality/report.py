@@ -19,6 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 from grid import FIRST_START  # noqa: E402
+from pooling_probe import RESULTS as PROBE_RESULTS  # noqa: E402
+from pooling_probe import VECTORS as PROBE_VECTORS  # noqa: E402
 
 from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
 from aa_deploy.contract.rules import uses_rational  # noqa: E402
@@ -373,6 +375,32 @@ def is_own_selection(r: dict) -> bool:
     )
 
 
+def probe_section(paths: list[Path], baselines: dict[str, float]) -> str:
+    """Tables of the linear probe's results files (``pooling_probe.py``), one per file found."""
+    blocks = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        seeds = "/".join(str(s) for s in result["config"]["seeds"])
+        head = ["task", "N", "metric", "majority baseline", *PROBE_VECTORS]
+        lines = [f"`{path.name}` (seeds {seeds}; official dev × 100, mean ± std over seeds):", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+        scores: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+        for cell in result["cells"]:
+            setting = (cell["task"], str(cell["size"] or "full"), cell["metric"])
+            scores.setdefault(setting, {}).setdefault(cell["vector"], []).append(cell["test"][cell["metric"]])
+        for (task, size, metric), by_vector in scores.items():
+            base = baselines.get(task)
+            majority = f"{100 * base:.1f}" if base is not None else "–"
+            cells = [fmt(by_vector.get(name, [])) for name in PROBE_VECTORS]
+            lines.append(f"| {task} | {size} | {metric} | {majority} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    if not blocks:
+        return "Not run yet: `python benchmarks/quality/pooling_probe.py` writes the results this section reads."
+    return "\n\n".join(blocks)
+
+
 def majority_baselines(glue_dir: Path | None) -> dict[str, float]:
     """The official-dev score of always predicting the training set's most frequent label (a constant
     for regression): the level a model reaches without reading the text."""
@@ -583,6 +611,17 @@ AdapterDrop is meant to be used; its best epoch is chosen with all layers). Repr
 benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --tasks sst2,stsb,mrpc --sizes N --budgets 1,2,3,4,5`.
 
 {budget_section(all_rows, args.output.parent / "layer_budget.png")}
+
+## What the head can read: a linear probe on the frozen backbone
+
+No adapters: a linear probe (logistic regression; ridge for STS-B), its L2 strength picked on the 25 % training-side
+dev split, on frozen vectors of the grid's own low-data splits. `pooler` is what the head reads today; `cls` the
+last layer's [CLS] vector; `mean` its token vectors averaged; `siamese` (pairs) the two sentences encoded apart and
+compared as (u, v, |u - v|, u * v). Reproduce: `python benchmarks/quality/pooling_probe.py --glue-dir
+../shared/data/glue` (N = 1000, 3 seeds) and `... --tasks mrpc,rte,cola,stsb --sizes full --seeds 42 --output
+benchmarks/results/pooling_probe_full.json`.
+
+{probe_section([PROBE_RESULTS, PROBE_RESULTS.with_name("pooling_probe_full.json")], baselines)}
 
 ## The paper's protocol
 
