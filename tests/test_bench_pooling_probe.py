@@ -10,7 +10,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from test_bench_quality_grid import fake_glue, fake_stsb
+from glue_fakes import fake_glue, fake_stsb
 
 from aa_deploy.data import TaskDefinition
 from aa_deploy.metrics import task_metrics

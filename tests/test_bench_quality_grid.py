@@ -9,24 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from glue_fakes import fake_glue, fake_stsb
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = REPO / "benchmarks" / "quality" / "grid.py"
 REPORT = REPO / "benchmarks" / "quality" / "report.py"
-WORDS = ["the film is superb .", "the story was dull .", "the cast feels warm .", "the script is awful ."]
-
-
-def fake_glue(root: Path) -> Path:
-    """A tiny RTE-shaped folder (the real GLUE files are never copied into tests)."""
-    rte = root / "RTE"
-    rte.mkdir(parents=True)
-    header = "index\tsentence1\tsentence2\tlabel\n"
-    rows = [
-        f"{i}\t{WORDS[i % 4]}\t{WORDS[(i + 1) % 4]}\t{'entailment' if i % 2 else 'not_entailment'}" for i in range(48)
-    ]
-    (rte / "train.tsv").write_text(header + "\n".join(rows[:40]) + "\n")
-    (rte / "dev.tsv").write_text(header + "\n".join(rows[40:]) + "\n")
-    return root
 
 
 def run_grid(tmp_path: Path, backbone: Path, glue: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -212,18 +199,6 @@ def test_budget_and_start_cells_record_their_study_and_get_their_own_sections(tm
     # Neither study leaks into the paper-protocol table.
     paper_part = text.split("## The paper's protocol")[1]
     assert "| rte | 24 |" not in paper_part
-
-
-def fake_stsb(root: Path) -> Path:
-    """A tiny STS-B-shaped folder: a regression score (Spearman) moves with any change of the outputs."""
-    folder = root / "STS-B"
-    folder.mkdir(parents=True)
-    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-    rows = [f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{WORDS[i % 4]}\t{WORDS[(i * 3 + 1) % 4]} {WORDS[i % 3]}\t{(i * 7) % 11 / 2:.3f}"
-            for i in range(48)]  # fmt: skip
-    (folder / "train.tsv").write_text(header + "\n".join(rows[:40]) + "\n")
-    (folder / "dev.tsv").write_text(header + "\n".join(rows[40:]) + "\n")
-    return root
 
 
 @pytest.mark.slow
