@@ -23,18 +23,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import add_glue_dir_option  # noqa: E402
 
 GLUE_FOLDERS = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--glue-dir", type=Path, default=glue_dir_from_env(), required=glue_dir_from_env() is None,
-        help="the GLUE folder (default $AA_GLUE_DIR)",
-    )  # fmt: skip
+    add_glue_dir_option(parser)
     parser.add_argument("--tasks", default="rte,mrpc,stsb,cola")
     parser.add_argument("--output", type=Path, default=REPO / ".device-carry")
     args = parser.parse_args()
@@ -55,7 +52,7 @@ def main() -> int:
         target = args.output / "glue" / folder
         target.mkdir(parents=True, exist_ok=True)
         for split in ("train.tsv", "dev.tsv"):
-            shutil.copyfile(args.glue_dir / folder / split, target / split)
+            shutil.copyfile(Path(args.glue_dir) / folder / split, target / split)
     total = sum(p.stat().st_size for p in args.output.rglob("*") if p.is_file())
     print(f"wrote {args.output} ({total / 2**20:.1f} MiB; the carry limit is 64 MiB with the working tree)")
     return 0

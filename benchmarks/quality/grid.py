@@ -436,16 +436,28 @@ def command_run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def existing_glue_dir(value: str) -> str:
+    """argparse type of ``--glue-dir``: a missing folder is refused while parsing, before any work starts
+    (otherwise every grid cell fails on its own and says so only in its log)."""
+    if not Path(value).is_dir():
+        raise argparse.ArgumentTypeError(f"the GLUE folder {value} does not exist: pass --glue-dir or set $AA_GLUE_DIR")
+    return value
+
+
+def add_glue_dir_option(parser: argparse.ArgumentParser) -> None:
+    """``--glue-dir`` of the quality scripts: ``$AA_GLUE_DIR`` by default, required without it (no folder
+    is guessed; the Makefile sets the variable to ../shared/data/glue when that exists)."""
+    parser.add_argument(
+        "--glue-dir", type=existing_glue_dir, default=glue_dir_from_env(), required=glue_dir_from_env() is None,
+        help="the GLUE folder (default $AA_GLUE_DIR)",
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) the grid")
-    run.add_argument(
-        "--glue-dir",
-        default=glue_dir_from_env(),
-        required=glue_dir_from_env() is None,
-        help="the GLUE folder (default $AA_GLUE_DIR; the Makefile sets it to ../shared/data/glue when that exists)",
-    )
+    add_glue_dir_option(run)
     run.add_argument("--tasks", default=",".join(TASKS))
     run.add_argument("--sizes", default="100,300", help="comma-separated N, or 'full'")
     run.add_argument("--seeds", default=",".join(map(str, SEEDS)))
@@ -486,9 +498,6 @@ def main(argv: list[str] | None = None) -> int:
         return __import__("report").main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if not Path(args.glue_dir).is_dir():
-        # Before any cell starts: otherwise every cell fails on its own and says so only in its log.
-        parser.error(f"the GLUE folder {args.glue_dir} does not exist: pass --glue-dir or set $AA_GLUE_DIR")
     return args.func(args)
 
 

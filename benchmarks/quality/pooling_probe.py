@@ -43,8 +43,10 @@ REPO = HERE.parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from machine_info import describe_machine  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from grid import add_glue_dir_option  # noqa: E402
+
 from aa_deploy.backbones import resolve_backbone_path  # noqa: E402
-from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
 from aa_deploy.data import Example, TaskDefinition, load_task, low_data_split  # noqa: E402
 from aa_deploy.fileio import atomic_write_json  # noqa: E402
 from aa_deploy.metrics import task_metrics  # noqa: E402
@@ -120,7 +122,7 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, spec: TaskDefinition, l2
     """Weights (with a bias row) of a ridge or an L2-regularised multinomial logistic regression."""
     import torch
 
-    x = np.hstack([features, np.ones((len(features), 1), dtype=features.dtype)])
+    x = _with_bias(features)
     if spec.is_regression:
         gram = x.T @ x + l2 * len(x) * np.eye(x.shape[1])
         gram[-1, -1] -= l2 * len(x)  # the bias is not penalised
@@ -139,8 +141,12 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, spec: TaskDefinition, l2
     return weights.detach().numpy()
 
 
+def _with_bias(features: np.ndarray) -> np.ndarray:
+    return np.hstack([features, np.ones((len(features), 1), dtype=features.dtype)])
+
+
 def predict(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    return np.hstack([features, np.ones((len(features), 1), dtype=features.dtype)]) @ weights
+    return _with_bias(features) @ weights
 
 
 def probe_cell(
@@ -199,17 +205,23 @@ def run(config: ProbeConfig) -> dict[str, Any]:
     return {"config": asdict(config), "machine": describe_machine(), "cells": cells}
 
 
+def scores_by_setting(result: dict[str, Any]) -> dict[tuple[str, int | None, str], dict[str, list[float]]]:
+    """The test metric of every seed, grouped by (task, N, metric) and then by vector (run order kept);
+    N is None for the full training set."""
+    grouped: dict[tuple[str, int | None, str], dict[str, list[float]]] = {}
+    for cell in result["cells"]:
+        setting = (cell["task"], cell["size"], cell["metric"])
+        grouped.setdefault(setting, {}).setdefault(cell["vector"], []).append(cell["test"][cell["metric"]])
+    return grouped
+
+
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Mean ± std over seeds of the test metric × 100, one row per (task, N), one column per vector."""
-    grouped: dict[tuple[str, str, Any], dict[str, list[float]]] = {}
-    for cell in result["cells"]:
-        key = (cell["task"], cell["metric"], cell["size"])
-        grouped.setdefault(key, {}).setdefault(cell["vector"], []).append(100 * cell["test"][cell["metric"]])
     table = []
-    for (task, metric, size), by_vector in grouped.items():
+    for (task, size, metric), by_vector in scores_by_setting(result).items():
         row: dict[str, Any] = {"task": task, "N": size or "full", "metric": metric}
         for name in VECTORS:
-            scores = by_vector.get(name, [])
+            scores = [100 * value for value in by_vector.get(name, [])]
             row[name] = (
                 (statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else 0.0) if scores else None
             )
@@ -230,10 +242,7 @@ def _sizes(text: str) -> list[int | None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--glue-dir", default=glue_dir_from_env(), required=glue_dir_from_env() is None,
-        help="the GLUE folder (default $AA_GLUE_DIR)",
-    )  # fmt: skip
+    add_glue_dir_option(parser)
     parser.add_argument("--tasks", default="mrpc,rte,cola,sst2,stsb")
     parser.add_argument("--sizes", default="1000", type=_sizes, help="comma-separated N, or 'full'")
     parser.add_argument("--seeds", default="42,92,111", type=lambda s: [int(x) for x in s.split(",")])
@@ -241,15 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if not Path(args.glue_dir).is_dir():
-        parser.error(f"the GLUE folder {args.glue_dir} does not exist: pass --glue-dir or set $AA_GLUE_DIR")
     config = ProbeConfig(
         glue_dir=str(args.glue_dir), tasks=args.tasks.split(","), sizes=args.sizes, seeds=args.seeds,
         backbone=args.backbone, threads=args.threads,
     )  # fmt: skip
     result = run(config)
     result["summary"] = summary(result)
-    print_table(summary(result))
+    print_table(result["summary"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.output, result)
     print(f"\nwrote {args.output}")

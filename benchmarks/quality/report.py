@@ -21,6 +21,7 @@ sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 from grid import FIRST_START  # noqa: E402
 from pooling_probe import RESULTS as PROBE_RESULTS  # noqa: E402
 from pooling_probe import VECTORS as PROBE_VECTORS  # noqa: E402
+from pooling_probe import scores_by_setting  # noqa: E402
 
 from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
 from aa_deploy.contract.rules import uses_rational  # noqa: E402
@@ -386,15 +387,11 @@ def probe_section(paths: list[Path], baselines: dict[str, float]) -> str:
         head = ["task", "N", "metric", "majority baseline", *PROBE_VECTORS]
         lines = [f"`{path.name}` (seeds {seeds}; official dev × 100, mean ± std over seeds):", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
-        scores: dict[tuple[str, str, str], dict[str, list[float]]] = {}
-        for cell in result["cells"]:
-            setting = (cell["task"], str(cell["size"] or "full"), cell["metric"])
-            scores.setdefault(setting, {}).setdefault(cell["vector"], []).append(cell["test"][cell["metric"]])
-        for (task, size, metric), by_vector in scores.items():
+        for (task, size, metric), by_vector in scores_by_setting(result).items():
             base = baselines.get(task)
             majority = f"{100 * base:.1f}" if base is not None else "–"
             cells = [fmt(by_vector.get(name, [])) for name in PROBE_VECTORS]
-            lines.append(f"| {task} | {size} | {metric} | {majority} | " + " | ".join(cells) + " |")
+            lines.append(f"| {task} | {size or 'full'} | {metric} | {majority} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     if not blocks:
         return "Not run yet: `python benchmarks/quality/pooling_probe.py` writes the results this section reads."
