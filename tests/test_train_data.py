@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from aa_deploy.cli_options import glue_dir_from_env
 from aa_deploy.data import (
     GLUE_TASKS,
     DataError,
@@ -80,7 +79,7 @@ STSB_TRAIN = tsv(
 
 
 @pytest.fixture
-def glue_dir(tmp_path: Path) -> Path:
+def handmade_glue(tmp_path: Path) -> Path:
     """A miniature GLUE folder: every task has train+dev except QNLI (dev only, as here)."""
     root = tmp_path / "glue"
     write(root / "SST-2" / "train.tsv", SST2_TRAIN)
@@ -100,8 +99,8 @@ def glue_dir(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- GLUE formats
 
 
-def test_sst2_keeps_literal_quotes_and_text_verbatim(glue_dir: Path) -> None:
-    data = load_task("sst2", glue_dir)
+def test_sst2_keeps_literal_quotes_and_text_verbatim(handmade_glue: Path) -> None:
+    data = load_task("sst2", handmade_glue)
     assert data.spec == TaskDefinition("sst2", "accuracy", ["0", "1"], is_pair=False)
     assert [e.label for e in data.train] == [1, 0, 1]
     assert data.train[0].text == "it 's a charming and often affecting journey . "
@@ -112,8 +111,8 @@ def test_sst2_keeps_literal_quotes_and_text_verbatim(glue_dir: Path) -> None:
     assert data.test == [Example("good . ", None, 1), Example("bad . ", None, 0)]
 
 
-def test_cola_has_no_header_and_dev_no_trailing_newline(glue_dir: Path) -> None:
-    data = load_task("cola", glue_dir)
+def test_cola_has_no_header_and_dev_no_trailing_newline(handmade_glue: Path) -> None:
+    data = load_task("cola", handmade_glue)
     assert data.spec.metric == "matthews_correlation"
     assert data.spec.label_names == ["0", "1"]
     # The first line is data, not a header.
@@ -125,8 +124,8 @@ def test_cola_has_no_header_and_dev_no_trailing_newline(glue_dir: Path) -> None:
     assert data.test[-1] == Example("Bill about himself.", None, 0)
 
 
-def test_mrpc_bom_label_in_first_column(glue_dir: Path) -> None:
-    data = load_task("mrpc", glue_dir)
+def test_mrpc_bom_label_in_first_column(handmade_glue: Path) -> None:
+    data = load_task("mrpc", handmade_glue)
     assert data.spec == TaskDefinition("mrpc", "f1", ["0", "1"], is_pair=True)
     assert data.train[0].label == 1
     assert data.train[0].text == 'Amrozi called him "the witness".'
@@ -135,8 +134,8 @@ def test_mrpc_bom_label_in_first_column(glue_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("task", ["rte", "RTE"])
-def test_rte_string_labels(glue_dir: Path, task: str) -> None:
-    data = load_task(task, glue_dir)
+def test_rte_string_labels(handmade_glue: Path, task: str) -> None:
+    data = load_task(task, handmade_glue)
     assert data.spec == TaskDefinition("rte", "accuracy", ["entailment", "not_entailment"], is_pair=True)
     assert data.train == [
         Example("No weapons were found.", "Weapons were found.", 1),
@@ -144,8 +143,8 @@ def test_rte_string_labels(glue_dir: Path, task: str) -> None:
     ]
 
 
-def test_stsb_float_label_in_last_column(glue_dir: Path) -> None:
-    data = load_task("sts-b", glue_dir)
+def test_stsb_float_label_in_last_column(handmade_glue: Path) -> None:
+    data = load_task("sts-b", handmade_glue)
     assert data.spec == TaskDefinition("stsb", "spearman", None, is_pair=True)
     assert data.spec.is_regression and data.spec.num_labels == 1
     assert [e.label for e in data.train] == [5.0, 3.8, 0.0]
@@ -153,8 +152,8 @@ def test_stsb_float_label_in_last_column(glue_dir: Path) -> None:
     assert data.train[1].text_pair == 'A man plays "music".'
 
 
-def test_qnli_dev_readable_for_evaluation(glue_dir: Path) -> None:
-    dev = read_glue_split("qnli", glue_dir, "dev")
+def test_qnli_dev_readable_for_evaluation(handmade_glue: Path) -> None:
+    dev = read_glue_split("qnli", handmade_glue, "dev")
     assert [e.label for e in dev] == [0, 1]
     assert dev[1].text_pair == '" Luis Walter Alvarez found it.'
 
@@ -163,8 +162,8 @@ def test_qnli_dev_readable_for_evaluation(glue_dir: Path) -> None:
     ("alias", "canonical"),
     [("SST-2", "sst2"), ("sst_2", "sst2"), ("STS-B", "stsb"), ("Cola", "cola"), ("MRPC", "mrpc")],
 )
-def test_task_name_aliases(glue_dir: Path, alias: str, canonical: str) -> None:
-    assert load_task(alias, glue_dir).spec.name == canonical
+def test_task_name_aliases(handmade_glue: Path, alias: str, canonical: str) -> None:
+    assert load_task(alias, handmade_glue).spec.name == canonical
 
 
 @pytest.mark.parametrize(
@@ -183,93 +182,93 @@ def test_glue_specs(task: str, metric: str, labels: list[str] | None, is_pair: b
     assert task in GLUE_TASKS
 
 
-def test_crlf_line_endings_are_accepted(glue_dir: Path) -> None:
-    write(glue_dir / "RTE" / "train.tsv", RTE_TRAIN.replace("\n", "\r\n"))
-    data = load_task("rte", glue_dir)
+def test_crlf_line_endings_are_accepted(handmade_glue: Path) -> None:
+    write(handmade_glue / "RTE" / "train.tsv", RTE_TRAIN.replace("\n", "\r\n"))
+    data = load_task("rte", handmade_glue)
     assert data.train[0].label == 1  # "not_entailment\r" would not be a known label
 
 
-def test_glue_metric_override(glue_dir: Path) -> None:
-    assert load_task("mrpc", glue_dir, metric="accuracy").spec.metric == "accuracy"
+def test_glue_metric_override(handmade_glue: Path) -> None:
+    assert load_task("mrpc", handmade_glue, metric="accuracy").spec.metric == "accuracy"
     with pytest.raises(DataError, match="regression"):
-        load_task("stsb", glue_dir, metric="accuracy")
+        load_task("stsb", handmade_glue, metric="accuracy")
     with pytest.raises(DataError, match="unknown metric 'acc'"):
-        load_task("rte", glue_dir, metric="acc")
+        load_task("rte", handmade_glue, metric="acc")
 
 
-def test_glue_test_file_replaces_dev_split(glue_dir: Path, tmp_path: Path) -> None:
+def test_glue_test_file_replaces_dev_split(handmade_glue: Path, tmp_path: Path) -> None:
     challenge = write(
         tmp_path / "challenge.tsv",
         tsv("index\tsentence1\tsentence2\tlabel", "0\tA.\tB.\tentailment"),
     )
-    (glue_dir / "RTE" / "dev.tsv").unlink()  # not needed when a test file is given
-    data = load_task("rte", glue_dir, test_file=challenge)
+    (handmade_glue / "RTE" / "dev.tsv").unlink()  # not needed when a test file is given
+    data = load_task("rte", handmade_glue, test_file=challenge)
     assert data.test == [Example("A.", "B.", 0)]
 
 
 # --------------------------------------------------------------------------- GLUE errors
 
 
-def test_malformed_row_names_file_and_line(glue_dir: Path) -> None:
+def test_malformed_row_names_file_and_line(handmade_glue: Path) -> None:
     path = write(
-        glue_dir / "RTE" / "train.tsv",
+        handmade_glue / "RTE" / "train.tsv",
         tsv("index\tsentence1\tsentence2\tlabel", "0\ta\tb\tentailment", "1\ta\tb"),
     )
     with pytest.raises(DataError, match=r"line 3: expected 4 tab-separated fields") as err:
-        load_task("rte", glue_dir)
+        load_task("rte", handmade_glue)
     assert str(path) in str(err.value)
 
 
-def test_label_outside_set_names_file_and_line(glue_dir: Path) -> None:
-    path = write(glue_dir / "SST-2" / "train.tsv", tsv("sentence\tlabel", "ok\t1", "bad\t2"))
+def test_label_outside_set_names_file_and_line(handmade_glue: Path) -> None:
+    path = write(handmade_glue / "SST-2" / "train.tsv", tsv("sentence\tlabel", "ok\t1", "bad\t2"))
     with pytest.raises(DataError, match=r"line 3: label '2' is not one of 0, 1") as err:
-        load_task("sst2", glue_dir)
+        load_task("sst2", handmade_glue)
     assert str(path) in str(err.value)
 
 
-def test_cola_label_outside_set_on_first_line(glue_dir: Path) -> None:
+def test_cola_label_outside_set_on_first_line(handmade_glue: Path) -> None:
     # A CoLA file with a header row is not the GLUE CoLA file: line 1 is then rejected.
-    write(glue_dir / "CoLA" / "train.tsv", tsv("source\tlabel\tmark\tsentence", "a\t1\t\tx"))
+    write(handmade_glue / "CoLA" / "train.tsv", tsv("source\tlabel\tmark\tsentence", "a\t1\t\tx"))
     with pytest.raises(DataError, match="line 1: label 'label'"):
-        load_task("cola", glue_dir)
+        load_task("cola", handmade_glue)
 
 
 @pytest.mark.parametrize("score", ["high", "5.5", "-0.1", "nan"])
-def test_stsb_bad_score(glue_dir: Path, score: str) -> None:
+def test_stsb_bad_score(handmade_glue: Path, score: str) -> None:
     write(
-        glue_dir / "STS-B" / "train.tsv",
+        handmade_glue / "STS-B" / "train.tsv",
         tsv(STSB_HEADER, "0\tg\tf\ty\t1\tn\tn\tA.\tB.\t" + score),
     )
     with pytest.raises(DataError, match=r"line 2: label .* is not a number in \[0.0, 5.0\]"):
-        load_task("stsb", glue_dir)
+        load_task("stsb", handmade_glue)
 
 
-def test_wrong_header_is_rejected(glue_dir: Path) -> None:
+def test_wrong_header_is_rejected(handmade_glue: Path) -> None:
     # e.g. a Hugging Face export with reordered columns
-    write(glue_dir / "RTE" / "train.tsv", tsv("sentence1\tsentence2\tlabel\tidx", "a\tb\t0\t0"))
+    write(handmade_glue / "RTE" / "train.tsv", tsv("sentence1\tsentence2\tlabel\tidx", "a\tb\t0\t0"))
     with pytest.raises(DataError, match="line 1: header .* does not look like the GLUE RTE"):
-        load_task("rte", glue_dir)
+        load_task("rte", handmade_glue)
 
 
-def test_header_only_file(glue_dir: Path) -> None:
-    write(glue_dir / "SST-2" / "train.tsv", tsv("sentence\tlabel"))
+def test_header_only_file(handmade_glue: Path) -> None:
+    write(handmade_glue / "SST-2" / "train.tsv", tsv("sentence\tlabel"))
     with pytest.raises(DataError, match="contains no examples"):
-        load_task("sst2", glue_dir)
+        load_task("sst2", handmade_glue)
 
 
-def test_missing_train_file_says_evaluation_only(glue_dir: Path) -> None:
+def test_missing_train_file_says_evaluation_only(handmade_glue: Path) -> None:
     with pytest.raises(DataError) as err:
-        load_task("qnli", glue_dir)
+        load_task("qnli", handmade_glue)
     message = str(err.value)
-    assert str(glue_dir / "QNLI" / "train.tsv") in message
+    assert str(handmade_glue / "QNLI" / "train.tsv") in message
     assert "can only be evaluated" in message
     assert "--data-dir" in message and "full GLUE folder" in message
 
 
-def test_missing_dev_file(glue_dir: Path) -> None:
-    (glue_dir / "RTE" / "dev.tsv").unlink()
+def test_missing_dev_file(handmade_glue: Path) -> None:
+    (handmade_glue / "RTE" / "dev.tsv").unlink()
     with pytest.raises(DataError, match=r"RTE/dev.tsv is missing: rte has no test set"):
-        load_task("rte", glue_dir)
+        load_task("rte", handmade_glue)
 
 
 def test_glue_task_without_data_dir() -> None:
@@ -284,15 +283,15 @@ def test_glue_data_dir_does_not_exist(tmp_path: Path) -> None:
     assert str(missing) in str(err.value) and "CoLA" in str(err.value)
 
 
-def test_data_dir_pointing_at_task_folder_gets_a_hint(glue_dir: Path) -> None:
+def test_data_dir_pointing_at_task_folder_gets_a_hint(handmade_glue: Path) -> None:
     with pytest.raises(DataError, match="single task's folder: point at its parent"):
-        load_task("rte", glue_dir / "RTE")
+        load_task("rte", handmade_glue / "RTE")
 
 
-def test_invalid_utf8_names_line(glue_dir: Path) -> None:
-    write(glue_dir / "SST-2" / "train.tsv", b"sentence\tlabel\nok\t1\nbad \xff\t0\n")
+def test_invalid_utf8_names_line(handmade_glue: Path) -> None:
+    write(handmade_glue / "SST-2" / "train.tsv", b"sentence\tlabel\nok\t1\nbad \xff\t0\n")
     with pytest.raises(DataError, match="line 3: not valid UTF-8"):
-        load_task("sst2", glue_dir)
+        load_task("sst2", handmade_glue)
 
 
 def test_unknown_task() -> None:
@@ -461,9 +460,9 @@ def test_unsupported_extension(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- dataclasses
 
 
-def test_dataclasses_round_trip_through_json(glue_dir: Path) -> None:
+def test_dataclasses_round_trip_through_json(handmade_glue: Path) -> None:
     for task in ("rte", "stsb"):
-        data = load_task(task, glue_dir)
+        data = load_task(task, handmade_glue)
         assert TaskData.from_dict(json.loads(json.dumps(data.to_dict()))) == data
         spec = data.spec
         assert TaskDefinition.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
@@ -578,13 +577,6 @@ def test_split_errors(n: int, size: object, kwargs: dict, pattern: str) -> None:
 # --------------------------------------------------------------------------- real GLUE folder
 
 
-def real_glue_dir() -> Path:
-    folder = glue_dir_from_env()
-    if folder is None or not Path(folder).is_dir():
-        pytest.skip(f"real GLUE folder not found (AA_GLUE_DIR={folder!r}): set AA_GLUE_DIR to run these tests")
-    return Path(folder)
-
-
 @pytest.mark.parametrize(
     ("task", "n_train", "n_test", "train_counts"),
     [
@@ -594,8 +586,8 @@ def real_glue_dir() -> Path:
         ("stsb", 5749, 1500, None),
     ],
 )
-def test_real_glue_row_counts(task: str, n_train: int, n_test: int, train_counts: dict | None) -> None:
-    data = load_task(task, real_glue_dir())
+def test_real_glue_row_counts(glue_dir: Path, task: str, n_train: int, n_test: int, train_counts: dict | None) -> None:
+    data = load_task(task, glue_dir)
     assert len(data.train) == n_train
     assert data.test is not None and len(data.test) == n_test
     if train_counts is not None:
@@ -605,8 +597,8 @@ def test_real_glue_row_counts(task: str, n_train: int, n_test: int, train_counts
         assert all(0.0 <= e.label <= 5.0 for e in data.train)
 
 
-def test_real_qnli_has_no_train_split() -> None:
-    folder = real_glue_dir()
+def test_real_qnli_has_no_train_split(glue_dir: Path) -> None:
+    folder = glue_dir
     with pytest.raises(DataError, match="QNLI/train.tsv is missing.*can only be evaluated"):
         load_task("qnli", folder)
     assert len(read_glue_split("qnli", folder, "dev")) == 5463
