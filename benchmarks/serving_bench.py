@@ -50,7 +50,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine_info import describe_machine, load_average  # noqa: E402
 
 from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
-from aa_deploy.data import DataError, Example, read_glue_split  # noqa: E402
+from aa_deploy.data import read_glue_file  # noqa: E402
+from aa_deploy.data.glue import glue_split_path  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "serving.json"
 BASE_TASKS = ("sst", "mid", "relu", "late")
@@ -114,32 +115,30 @@ def _link_backbone(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _glue_dev(task: str) -> list[Example] | None:
-    """The task's official dev split from $AA_GLUE_DIR; None without the folder or the file, where the
-    built-in texts stand in (the GLUE reader owns the files' quirks, so none are re-parsed here)."""
+def _glue_dev_file(task: str) -> Path | None:
+    """The task's official dev file in $AA_GLUE_DIR; None without the folder or the file, where the built-in
+    texts stand in. A malformed file still fails loudly when read: numbers from silently swapped texts
+    would mislead."""
     folder = glue_dir_from_env()
     if folder is None:
         return None
-    try:
-        return read_glue_split(task, folder, "dev")
-    except DataError:
-        return None
+    path = glue_split_path(task, folder, "dev")
+    return path if path.is_file() else None
 
 
 def texts_source() -> str:
     """Which texts :func:`load_texts` draws from, for the results file (numbers move with text lengths)."""
-    singles = "GLUE SST-2 dev" if _glue_dev("sst2") is not None else "built-in sentences"
-    pairs = "GLUE RTE dev" if _glue_dev("rte") is not None else "built-in pairs"
-    where = f" (from {glue_dir_from_env()})" if glue_dir_from_env() is not None else " ($AA_GLUE_DIR unset)"
-    return f"{singles} / {pairs}{where}"
+    sst2, rte = _glue_dev_file("sst2"), _glue_dev_file("rte")
+    return f"sentences: {sst2 or 'built-in'}; pairs: {rte or 'built-in'}"
 
 
 def load_texts() -> tuple[list[str], list[tuple[str, str]]]:
-    """SST-2 dev sentences and RTE dev pairs, or built-in sentences without the GLUE folder."""
-    sst2, rte = _glue_dev("sst2"), _glue_dev("rte")
-    singles = [e.text for e in sst2][:512] if sst2 is not None else list(FALLBACK_TEXTS)
-    if rte is not None:
-        pairs = [(e.text, e.text_pair or "") for e in rte][:256]
+    """SST-2 dev sentences and RTE dev pairs (read by the package's GLUE reader, which owns the files'
+    quirks), or built-in sentences without them."""
+    sst2, rte = _glue_dev_file("sst2"), _glue_dev_file("rte")
+    singles = [e.text for e in read_glue_file("sst2", sst2)][:512] if sst2 else list(FALLBACK_TEXTS)
+    if rte:
+        pairs = [(e.text, e.text_pair or "") for e in read_glue_file("rte", rte)][:256]
     else:
         pairs = [(t, FALLBACK_TEXTS[0]) for t in FALLBACK_TEXTS]
     return singles, pairs
