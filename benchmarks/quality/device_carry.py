@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import add_glue_dir_option  # noqa: E402
 
-GLUE_FOLDERS = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA"}
+from aa_deploy.data.glue import glue_split_path  # noqa: E402
 
 
 def main() -> int:
@@ -48,11 +48,10 @@ def main() -> int:
     AutoModel.from_pretrained(source, dtype=torch.float16).save_pretrained(backbone_dir)
     AutoTokenizer.from_pretrained(source).save_pretrained(backbone_dir)
     for task in args.tasks.split(","):
-        folder = GLUE_FOLDERS[task]
-        target = args.output / "glue" / folder
-        target.mkdir(parents=True, exist_ok=True)
-        for split in ("train.tsv", "dev.tsv"):
-            shutil.copyfile(Path(args.glue_dir) / folder / split, target / split)
+        for split in ("train", "dev"):  # the GLUE reader owns each task's folder name
+            target = glue_split_path(task, args.output / "glue", split)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(glue_split_path(task, args.glue_dir, split), target)
     total = sum(p.stat().st_size for p in args.output.rglob("*") if p.is_file())
     print(f"wrote {args.output} ({total / 2**20:.1f} MiB; the carry limit is 64 MiB with the working tree)")
     return 0
