@@ -83,6 +83,21 @@ def test_grid_runs_resumes_reports_and_keeps_a_learning_rate_variant_apart(tmp_p
     second = run_grid(tmp_path, tiny_backbone_dir, glue)  # resumes: nothing left to run
     assert second.returncode == 0 and "3 of 3 cells already finished; 0 to run" in second.stdout
 
+    # On a machine without the run folders (they are not committed), a focused cell still to run gets its
+    # recorded search trained again for its selection; the search's record is kept, as the rerun reproduces it.
+    import shutil
+
+    recorded_search = (tmp_path / "results" / "rte-n24-s42-search.json").read_text()
+    shutil.rmtree(tmp_path / "runs" / "rte-n24-s42-search")
+    (tmp_path / "results" / "rte-n24-s42-focused.json").unlink()
+    fresh = run_grid(tmp_path, tiny_backbone_dir, glue)
+    assert fresh.returncode == 0, fresh.stdout[-2000:] + fresh.stderr[-2000:]
+    assert "rebuild rte-n24-s42-search: recorded, but rte-n24-s42-focused needs its run folder" in fresh.stdout
+    assert (tmp_path / "runs" / "rte-n24-s42-search" / "selection.json").is_file()
+    assert (tmp_path / "results" / "rte-n24-s42-search.json").read_text() == recorded_search
+    refocused = json.loads((tmp_path / "results" / "rte-n24-s42-focused.json").read_text())
+    assert refocused["selected_layers"] == cell["selected_layers"]
+
     # An off-protocol learning rate is a cell of its own; the protocol's standard cell is not rerun.
     variant = run_grid(tmp_path, tiny_backbone_dir, glue, "--recipes", "standard", "--learning-rate", "1e-3")
     assert variant.returncode == 0, variant.stdout[-2000:] + variant.stderr[-2000:]

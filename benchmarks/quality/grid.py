@@ -20,7 +20,9 @@ switch and rational rates stay the paper's). Its cells carry the rate in their i
 reported in a separate section, never mixed into the protocol table or its claims.
 
 Each finished cell is one JSON file in results/; a cell whose file exists is never rerun, so the
-command resumes wherever it stopped (also across sessions). Run folders go to runs/ (not committed).
+command resumes wherever it stopped (also across sessions). Run folders go to runs/ (not committed);
+a focused cell whose search is recorded but has no run folder here gets that search trained again
+for its selection (its record is kept when the rerun reproduces it).
 Several grid commands may share both folders (say one thread each on a small machine): each claims a
 cell (a file lock in runs/) before it trains it, waits for cells another command is training, and skips
 the cells another command finished meanwhile.
@@ -44,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 from aa_deploy.cli_options import glue_dir_from_env  # noqa: E402
+from aa_deploy.contract.layout import SELECTION_NAME  # noqa: E402
 from aa_deploy.contract.rules import uses_rational  # noqa: E402
 from aa_deploy.training.protocols import schedule_named  # noqa: E402
 
@@ -271,6 +274,12 @@ def cell_command(cell: Cell, args: argparse.Namespace, out_dir: Path) -> list[st
 
 
 def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
+    """Train ``cell`` into its run folder and record its result (atomically) in the results folder.
+
+    A cell that is recorded already is trained again only to rebuild the run folder a later cell needs
+    (a focused cell's search on a machine that lacks it). Its record is kept when the rerun reproduces
+    it; otherwise the record is replaced by the run the later cell builds on, and the grid says so.
+    """
     out_dir = args.runs_dir / cell.cell_id
     cmd = cell_command(cell, args, out_dir)
     env = dict(
@@ -313,10 +322,22 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
         "torch": metrics.get("torch"),
         "commit": _commit(),
     }
+    recorded_file = args.results_dir / f"{cell.cell_id}.json"
+    if recorded_file.is_file():
+        recorded = json.loads(recorded_file.read_text())
+        same = (recorded.get("value"), recorded.get("selected_layers")) == (result["value"], result["selected_layers"])
+        if same:
+            return recorded
+        print(
+            f"WARNING {cell.cell_id}: the rebuilt run did not reproduce its record (value {recorded.get('value')} "
+            f"-> {result['value']}, layers {recorded.get('selected_layers')} -> {result['selected_layers']}); "
+            "the record now describes the rebuilt run",
+            flush=True,
+        )
     args.results_dir.mkdir(parents=True, exist_ok=True)
     tmp = args.results_dir / f".{cell.cell_id}.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, args.results_dir / f"{cell.cell_id}.json")
+    os.replace(tmp, recorded_file)
     return result
 
 
@@ -332,9 +353,21 @@ def _done(cell: Cell, results_dir: Path) -> bool:
     return (results_dir / f"{cell.cell_id}.json").is_file()
 
 
+def _run_folder_ready(cell: Cell, runs_dir: Path) -> bool:
+    """Whether ``cell``'s run folder holds what later cells read from it (its selection)."""
+    return (runs_dir / cell.cell_id / SELECTION_NAME).is_file()
+
+
 def _source_ready(cell: Cell, runs_dir: Path) -> bool:
     source = cell.source()
-    return source is None or (runs_dir / source.cell_id / "selection.json").is_file()
+    return source is None or _run_folder_ready(source, runs_dir)
+
+
+def _finished(cell: Cell, args: argparse.Namespace, rebuilding: set[str]) -> bool:
+    """A planned cell is finished once recorded; a cell rerun for its run folder once that folder is ready."""
+    if cell.cell_id in rebuilding:
+        return _run_folder_ready(cell, args.runs_dir)
+    return _done(cell, args.results_dir)
 
 
 def claim_cell(cell: Cell, runs_dir: Path) -> FileLock | None:
@@ -380,21 +413,29 @@ def command_run(args: argparse.Namespace) -> int:
     failures = 0
     running: dict[Future, Cell] = {}
     announced: set[str] = set()  # cells reported as held by another grid command
+    # Recorded cells trained again because a planned cell needs their run folder, which this machine
+    # lacks (run folders are not committed): they are finished once the folder is, not once recorded.
+    rebuilding: set[str] = set()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         while todo or running:
             # Another grid command sharing the results folder may have finished a cell since the plan.
-            for cell in [c for c in todo if _done(c, args.results_dir)]:
+            for cell in [c for c in todo if _finished(c, args, rebuilding)]:
                 todo.remove(cell)
                 print(f"skip {cell.cell_id}: finished by another grid command meanwhile", flush=True)
-            ready = [c for c in todo if _source_ready(c, args.runs_dir)]
             # A focused cell whose search source is neither finished nor queued anymore is run after it.
             blocked = [c for c in todo if not _source_ready(c, args.runs_dir)]
             queued_sources = {c.cell_id for c in todo} | {c.cell_id for c in running.values()}
             for cell in blocked:
                 source = cell.source()
                 if source is not None and source.cell_id not in queued_sources:
+                    if _done(source, args.results_dir):
+                        rebuilding.add(source.cell_id)
+                        print(
+                            f"rebuild {source.cell_id}: recorded, but {cell.cell_id} needs its run folder", flush=True
+                        )
                     todo.append(source)
                     queued_sources.add(source.cell_id)
+            ready = [c for c in todo if _source_ready(c, args.runs_dir)]
             held_elsewhere = []
             for cell in ready:
                 if len(running) >= args.jobs:
@@ -406,7 +447,7 @@ def command_run(args: argparse.Namespace) -> int:
                         announced.add(cell.cell_id)
                         print(f"waiting for {cell.cell_id}: another grid command is running it", flush=True)
                     continue
-                if _done(cell, args.results_dir):  # finished between the check above and the claim
+                if _finished(cell, args, rebuilding):  # finished between the check above and the claim
                     claim.release()
                     continue
                 todo.remove(cell)
