@@ -326,8 +326,8 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     if recorded_file.is_file():
         recorded = json.loads(recorded_file.read_text())
         same = (recorded.get("value"), recorded.get("selected_layers")) == (result["value"], result["selected_layers"])
-        if same:
-            return recorded
+        if same:  # keep the record (its wall time and commit are the first run's)
+            return result
         print(
             f"WARNING {cell.cell_id}: the rebuilt run did not reproduce its record (value {recorded.get('value')} "
             f"-> {result['value']}, layers {recorded.get('selected_layers')} -> {result['selected_layers']}); "
