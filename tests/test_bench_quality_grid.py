@@ -276,6 +276,15 @@ def _import(name: str):
         sys.path.remove(str(GRID.parent))
 
 
+def test_a_rebuilt_cell_reproduces_its_record_with_the_same_layers_and_a_score_within_float_noise() -> None:
+    grid = _import("grid")
+    record = {"value": 0.5923637427895687, "selected_layers": [0, 1, 2, 3, 4, 5]}
+    assert grid.reproduces(record, {**record, "value": 0.5923571609344985})  # another CPU's summation order
+    assert not grid.reproduces(record, {**record, "value": 0.5913})
+    assert not grid.reproduces(record, {**record, "selected_layers": [0, 1, 2, 3, 5]})
+    assert not grid.reproduces({"selected_layers": [0, 1, 2, 3, 4, 5]}, record)  # a record without a score
+
+
 def test_cell_ids_name_the_start_only_when_it_is_not_the_first_one(monkeypatch) -> None:
     """Ids of cells run before a schedule changed its start stay valid, and once the default start is
     `identity` a default search cell is the start-study cell of that start (one id, one run)."""
