@@ -268,6 +268,38 @@ def test_the_default_table_holds_only_cells_that_ran_the_schedules_current_start
     assert report.default_schedule_rows([search_identity, search_new]) == [search_new]
 
 
+def test_the_transfer_table_pairs_seeds_and_names_the_layers_each_run_trained() -> None:
+    """A transferred selection is compared with the same seeds' own selection, and each side shows how many
+    layers it trained, so a source that kept every layer is visible as such."""
+    report = _import("report")
+
+    def focused(seed: int, value: float, layers: list[int], **source) -> dict:
+        return {
+            "task": "rte",
+            "train_size": 300,
+            "seed": seed,
+            "recipe": "focused",
+            "value": value,
+            "selected_layers": layers,
+            **source,
+        }
+
+    own = [focused(42, 0.50, [0, 2]), focused(92, 0.60, [1, 3, 5]), focused(111, 0.70, [4])]
+    moved = [
+        focused(42, 0.40, [0, 1, 2, 3, 4, 5], source_task="rte", source_size=100),
+        focused(92, 0.44, [0, 1, 2, 3, 4, 5], source_task="rte", source_size=100),
+        focused(42, 0.55, [2], source_task="mrpc", source_size=300),
+    ]
+    lines = report.transfer_table(own + moved).splitlines()
+    assert lines[0].count("layers kept") == 2
+    by_source = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]}
+    assert set(by_source) == {"rte N=100", "mrpc N=300"}
+    assert by_source["rte N=100"][2:] == ["42.0 ± 2.8 (n=2)", "6, 6", "55.0 ± 7.1 (n=2)", "2, 3", "2"]
+    assert by_source["mrpc N=300"][2:] == ["55.0 ± 0.0 (n=1)", "1", "50.0 ± 0.0 (n=1)", "2", "1"]
+    # Own-selection focused runs alone are no transfer.
+    assert report.transfer_table(own) == "_No transfer cells finished yet._"
+
+
 def _import(name: str):
     sys.path.insert(0, str(GRID.parent))
     try:

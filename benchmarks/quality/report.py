@@ -464,6 +464,11 @@ def build_tables(
 
 
 def transfer_table(rows: list[dict]) -> str:
+    """Focused runs on another setting's selection next to the same seeds' focused runs on their own.
+
+    The layer columns matter for reading the scores: where the source kept every layer, the transferred run is
+    the six-layer focused run and says nothing about whether a selection carries over.
+    """
     transfer = [r for r in rows if r["recipe"] == "focused" and not is_own_selection(r)]
     if not transfer:
         return "_No transfer cells finished yet._"
@@ -472,15 +477,28 @@ def transfer_table(rows: list[dict]) -> str:
     for r in transfer:
         groups[(r["task"], r["train_size"], r["source_task"], r["source_size"])].append(r)
     lines = [
-        "| target | selection from | focused, transferred selection | focused, own selection | seeds compared |",
-        "|---|---|---|---|---|",
+        "| target | selection from | focused, transferred selection | layers kept | focused, own selection "
+        "| layers kept | seeds compared |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (task, size, src_task, src_size), cells in sorted(groups.items()):
-        mine = [own[(task, size, c["seed"])]["value"] for c in cells if (task, size, c["seed"]) in own]
+    for (task, size, src_task, src_size), cells in sorted(groups.items(), key=_transfer_order):
+        mine = [own[(task, size, c["seed"])] for c in cells if (task, size, c["seed"]) in own]
         lines.append(
-            f"| {task} N={size} | {src_task} N={src_size} | {fmt([c['value'] for c in cells])} | {fmt(mine)} | {len(mine)} |"
+            f"| {task} N={size} | {src_task} N={src_size} | {fmt([c['value'] for c in cells])} "
+            f"| {_layers_kept(cells)} | {fmt([m['value'] for m in mine])} | {_layers_kept(mine)} | {len(mine)} |"
         )
     return "\n".join(lines)
+
+
+def _transfer_order(item: tuple) -> tuple:
+    task, size, src_task, src_size = item[0]
+    return (task, _size_key(size), src_task, _size_key(src_size))
+
+
+def _layers_kept(cells: list[dict]) -> str:
+    """Per seed, how many adapter layers the focused run trained (its selection's size)."""
+    kept = [str(len(c["selected_layers"])) if c.get("selected_layers") is not None else "?" for c in cells]
+    return ", ".join(kept) if kept else "–"
 
 
 def claims(summary: dict) -> str:
@@ -586,6 +604,12 @@ Against the paper protocol (best recipe of each; same rule as the claims below):
 Claims on the default schedule:
 
 {claims(default_summary)}
+
+Transfer of the selected architecture on the default schedule (focused runs that train the layers another
+setting's search selected). Reproduce: `python benchmarks/quality/grid.py run --glue-dir ../shared/data/glue
+--protocol default --tasks rte,mrpc --sizes 100,300 --recipes search --transfer`.
+
+{transfer_table(default_rows)}
 {earlier_start_sections(all_rows, baselines, summary)}
 ## Rational start study (search recipe, default schedule)
 
