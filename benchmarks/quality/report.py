@@ -474,11 +474,11 @@ def transfer_table(rows: list[dict]) -> str:
         return "_No transfer cells finished yet._"
     own = {(r["task"], r["train_size"], r["seed"]): r for r in rows if r["recipe"] == "focused" and is_own_selection(r)}
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in transfer:
+    for r in sorted(transfer, key=lambda r: r["seed"]):
         groups[(r["task"], r["train_size"], r["source_task"], r["source_size"])].append(r)
     lines = [
-        "| target | selection from | focused, transferred selection | layers kept | focused, own selection "
-        "| layers kept | seeds compared |",
+        "| target | selection from | focused, transferred selection | layers kept, by seed | focused, own selection "
+        "| layers kept, by seed | seeds compared |",
         "|---|---|---|---|---|---|---|",
     ]
     for (task, size, src_task, src_size), cells in sorted(groups.items(), key=_transfer_order):
@@ -496,7 +496,7 @@ def _transfer_order(item: tuple) -> tuple:
 
 
 def _layers_kept(cells: list[dict]) -> str:
-    """Per seed, how many adapter layers the focused run trained (its selection's size)."""
+    """Per seed (in the order given), how many adapter layers the focused run trained (its selection's size)."""
     kept = [str(len(c["selected_layers"])) if c.get("selected_layers") is not None else "?" for c in cells]
     return ", ".join(kept) if kept else "–"
 
