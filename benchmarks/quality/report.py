@@ -467,7 +467,7 @@ def transfer_table(rows: list[dict]) -> str:
     """Focused runs on another setting's selection next to the same seeds' focused runs on their own.
 
     The layer columns matter for reading the scores: where the source kept every layer, the transferred run is
-    the six-layer focused run and says nothing about whether a selection carries over.
+    the focused run on every layer and says nothing about whether a selection carries over.
     """
     transfer = [r for r in rows if r["recipe"] == "focused" and not is_own_selection(r)]
     if not transfer:
