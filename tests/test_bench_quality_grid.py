@@ -281,6 +281,7 @@ def test_the_transfer_table_pairs_seeds_and_names_the_layers_each_run_trained() 
             "recipe": "focused",
             "value": value,
             "selected_layers": layers,
+            "layers_kept": len(layers),
             **source,
         }
 

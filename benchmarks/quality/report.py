@@ -496,9 +496,8 @@ def _transfer_order(item: tuple) -> tuple:
 
 
 def _layers_kept(cells: list[dict]) -> str:
-    """Per seed (in the order given), how many adapter layers the focused run trained (its selection's size)."""
-    kept = [str(len(c["selected_layers"])) if c.get("selected_layers") is not None else "?" for c in cells]
-    return ", ".join(kept) if kept else "–"
+    """Per seed (in the order given), how many adapter layers the focused run trained."""
+    return ", ".join(str(c["layers_kept"]) for c in cells) or "–"
 
 
 def claims(summary: dict) -> str:
