@@ -436,3 +436,27 @@ def test_the_grid_takes_the_glue_folder_from_the_variable(tmp_path: Path) -> Non
     assert done.returncode == 2
     assert f"the GLUE folder {missing} does not exist" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_budget_picture_draws_each_tasks_majority_level_where_it_is_known(tmp_path: Path, monkeypatch) -> None:
+    """A flat curve reads as nothing without the constant predictor's level beside it (MRPC's is)."""
+    import matplotlib.axes
+
+    report = _import("report")
+    drawn: list[float] = []
+    real_axhline = matplotlib.axes.Axes.axhline
+
+    def recording_axhline(self, y=0, *args, **kwargs):  # noqa: ANN001, ANN202 - matplotlib's signature
+        drawn.append(y)
+        return real_axhline(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", recording_axhline)
+    curve = {
+        ("mrpc", 1000, "identity"): {"search": {1: [0.81, 0.80], 6: [0.80, 0.79]}},
+        ("stsb", 1000, "identity"): {"search": {1: [0.55, 0.60], 6: [0.79, 0.78]}},
+    }
+    picture = tmp_path / "layer_budget.png"
+    # A baseline that is not a number (a metric undefined for a constant) draws no line rather than a broken axis.
+    report.plot_budget(curve, picture, {"mrpc": 0.812, "stsb": float("nan")})
+    assert picture.is_file()
+    assert drawn == [pytest.approx(81.2)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -254,7 +255,7 @@ def _budget_title(key: tuple, curve: dict) -> str:
     return f"{task}, N = {size}" + (f", start `{start}`" if several or start != DEFAULT.rational_init else "")
 
 
-def budget_section(rows: list[dict], picture: Path) -> str:
+def budget_section(rows: list[dict], picture: Path, baselines: dict[str, float] | None = None) -> str:
     curve = budget_rows(rows)
     if not curve:
         return "_No layer-budget cells finished yet._"
@@ -270,11 +271,13 @@ def budget_section(rows: list[dict], picture: Path) -> str:
         for recipe, label in BUDGET_METHODS:
             lines.append(f"| {label} | " + " | ".join(fmt(methods.get(recipe, {}).get(k, [])) for k in ks) + " |")
         out.append("\n".join(lines))
-    plot_budget(curve, picture)
+    plot_budget(curve, picture, baselines or {})
     return "\n\n".join(out) + f"\n\n![layer budget]({picture.name})"
 
 
-def plot_budget(curve: dict, path: Path) -> None:
+def plot_budget(curve: dict, path: Path, baselines: dict[str, float]) -> None:
+    """One panel per (task, N). Each panel draws its task's majority-class level where known: a flat
+    curve means nothing without it (MRPC's whole curve sits within a point of always "paraphrase")."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -291,6 +294,9 @@ def plot_budget(curve: dict, path: Path) -> None:
             means = [100 * mean_std(v)[0] for _, v in points]
             stds = [100 * mean_std(v)[1] for _, v in points]
             ax.errorbar(ks, means, yerr=stds, marker=marker, capsize=3, label=label.split(":")[0])
+        base = baselines.get(key[0])
+        if base is not None and math.isfinite(base):
+            ax.axhline(100 * base, color="gray", linestyle="--", linewidth=1, label="majority class")
         ax.set_title(_budget_title(key, curve).replace("`", ""), fontsize=12)
         ks_all = sorted({k for m in curve[key].values() for k in m})
         ax.set_xticks(ks_all)
@@ -300,7 +306,11 @@ def plot_budget(curve: dict, path: Path) -> None:
         ax.tick_params(axis="y", labelsize=10)
         ax.grid(alpha=0.3)
     # One legend for all panels, below them: inside a panel it hides the low-K points the curve is about.
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    legend: dict[str, object] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=10, frameon=False)
     fig.suptitle("Score vs adapter layers kept (MiniLM-L6, default schedule)", fontsize=12)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
@@ -630,7 +640,7 @@ then scored with only its K top-most adapters (`benchmarks/quality/drop_eval.py`
 AdapterDrop is meant to be used; its best epoch is chosen with all layers). Reproduce: `python
 benchmarks/quality/grid.py run --glue-dir ../shared/data/glue --tasks sst2,stsb,mrpc --sizes N --budgets 1,2,3,4,5`.
 
-{budget_section(all_rows, args.output.parent / "layer_budget.png")}
+{budget_section(all_rows, args.output.parent / "layer_budget.png", baselines)}
 
 ## What the head can read: a linear probe on the frozen backbone
 
