@@ -55,3 +55,18 @@ def free_port(host: str = "127.0.0.1", attempts: int = 200) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int, host: str = "127.0.0.1", exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """``count`` distinct free ports, none of them in ``exclude``.
+
+    Picking is not reserving: a port handed out but not yet bound is still bindable, so picks made for
+    one command line (a Ray node takes seven) can repeat each other; Ray refuses a node whose components
+    share a port. ``exclude`` names ports already handed to the same cluster.
+    """
+    picked: list[int] = []
+    while len(picked) < count:
+        port = free_port(host)
+        if port not in picked and port not in exclude:
+            picked.append(port)
+    return picked

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .ports import free_port
+from .ports import free_port, free_ports
 
 MARKER = "AA_DEPLOY_LOCAL_RAY_CLUSTER"
 
@@ -34,8 +34,9 @@ def _bin(name: str) -> str:
     return found
 
 
-def _node_ports() -> list[str]:
-    """Ports every node of a one-host cluster needs of its own (Ray's defaults would collide)."""
+def _node_ports(taken: set[int]) -> list[str]:
+    """Ports every node of a one-host cluster needs of its own (Ray's defaults would collide), distinct
+    from each other and from ``taken`` (the cluster's ports so far, which this adds them to)."""
     options = (
         "--node-manager-port",
         "--object-manager-port",
@@ -44,9 +45,11 @@ def _node_ports() -> list[str]:
         "--runtime-env-agent-port",
         "--metrics-export-port",
     )
+    ports = free_ports(len(options), exclude=taken)
+    taken.update(ports)
     args: list[str] = []
-    for option in options:
-        args += [option, str(free_port())]
+    for option, port in zip(options, ports, strict=True):
+        args += [option, str(port)]
     return args
 
 
@@ -111,7 +114,7 @@ class LocalRayCluster:
         except RuntimeError as exc:
             if STARTUP_TIMEOUT not in str(exc):
                 raise
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.gcs_port, self.dashboard_port = free_ports(2)
         self.temp_dirs, self.home = [], None
         time.sleep(5)
         return self._start_nodes()
@@ -120,17 +123,29 @@ class LocalRayCluster:
         ray = _bin("ray")
         cpus = str(self.cpus_per_node)
         common = ["--node-ip-address", "127.0.0.1", "--num-cpus", cpus, "--num-gpus", "0", "--disable-usage-stats"]
+        taken = {self.gcs_port, self.dashboard_port}
+        (client_port,) = free_ports(1, exclude=taken)
+        taken.add(client_port)
         try:
             self._run(
                 [ray, "start", "--head", "--port", str(self.gcs_port), "--temp-dir", self._temp_dir(),
                  "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                 "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
-                 *common, *_node_ports()],
+                 "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(client_port),
+                 *common, *_node_ports(taken)],
                 self.start_timeout_s,
             )  # fmt: skip
             for _ in range(self.nodes - 1):
                 self._run(
-                    [ray, "start", "--address", self.address, "--temp-dir", self._temp_dir(), *common, *_node_ports()],
+                    [
+                        ray,
+                        "start",
+                        "--address",
+                        self.address,
+                        "--temp-dir",
+                        self._temp_dir(),
+                        *common,
+                        *_node_ports(taken),
+                    ],
                     self.start_timeout_s,
                 )
         except BaseException:

@@ -48,3 +48,10 @@ def test_a_too_narrow_band_falls_back_to_the_kernel_pick(tmp_path: Path, monkeyp
     monkeypatch.setattr(ports, "EPHEMERAL_RANGE_FILE", setting)
     port = ports.free_port()
     assert not ports.LOWEST_PICKED_PORT <= port < ports.LOWEST_PICKED_PORT + 10
+
+
+def test_free_ports_never_repeats_a_pick_nor_hands_out_an_excluded_port(monkeypatch) -> None:
+    """Picks are not reservations, so one command line's ports can repeat: Ray refuses such a node."""
+    draws = iter([21010, 21010, 22000, 23000, 24000])
+    monkeypatch.setattr(ports, "free_port", lambda host="127.0.0.1": next(draws))
+    assert ports.free_ports(2, exclude={22000}) == [21010, 23000]
