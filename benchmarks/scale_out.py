@@ -186,11 +186,12 @@ def main() -> int:
 
     from serving_bench import build_exports, load_texts
 
-    from aa_deploy.serving.ray_local import LocalRayCluster, free_port
+    from aa_deploy.serving.ports import free_ports
+    from aa_deploy.serving.ray_local import LocalRayCluster
 
     exports = build_exports(args.workdir)
     texts = load_texts()[0]
-    direct_port, proxy_port = free_port(), free_port()
+    direct_port, proxy_port = free_ports(2)
     direct_url, proxy_url = f"http://127.0.0.1:{direct_port}", f"http://127.0.0.1:{proxy_port}"
 
     def measure(url: str) -> dict[str, Any]:

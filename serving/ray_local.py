@@ -71,6 +71,10 @@ class LocalRayCluster:
     marker: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
     home: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.dashboard_port == self.gcs_port:  # two default picks can repeat: picking is not reserving
+            (self.dashboard_port,) = free_ports(1, exclude={self.gcs_port})
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.gcs_port}"

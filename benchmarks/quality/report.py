@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -255,7 +254,7 @@ def _budget_title(key: tuple, curve: dict) -> str:
     return f"{task}, N = {size}" + (f", start `{start}`" if several or start != DEFAULT.rational_init else "")
 
 
-def budget_section(rows: list[dict], picture: Path, baselines: dict[str, float] | None = None) -> str:
+def budget_section(rows: list[dict], picture: Path, baselines: dict[str, float]) -> str:
     curve = budget_rows(rows)
     if not curve:
         return "_No layer-budget cells finished yet._"
@@ -271,7 +270,7 @@ def budget_section(rows: list[dict], picture: Path, baselines: dict[str, float] 
         for recipe, label in BUDGET_METHODS:
             lines.append(f"| {label} | " + " | ".join(fmt(methods.get(recipe, {}).get(k, [])) for k in ks) + " |")
         out.append("\n".join(lines))
-    plot_budget(curve, picture, baselines or {})
+    plot_budget(curve, picture, baselines)
     return "\n\n".join(out) + f"\n\n![layer budget]({picture.name})"
 
 
@@ -294,8 +293,7 @@ def plot_budget(curve: dict, path: Path, baselines: dict[str, float]) -> None:
             means = [100 * mean_std(v)[0] for _, v in points]
             stds = [100 * mean_std(v)[1] for _, v in points]
             ax.errorbar(ks, means, yerr=stds, marker=marker, capsize=3, label=label.split(":")[0])
-        base = baselines.get(key[0])
-        if base is not None and math.isfinite(base):
+        if (base := baselines.get(key[0])) is not None:  # unknown without the GLUE folder
             ax.axhline(100 * base, color="gray", linestyle="--", linewidth=1, label="majority class")
         ax.set_title(_budget_title(key, curve).replace("`", ""), fontsize=12)
         ks_all = sorted({k for m in curve[key].values() for k in m})
